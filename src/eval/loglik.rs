@@ -1,0 +1,78 @@
+//! Log-likelihood of continuations given contexts, tokenized and scored as lm-evaluation-harness
+//! 0.4's Hugging Face backend does: trailing spaces of the context move to the continuation;
+//! context+continuation is encoded as a whole (no special tokens) and split at the context's
+//! token count; inputs are left-truncated to the model's length; the continuation's log-probs
+//! are summed and `is_greedy` says whether every continuation token was the argmax.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use crate::model::CausalLm;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogLik {
+    pub logprob: f64,
+    pub is_greedy: bool,
+}
+
+/// Token ids of (context, continuation) as lm-eval's `_encode_pair` builds them.
+pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str) -> Result<(Vec<i64>, Vec<i64>)> {
+    let trimmed = context.trim_end();
+    let moved = &context[trimmed.len()..];
+    let continuation = format!("{moved}{continuation}");
+    let whole = tok.encode_plain(&format!("{trimmed}{continuation}"))?;
+    let ctx_len = tok.encode_plain(trimmed)?.len().min(whole.len());
+    Ok((whole[..ctx_len].to_vec(), whole[ctx_len..].to_vec()))
+}
+
+/// Scores every (context, continuation) pair. Requests are run longest first in batches of
+/// `batch_size` with right padding, which causal attention never sees, so results do not depend
+/// on the batch size beyond float rounding.
+pub fn loglikelihoods(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    requests: &[(String, String)],
+    max_length: usize,
+    batch_size: usize,
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<LogLik>> {
+    struct Item {
+        index: usize,
+        input: Vec<i64>,
+        cont_len: usize,
+        cont: Vec<i64>,
+    }
+    let mut items = Vec::with_capacity(requests.len());
+    for (index, (ctx, cont)) in requests.iter().enumerate() {
+        let (c, k) = encode_pair(tok, ctx, cont)?;
+        let whole: Vec<i64> = c.iter().chain(&k).copied().collect();
+        let keep = whole.len().min(max_length + 1);
+        let input = whole[whole.len() - keep..whole.len() - 1].to_vec();
+        items.push(Item { index, cont_len: k.len(), cont: k, input });
+    }
+    items.sort_by(|a, b| b.input.len().cmp(&a.input.len()).then(a.index.cmp(&b.index)));
+    let mut out = vec![LogLik { logprob: 0.0, is_greedy: true }; requests.len()];
+    for chunk in items.chunks(batch_size.max(1)) {
+        let width = chunk[0].input.len();
+        let mut flat = Vec::with_capacity(chunk.len() * width);
+        for it in chunk {
+            flat.extend(&it.input);
+            flat.extend(std::iter::repeat(0).take(width - it.input.len()));
+        }
+        let ids = Tensor::from_slice(&flat).view([chunk.len() as i64, width as i64]).to_device(model.device());
+        let logp = model.forward(&ids).to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        for (row, it) in chunk.iter().enumerate() {
+            let end = it.input.len() as i64;
+            // A continuation longer than the model's window keeps only what fits, as lm-eval does.
+            let n = (it.cont_len as i64).min(end);
+            let lp = logp.get(row as i64).narrow(0, end - n, n);
+            let target = Tensor::from_slice(&it.cont[it.cont_len - n as usize..]).to_device(lp.device());
+            let picked = lp.gather(1, &target.unsqueeze(1), false).sum(Kind::Double).double_value(&[]);
+            let greedy = lp.argmax(1, false).eq_tensor(&target).all().int64_value(&[]) == 1;
+            out[it.index] = LogLik { logprob: picked, is_greedy: greedy };
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    Ok(out)
+}

@@ -1,0 +1,70 @@
+//! Perplexity as the Wanda / SparseGPT code computes it: the token stream is cut into
+//! non-overlapping windows of `seqlen` (the tail is dropped), each window's loss is the mean
+//! cross-entropy of its shifted logits, and ppl = exp(Σ loss_i·seqlen / (n·seqlen)).
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::model::CausalLm;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Perplexity {
+    pub ppl: f64,
+    pub n_tokens: usize,
+    pub seqlen: usize,
+    /// Windows evaluated (all of them unless capped with `max_windows`).
+    pub windows: usize,
+    pub window_losses: Vec<f64>,
+}
+
+/// Mean next-token cross-entropy of each row of `ids` (B, L), computed in f32 like transformers' loss.
+pub fn window_losses(model: &dyn CausalLm, ids: &Tensor) -> Vec<f64> {
+    let logits = model.forward(ids);
+    let l = ids.size()[1];
+    let logp = logits.narrow(1, 0, l - 1).to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+    let target = ids.narrow(1, 1, l - 1).to_device(logp.device()).unsqueeze(-1);
+    let nll = -logp.gather(-1, &target, false).squeeze_dim(-1);
+    let per_window = nll.mean_dim(1, false, Kind::Float).to_kind(Kind::Double).to_device(tch::Device::Cpu);
+    Vec::<f64>::try_from(&per_window).expect("1-D double tensor")
+}
+
+/// Perplexity of `ids` in windows of `seqlen`, `batch_size` windows per forward pass.
+pub fn perplexity(
+    model: &dyn CausalLm,
+    ids: &[i64],
+    seqlen: usize,
+    batch_size: usize,
+    max_windows: Option<usize>,
+    label: &str,
+) -> Result<Perplexity> {
+    if seqlen < 2 {
+        bail!("--seqlen must be at least 2 (got {seqlen})");
+    }
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let total = ids.len() / seqlen;
+    let n = max_windows.map_or(total, |m| m.min(total));
+    if n == 0 {
+        bail!("{label}: {} tokens do not fill one window of seqlen {seqlen}; use a smaller --seqlen", ids.len());
+    }
+    let windows = Tensor::from_slice(&ids[..n * seqlen]).view([n as i64, seqlen as i64]);
+    let pb = crate::progress::bar(n as u64, label);
+    let mut losses = Vec::with_capacity(n);
+    for start in (0..n).step_by(batch_size) {
+        let b = batch_size.min(n - start);
+        let batch = windows.narrow(0, start as i64, b as i64).to_device(model.device());
+        losses.extend(window_losses(model, &batch));
+        pb.inc(b as u64);
+    }
+    pb.finish_and_clear();
+    let nll: f64 = losses.iter().map(|l| l * seqlen as f64).sum();
+    Ok(Perplexity {
+        ppl: (nll / (n * seqlen) as f64).exp(),
+        n_tokens: ids.len(),
+        seqlen,
+        windows: n,
+        window_losses: losses,
+    })
+}

@@ -1,0 +1,58 @@
+//! Zero-shot accuracy on lm-eval tasks: documents from the task's hub dataset, loglikelihood
+//! requests scored by the model, metrics aggregated as lm-eval does.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::loglik::loglikelihoods;
+use super::tasks::{aggregate, argmax, load_docs, task, TaskResult};
+use crate::hub::{Hub, RepoKind};
+use crate::model::CausalLm;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskEval {
+    pub task: String,
+    pub result: TaskResult,
+    /// Per document: the loglikelihood of each choice (for per-item comparisons).
+    #[serde(skip)]
+    pub loglikelihoods: Vec<Vec<f64>>,
+    /// Per document: the predicted choice (argmax of loglikelihood).
+    #[serde(skip)]
+    pub predictions: Vec<usize>,
+}
+
+/// Evaluates `name` on its first `limit` documents (all when `None`).
+pub fn evaluate_task(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    hub: &Hub,
+    name: &str,
+    limit: Option<usize>,
+    batch_size: usize,
+) -> Result<TaskEval> {
+    let t = task(name)?;
+    let path = hub.repo(t.hub_id, RepoKind::Dataset).get(t.file)?;
+    let mut docs = load_docs(&t, &path)?;
+    if let Some(l) = limit {
+        docs.truncate(l);
+    }
+    let requests: Vec<(String, String)> = docs.iter().flat_map(|d| d.requests()).collect();
+    let bar = crate::progress::bar(requests.len() as u64, name);
+    let max_length = model.info().max_position_embeddings as usize;
+    let lls = loglikelihoods(model, tok, &requests, max_length, batch_size, &bar)?;
+    bar.finish_and_clear();
+    let mut scores = Vec::with_capacity(docs.len());
+    let mut per_doc = Vec::with_capacity(docs.len());
+    let mut predictions = Vec::with_capacity(docs.len());
+    let mut next = 0;
+    for d in &docs {
+        let k = d.requests().len();
+        let ll: Vec<f64> = lls[next..next + k].iter().map(|l| l.logprob).collect();
+        next += k;
+        scores.push(t.score(d, &ll)?);
+        predictions.push(argmax(ll.iter().copied()));
+        per_doc.push(ll);
+    }
+    Ok(TaskEval { task: name.to_string(), result: aggregate(&scores)?, loglikelihoods: per_doc, predictions })
+}

@@ -1,0 +1,159 @@
+//! Finds a file of a Hugging Face repo (model or dataset) the way a researcher expects:
+//! a local mirror first (offline fixtures, air-gapped clusters), then the HF cache,
+//! then a real download with `hf-hub`. Local directories are used as they are.
+
+use anyhow::{bail, Context, Result};
+use hf_hub::{Cache, Repo, RepoType};
+use std::path::{Path, PathBuf};
+
+/// Whether an id names a model repo or a dataset repo; the mirror layout and the hub API differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoKind {
+    Model,
+    Dataset,
+}
+
+impl RepoKind {
+    fn mirror_dir(self) -> &'static str {
+        match self {
+            RepoKind::Model => "models",
+            RepoKind::Dataset => "datasets",
+        }
+    }
+    fn hf(self) -> RepoType {
+        match self {
+            RepoKind::Model => RepoType::Model,
+            RepoKind::Dataset => RepoType::Dataset,
+        }
+    }
+}
+
+/// Where repos are looked up. Built once from the CLI / environment and passed around.
+#[derive(Clone, Debug, Default)]
+pub struct Hub {
+    /// `DIR/models/<id>/<file>` and `DIR/datasets/<id>/<file>`.
+    pub mirror: Option<PathBuf>,
+}
+
+/// A repo that has been located: either a directory on disk or a hub id to resolve file by file.
+#[derive(Clone, Debug)]
+pub struct RepoRef {
+    pub id: String,
+    pub kind: RepoKind,
+    local_dir: Option<PathBuf>,
+    hub: Hub,
+}
+
+impl Hub {
+    /// `--hub-mirror` wins over `REPRO_HUB_MIRROR`.
+    pub fn new(mirror: Option<PathBuf>) -> Self {
+        let mirror = mirror.or_else(|| std::env::var_os("REPRO_HUB_MIRROR").map(PathBuf::from));
+        Hub { mirror }
+    }
+
+    /// `spec` is a local directory or a hub id such as `meta-llama/Llama-2-7b-hf`.
+    pub fn repo(&self, spec: &str, kind: RepoKind) -> RepoRef {
+        let path = Path::new(spec);
+        let local_dir = if path.is_dir() {
+            Some(path.to_path_buf())
+        } else {
+            self.mirror
+                .as_ref()
+                .map(|m| m.join(kind.mirror_dir()).join(spec))
+                .filter(|d| d.is_dir())
+        };
+        RepoRef { id: spec.to_string(), kind, local_dir, hub: self.clone() }
+    }
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+}
+
+impl RepoRef {
+    /// The repo's directory when it is local (a directory or a mirror hit).
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.local_dir.as_deref()
+    }
+
+    /// Whether `file` can be had without a download (used to pick optional files).
+    pub fn has_local(&self, file: &str) -> bool {
+        match &self.local_dir {
+            Some(d) => d.join(file).is_file(),
+            None => self.cache_lookup(file).is_some(),
+        }
+    }
+
+    fn cache_lookup(&self, file: &str) -> Option<PathBuf> {
+        Cache::from_env()
+            .repo(Repo::new(self.id.clone(), self.kind.hf()))
+            .get(file)
+    }
+
+    /// Path of `file` inside the repo, downloading it if needed and allowed.
+    pub fn get(&self, file: &str) -> Result<PathBuf> {
+        let mut looked = Vec::new();
+        if let Some(dir) = &self.local_dir {
+            let p = dir.join(file);
+            if p.is_file() {
+                return Ok(p);
+            }
+            bail!("{} not found in {} ({} `{}`)", file, dir.display(), kind_name(self.kind), self.id);
+        }
+        if let Some(m) = &self.hub.mirror {
+            looked.push(format!("mirror {}", m.join(self.kind.mirror_dir()).join(&self.id).display()));
+        }
+        if let Some(p) = self.cache_lookup(file) {
+            return Ok(p);
+        }
+        looked.push(format!("HF cache {}", Cache::from_env().path().display()));
+        if offline() {
+            bail!(
+                "{} `{}`: file {} not found (looked in {}); HF_HUB_OFFLINE is set, so no download was tried. \
+                 Pass --hub-mirror DIR or a local directory, or unset HF_HUB_OFFLINE",
+                kind_name(self.kind), self.id, file, looked.join(", ")
+            );
+        }
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
+        if let Ok(token) = std::env::var("HF_TOKEN") {
+            builder = builder.with_token(Some(token));
+        }
+        let api = builder.build().context("building the Hugging Face hub client")?;
+        api.repo(Repo::new(self.id.clone(), self.kind.hf()))
+            .get(file)
+            .with_context(|| {
+                format!(
+                    "{} `{}`: file {} not found locally (looked in {}) and the download failed",
+                    kind_name(self.kind), self.id, file, looked.join(", ")
+                )
+            })
+    }
+}
+
+fn kind_name(kind: RepoKind) -> &'static str {
+    match kind {
+        RepoKind::Model => "model",
+        RepoKind::Dataset => "dataset",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_layout_resolves_models_and_datasets() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("models/org/m")).unwrap();
+        std::fs::write(tmp.path().join("models/org/m/config.json"), "{}").unwrap();
+        std::fs::create_dir_all(tmp.path().join("datasets/org/d/cfg")).unwrap();
+        std::fs::write(tmp.path().join("datasets/org/d/cfg/x.parquet"), "").unwrap();
+        let hub = Hub::new(Some(tmp.path().to_path_buf()));
+        let m = hub.repo("org/m", RepoKind::Model);
+        assert_eq!(m.get("config.json").unwrap(), tmp.path().join("models/org/m/config.json"));
+        let d = hub.repo("org/d", RepoKind::Dataset);
+        assert!(d.get("cfg/x.parquet").is_ok());
+        let err = m.get("model.safetensors").unwrap_err().to_string();
+        assert!(err.contains("model.safetensors") && err.contains("org/m"), "{err}");
+    }
+}

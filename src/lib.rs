@@ -1,0 +1,15 @@
+//! repro: reproduce and extend Wanda (Sun et al., ICLR 2024) — magnitude, Wanda and SparseGPT
+//! pruning of LLMs with libtorch, evaluated like the official code.
+
+pub mod calib;
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod hub;
+pub mod model;
+pub mod progress;
+pub mod prune;
+pub mod resources;
+pub mod tokenizer;

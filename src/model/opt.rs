@@ -1,0 +1,273 @@
+//! OPT (`OPTForCausalLM`): learned positions looked up at row p + 2, LayerNorm before (or, for
+//! opt-350m, after) each sub-block, ReLU MLP, biases everywhere, optional project_in/out.
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+use tch::{Device, Kind, Tensor};
+
+use super::{BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Tap, Weights};
+
+/// OPT's position rows start after two reserved rows (fairseq's padding offset).
+const POSITION_OFFSET: i64 = 2;
+const LN_EPS: f64 = 1e-5;
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Config {
+    pub hidden_size: i64,
+    pub ffn_dim: i64,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: i64,
+    pub vocab_size: i64,
+    pub max_position_embeddings: i64,
+    pub word_embed_proj_dim: Option<i64>,
+    #[serde(default = "yes")]
+    pub do_layer_norm_before: bool,
+    #[serde(default)]
+    pub _remove_final_layer_norm: bool,
+    #[serde(default = "yes")]
+    pub enable_bias: bool,
+    #[serde(default = "relu")]
+    pub activation_function: String,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn relu() -> String {
+    "relu".into()
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    fn load(w: &Weights, prefix: &str, dim: i64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: w.get(&format!("{prefix}.weight"), &[dim])?,
+            bias: w.get(&format!("{prefix}.bias"), &[dim])?,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm([self.weight.size()[0]], Some(&self.weight), Some(&self.bias), LN_EPS, false)
+    }
+}
+
+pub struct Block {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    fc1: Linear,
+    fc2: Linear,
+    self_attn_layer_norm: LayerNorm,
+    final_layer_norm: LayerNorm,
+    heads: i64,
+    pre_ln: bool,
+    gelu: bool,
+}
+
+impl Block {
+    fn attention(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor {
+        let (b, l, h) = x.size3().expect("hidden states are (B, L, H)");
+        let hd = h / self.heads;
+        let split = |t: Tensor| t.view([b, l, self.heads, hd]).transpose(1, 2);
+        tap("self_attn.q_proj", x);
+        let q = split(self.q_proj.forward(x));
+        tap("self_attn.k_proj", x);
+        let k = split(self.k_proj.forward(x));
+        tap("self_attn.v_proj", x);
+        let v = split(self.v_proj.forward(x));
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, ctx.attn_mask.as_ref(), 0.0, ctx.attn_mask.is_none(), None, false);
+        let y = y.transpose(1, 2).reshape([b, l, h]);
+        tap("self_attn.out_proj", &y);
+        self.out_proj.forward(&y)
+    }
+
+    fn mlp(&self, x: &Tensor, tap: Tap) -> Tensor {
+        tap("fc1", x);
+        let a = self.fc1.forward(x);
+        let a = if self.gelu { a.gelu("none") } else { a.relu() };
+        tap("fc2", &a);
+        self.fc2.forward(&a)
+    }
+}
+
+impl DecoderBlock for Block {
+    fn forward(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor {
+        if self.pre_ln {
+            let h = x + self.attention(&self.self_attn_layer_norm.forward(x), ctx, tap);
+            &h + self.mlp(&self.final_layer_norm.forward(&h), tap)
+        } else {
+            let h = self.self_attn_layer_norm.forward(&(x + self.attention(x, ctx, tap)));
+            self.final_layer_norm.forward(&(&h + self.mlp(&h, tap)))
+        }
+    }
+
+    fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        vec![
+            ("self_attn.q_proj", &mut self.q_proj),
+            ("self_attn.k_proj", &mut self.k_proj),
+            ("self_attn.v_proj", &mut self.v_proj),
+            ("self_attn.out_proj", &mut self.out_proj),
+            ("fc1", &mut self.fc1),
+            ("fc2", &mut self.fc2),
+        ]
+    }
+
+    fn linears(&self) -> Vec<(&'static str, &Linear)> {
+        vec![
+            ("self_attn.q_proj", &self.q_proj),
+            ("self_attn.k_proj", &self.k_proj),
+            ("self_attn.v_proj", &self.v_proj),
+            ("self_attn.out_proj", &self.out_proj),
+            ("fc1", &self.fc1),
+            ("fc2", &self.fc2),
+        ]
+    }
+}
+
+pub struct Opt {
+    info: ModelInfo,
+    embed_tokens: Tensor,
+    embed_positions: Tensor,
+    project_in: Option<Linear>,
+    project_out: Option<Linear>,
+    final_layer_norm: Option<LayerNorm>,
+    lm_head: Tensor,
+    blocks: Vec<Box<dyn DecoderBlock>>,
+    tensors: Vec<(String, Tensor)>,
+    device: Device,
+    kind: Kind,
+}
+
+impl Opt {
+    pub fn load(cfg: Config, w: Weights) -> Result<Self> {
+        let gelu = match cfg.activation_function.as_str() {
+            "relu" => false,
+            "gelu" => true,
+            other => bail!("field `activation_function` = \"{other}\" is not supported (relu, gelu)"),
+        };
+        let h = cfg.hidden_size;
+        if cfg.num_attention_heads <= 0 || h % cfg.num_attention_heads != 0 {
+            bail!("field `num_attention_heads` = {} does not divide `hidden_size` = {h}", cfg.num_attention_heads);
+        }
+        let proj = cfg.word_embed_proj_dim.unwrap_or(h);
+        let p = "model.decoder";
+        let embed_tokens = w.get(&format!("{p}.embed_tokens.weight"), &[cfg.vocab_size, proj])?;
+        let (device, kind) = (embed_tokens.device(), embed_tokens.kind());
+        let mut blocks: Vec<Box<dyn DecoderBlock>> = Vec::new();
+        for i in 0..cfg.num_hidden_layers {
+            let l = format!("{p}.layers.{i}");
+            let lin = |n: &str, shape| Linear::load(&w, &format!("{l}.{n}"), cfg.enable_bias, shape);
+            blocks.push(Box::new(Block {
+                q_proj: lin("self_attn.q_proj", (h, h))?,
+                k_proj: lin("self_attn.k_proj", (h, h))?,
+                v_proj: lin("self_attn.v_proj", (h, h))?,
+                out_proj: lin("self_attn.out_proj", (h, h))?,
+                fc1: lin("fc1", (cfg.ffn_dim, h))?,
+                fc2: lin("fc2", (h, cfg.ffn_dim))?,
+                self_attn_layer_norm: LayerNorm::load(&w, &format!("{l}.self_attn_layer_norm"), h)?,
+                final_layer_norm: LayerNorm::load(&w, &format!("{l}.final_layer_norm"), h)?,
+                heads: cfg.num_attention_heads,
+                pre_ln: cfg.do_layer_norm_before,
+                gelu,
+            }));
+        }
+        let (project_in, project_out) = if proj != h {
+            (
+                Some(Linear::load(&w, &format!("{p}.project_in"), false, (h, proj))?),
+                Some(Linear::load(&w, &format!("{p}.project_out"), false, (proj, h))?),
+            )
+        } else {
+            (None, None)
+        };
+        let final_layer_norm = if cfg.do_layer_norm_before && !cfg._remove_final_layer_norm {
+            Some(LayerNorm::load(&w, &format!("{p}.final_layer_norm"), h)?)
+        } else {
+            None
+        };
+        let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
+            embed_tokens.shallow_clone()
+        } else {
+            w.get("lm_head.weight", &[cfg.vocab_size, proj])?
+        };
+        Ok(Opt {
+            info: ModelInfo {
+                architecture: "OPTForCausalLM".into(),
+                model_type: "opt".into(),
+                n_layers: cfg.num_hidden_layers,
+                hidden_size: h,
+                vocab_size: cfg.vocab_size,
+                max_position_embeddings: cfg.max_position_embeddings,
+                bos_token_id: cfg.bos_token_id,
+                block_prefix: "model.decoder.layers.",
+            },
+            embed_positions: w.get(
+                &format!("{p}.embed_positions.weight"),
+                &[cfg.max_position_embeddings + POSITION_OFFSET, h],
+            )?,
+            embed_tokens,
+            project_in,
+            project_out,
+            final_layer_norm,
+            lm_head,
+            blocks,
+            tensors: w.into_named(),
+            device,
+            kind,
+        })
+    }
+}
+
+impl CausalLm for Opt {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn embed(&self, ids: &Tensor) -> Tensor {
+        let l = ids.size()[1];
+        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        if let Some(p) = &self.project_in {
+            x = p.forward(&x);
+        }
+        let pos = Tensor::arange_start(POSITION_OFFSET, l + POSITION_OFFSET, (Kind::Int64, self.device));
+        x + Tensor::embedding(&self.embed_positions, &pos, -1, false, false).unsqueeze(0)
+    }
+
+    fn context(&self, _seq_len: i64) -> BlockCtx {
+        BlockCtx { rope: None, attn_mask: None }
+    }
+
+    fn blocks(&self) -> &[Box<dyn DecoderBlock>] {
+        &self.blocks
+    }
+    fn blocks_mut(&mut self) -> &mut [Box<dyn DecoderBlock>] {
+        &mut self.blocks
+    }
+
+    fn head(&self, h: &Tensor) -> Tensor {
+        let mut x = match &self.final_layer_norm {
+            Some(ln) => ln.forward(h),
+            None => h.shallow_clone(),
+        };
+        if let Some(p) = &self.project_out {
+            x = p.forward(&x);
+        }
+        x.linear::<Tensor>(&self.lm_head, None)
+    }
+
+    fn tensors(&self) -> &[(String, Tensor)] {
+        &self.tensors
+    }
+    fn device(&self) -> Device {
+        self.device
+    }
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+}

@@ -1,0 +1,305 @@
+//! One-shot pruning on the layer-by-layer calibration pipeline of the official Wanda code:
+//! capture block 0's inputs for every calibration sample; then for each block, run it unpruned
+//! while collecting each linear layer's input statistics, prune all its linear layers, and run
+//! the pruned block to produce the next block's inputs.
+
+pub mod mask;
+pub mod metric;
+pub mod ria;
+pub mod sparsegpt;
+pub mod stats;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::CausalLm;
+use mask::{Group, Pattern};
+use metric::Metric;
+use sparsegpt::MaskRule;
+use stats::{Hessian, InputNorms};
+
+/// What to prune and how.
+pub enum Method {
+    /// Score with a metric, then zero the lowest scores within each comparison group.
+    Metric { metric: &'static dyn Metric, group: Group, variant: bool },
+    /// SparseGPT's own mask and OBS weight update.
+    SparseGpt,
+    /// Table 8: a magnitude/Wanda mask with SparseGPT's weight update, the mask fixed up front
+    /// (`seq`) or re-chosen per block on the updated weights (`iter`).
+    Ablate { metric: &'static dyn Metric, iterative: bool },
+}
+
+impl Method {
+    /// `magnitude`, `wanda`, `ria`, `sparsegpt`, `ablate_{mag,wanda}_{seq,iter}`.
+    pub fn parse(name: &str, group: Option<Group>, variant: bool, pattern: Pattern) -> Result<Method> {
+        let method = match name {
+            "sparsegpt" => Method::SparseGpt,
+            _ if name.starts_with("ablate_") => {
+                let (metric, mode) = match name {
+                    "ablate_mag_seq" => ("magnitude", false),
+                    "ablate_mag_iter" => ("magnitude", true),
+                    "ablate_wanda_seq" => ("wanda", false),
+                    "ablate_wanda_iter" => ("wanda", true),
+                    _ => bail!("unknown method `{name}` (ablations: ablate_mag_seq, ablate_mag_iter, ablate_wanda_seq, ablate_wanda_iter)"),
+                };
+                Method::Ablate { metric: metric::by_name(metric)?, iterative: mode }
+            }
+            _ => {
+                let metric = metric::by_name(name).map_err(|e| anyhow::anyhow!("{e}, sparsegpt, ablate_mag_seq, ablate_mag_iter, ablate_wanda_seq, ablate_wanda_iter"))?;
+                Method::Metric { metric, group: group.unwrap_or(metric.default_group()), variant }
+            }
+        };
+        let is_metric = matches!(method, Method::Metric { .. });
+        if group.is_some() && !is_metric {
+            bail!("--group applies to metric methods (magnitude, wanda, ria), not `{name}`");
+        }
+        if variant && !matches!(method, Method::Metric { group: Group::PerOutput, .. }) {
+            bail!("--use-variant needs a metric method with the per-output group (it is the Wanda variant)");
+        }
+        if let Pattern::NM { .. } = pattern {
+            if variant {
+                bail!("--use-variant works with unstructured sparsity only, not {pattern}");
+            }
+            if group.is_some() {
+                bail!("N:M pruning compares the weights within each group of M inputs of a row; --group does not apply to {pattern}");
+            }
+        }
+        Ok(method)
+    }
+
+    pub fn needs_calibration(&self) -> bool {
+        match self {
+            Method::Metric { metric, .. } => metric.needs_calibration(),
+            _ => true,
+        }
+    }
+
+    fn needs_hessian(&self) -> bool {
+        !matches!(self, Method::Metric { .. })
+    }
+
+    fn needs_norms(&self) -> bool {
+        match self {
+            Method::Metric { metric, .. } | Method::Ablate { metric, .. } => metric.needs_calibration(),
+            Method::SparseGpt => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerSparsity {
+    pub name: String,
+    pub zeros: i64,
+    pub numel: i64,
+    pub sparsity: f64,
+    /// The Wanda variant's alpha for this layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub layers: Vec<LayerSparsity>,
+    /// Fraction of zeros over all pruned linear layers (the official `check_sparsity`).
+    pub sparsity_actual: f64,
+    /// Metric + mask + weight update only, without forward passes (as the paper times it).
+    pub prune_seconds: f64,
+    /// Calibration forward passes (capture, statistics, pruned outputs).
+    pub forward_seconds: f64,
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Prunes every linear layer of every block in place. `calib` is (nsamples, seqlen) token ids,
+/// needed unless the method is data-free. `batch_size` samples go through a block at once.
+pub fn prune_model(
+    model: &mut dyn CausalLm,
+    method: &Method,
+    sparsity: f64,
+    pattern: Pattern,
+    calib: Option<&Tensor>,
+    batch_size: usize,
+) -> Result<PruneReport> {
+    pattern.check_sparsity(sparsity)?;
+    let device = model.device();
+    let n_blocks = model.blocks().len();
+    let mut prune_seconds = 0.0;
+    let mut forward_seconds = 0.0;
+    let mut alphas = HashMap::new();
+    let bar = crate::progress::bar(n_blocks as u64, "pruning");
+
+    let mut acts = match (method.needs_calibration(), calib) {
+        (false, _) => None,
+        (true, Some(ids)) => {
+            let t = Instant::now();
+            let a = Activations::capture(model, ids, batch_size.max(1));
+            forward_seconds += t.elapsed().as_secs_f64();
+            Some(a)
+        }
+        (true, None) => bail!("this method needs calibration data"),
+    };
+
+    for b in 0..n_blocks {
+        let block_name = format!("{}{b}", model.info().block_prefix);
+        let mut norms: HashMap<String, InputNorms> = HashMap::new();
+        let mut hessians: HashMap<String, Hessian> = HashMap::new();
+        if let Some(a) = &acts {
+            bar.set_message(format!("block {b}: calibration statistics"));
+            let t = Instant::now();
+            let block = &model.blocks()[b];
+            a.run(block.as_ref(), &mut |name, x| {
+                let cols = x.size()[2];
+                if method.needs_norms() {
+                    let ablation = matches!(method, Method::Ablate { .. });
+                    norms
+                        .entry(name.to_string())
+                        .or_insert_with(|| if ablation { InputNorms::for_ablation(cols, device) } else { InputNorms::new(cols, device) })
+                        .add_batch(x);
+                }
+                if method.needs_hessian() {
+                    hessians.entry(name.to_string()).or_insert_with(|| Hessian::new(cols, device)).add_batch(x);
+                }
+            });
+            forward_seconds += t.elapsed().as_secs_f64();
+        }
+        for (name, linear) in model.blocks_mut()[b].linears_mut() {
+            bar.set_message(format!("block {b}: {name}"));
+            let t = Instant::now();
+            let w = &linear.weight;
+            let n = norms.get(name);
+            match method {
+                Method::Metric { metric, group, variant } => {
+                    let score = metric.score(w, n)?;
+                    let mask = match pattern {
+                        Pattern::NM { n, m } => mask::n_m(&score, n, m)?,
+                        Pattern::Unstructured if *variant => {
+                            let (mask, alpha) = mask::variant(&score, sparsity);
+                            alphas.insert(format!("{block_name}.{name}"), alpha);
+                            mask
+                        }
+                        Pattern::Unstructured => mask::unstructured(&score, sparsity, *group),
+                    };
+                    let _ = linear.weight.masked_fill_(&mask, 0.0);
+                }
+                Method::SparseGpt | Method::Ablate { .. } => {
+                    let h = hessians.remove(name).expect("every linear layer saw calibration inputs").finish();
+                    let new = match method {
+                        Method::Ablate { metric, iterative: false } => {
+                            let mask = ablation_mask(*metric, w, n, sparsity, pattern)?;
+                            sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Fixed(&mask))?
+                        }
+                        Method::Ablate { metric, iterative: true } => {
+                            let rescore = |wb: &Tensor, col: i64| rescore_block(*metric, wb, n, col);
+                            sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Rescore(&rescore))?
+                        }
+                        _ => sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Saliency)?,
+                    };
+                    let _ = linear.weight.copy_(&new);
+                }
+            }
+            sync(device);
+            prune_seconds += t.elapsed().as_secs_f64();
+        }
+        if let Some(a) = &mut acts {
+            bar.set_message(format!("block {b}: pruned outputs"));
+            let t = Instant::now();
+            a.advance(model.blocks()[b].as_ref());
+            forward_seconds += t.elapsed().as_secs_f64();
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let layers = sparsity_by_layer(model, &alphas);
+    let (zeros, numel) = layers.iter().fold((0, 0), |(z, n), l| (z + l.zeros, n + l.numel));
+    Ok(PruneReport {
+        sparsity_actual: zeros as f64 / numel.max(1) as f64,
+        layers,
+        prune_seconds,
+        forward_seconds,
+    })
+}
+
+/// The mask a metric picks on the dense weights before any update, in the metric's own group.
+fn ablation_mask(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, sparsity: f64, pattern: Pattern) -> Result<Tensor> {
+    let score = metric.score(&w.to_kind(Kind::Float), n)?;
+    match pattern {
+        Pattern::NM { n, m } => mask::n_m(&score, n, m),
+        Pattern::Unstructured => Ok(mask::unstructured(&score, sparsity, metric.default_group())),
+    }
+}
+
+/// A metric evaluated on a slice of columns starting at `col` (input norms sliced to match).
+fn rescore_block(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, col: i64) -> Tensor {
+    let sliced = n.map(|n| n.columns(col, w.size()[1]));
+    metric.score(w, sliced.as_ref()).expect("statistics were collected for this metric")
+}
+
+/// Zeros per pruned linear layer, by hub name.
+pub fn sparsity_by_layer(model: &dyn CausalLm, alphas: &HashMap<String, f64>) -> Vec<LayerSparsity> {
+    let prefix = model.info().block_prefix;
+    let mut out = Vec::new();
+    for (b, block) in model.blocks().iter().enumerate() {
+        for (name, linear) in block.linears() {
+            let full = format!("{prefix}{b}.{name}");
+            let numel = linear.weight.numel() as i64;
+            let zeros = linear.weight.eq(0.0).sum(Kind::Int64).int64_value(&[]);
+            out.push(LayerSparsity {
+                alpha: alphas.get(&full).copied(),
+                name: full,
+                zeros,
+                numel,
+                sparsity: zeros as f64 / numel as f64,
+            });
+        }
+    }
+    out
+}
+
+/// The two calibration activation buffers: inputs of the current block and its outputs.
+struct Activations {
+    inps: Tensor,
+    outs: Tensor,
+    ctx: crate::model::BlockCtx,
+    batch: i64,
+}
+
+impl Activations {
+    fn capture(model: &dyn CausalLm, ids: &Tensor, batch: usize) -> Self {
+        let (n, l) = ids.size2().expect("calibration ids are (nsamples, seqlen)");
+        let inps = Tensor::zeros([n, l, model.info().hidden_size], (model.kind(), model.device()));
+        let batch = batch as i64;
+        for s in (0..n).step_by(batch as usize) {
+            let b = batch.min(n - s);
+            let x = model.embed(&ids.narrow(0, s, b).to_device(model.device()));
+            let _ = inps.narrow(0, s, b).copy_(&x);
+        }
+        Activations { outs: inps.zeros_like(), inps, ctx: model.context(l), batch }
+    }
+
+    /// Runs `block` over all samples with `tap` seeing each linear layer's inputs.
+    fn run(&self, block: &dyn crate::model::DecoderBlock, tap: crate::model::Tap) {
+        let n = self.inps.size()[0];
+        for s in (0..n).step_by(self.batch as usize) {
+            let b = self.batch.min(n - s);
+            let _ = block.forward(&self.inps.narrow(0, s, b), &self.ctx, tap);
+        }
+    }
+
+    /// Runs the (pruned) block over all samples; its outputs become the next block's inputs.
+    fn advance(&mut self, block: &dyn crate::model::DecoderBlock) {
+        let n = self.inps.size()[0];
+        for s in (0..n).step_by(self.batch as usize) {
+            let b = self.batch.min(n - s);
+            let y = block.forward(&self.inps.narrow(0, s, b), &self.ctx, &mut |_, _| {});
+            let _ = self.outs.narrow(0, s, b).copy_(&y);
+        }
+        std::mem::swap(&mut self.inps, &mut self.outs);
+    }
+}

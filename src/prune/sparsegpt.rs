@@ -1,0 +1,98 @@
+//! SparseGPT (Frantar & Alistarh, 2023) as the official code runs it: dead inputs zeroed,
+//! damping 1% of the mean Hessian diagonal, the upper Cholesky factor of H⁻¹, columns processed
+//! in blocks of 128 with an OBS update of the not-yet-pruned weights, masks chosen lazily per block.
+
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+use super::mask::Pattern;
+
+pub const BLOCKSIZE: i64 = 128;
+pub const PERCDAMP: f64 = 0.01;
+
+/// How the mask is chosen while the weights are being updated.
+pub enum MaskRule<'a> {
+    /// SparseGPT's own saliency w²/[H⁻¹]²_jj, per (rows × 128) block or per M columns.
+    Saliency,
+    /// A mask fixed before the update (the paper's Table 8 "sequential" ablation).
+    Fixed(&'a Tensor),
+    /// A score recomputed on the partially updated weights of each block (Table 8 "iterative"):
+    /// called with the block's current weights and the block's first column.
+    Rescore(&'a dyn Fn(&Tensor, i64) -> Tensor),
+}
+
+/// The pruned and updated weight (same shape and dtype as `weight`).
+pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, rule: MaskRule) -> Result<Tensor> {
+    let mut w = weight.to_kind(Kind::Float);
+    let (rows, cols) = w.size2()?;
+    let h = hessian;
+    let dead = h.diagonal(0, 0, 1).eq(0.0);
+    let _ = h.diagonal(0, 0, 1).masked_fill_(&dead, 1.0);
+    let _ = w.masked_fill_(&dead.unsqueeze(0), 0.0);
+    let damp = PERCDAMP * h.diagonal(0, 0, 1).mean(Kind::Float).double_value(&[]);
+    let _ = h.diagonal(0, 0, 1).g_add_scalar_(damp);
+    let l = h.f_linalg_cholesky(false).map_err(|e| anyhow::anyhow!("Cholesky of the damped Hessian failed: {e}"))?;
+    let hinv = l.cholesky_inverse(false).f_linalg_cholesky(true).map_err(|e| {
+        anyhow::anyhow!("Cholesky of the inverse Hessian failed ({e}); the calibration data may be degenerate")
+    })?;
+    let (n, m) = match pattern {
+        Pattern::Unstructured => (0, 0),
+        Pattern::NM { n, m } => {
+            if cols % m != 0 {
+                bail!("{cols} input columns are not a multiple of M = {m}");
+            }
+            (n, m)
+        }
+    };
+    for i1 in (0..cols).step_by(BLOCKSIZE as usize) {
+        let count = BLOCKSIZE.min(cols - i1);
+        let i2 = i1 + count;
+        let w1 = w.narrow(1, i1, count).copy();
+        let q1 = w1.zeros_like();
+        let err1 = w1.zeros_like();
+        let hinv1 = hinv.narrow(0, i1, count).narrow(1, i1, count);
+        let d1 = hinv1.diagonal(0, 0, 1);
+        let mut mask1 = match (&rule, pattern) {
+            (MaskRule::Fixed(mask), _) => mask.narrow(1, i1, count).copy(),
+            (_, Pattern::NM { .. }) => Tensor::zeros([rows, count], (Kind::Bool, w.device())),
+            (MaskRule::Saliency, Pattern::Unstructured) => {
+                let tmp = w1.pow_tensor_scalar(2) / d1.reshape([1, -1]).pow_tensor_scalar(2);
+                block_threshold_mask(&tmp, sparsity)
+            }
+            (MaskRule::Rescore(score), Pattern::Unstructured) => block_threshold_mask(&score(&w1, i1), sparsity),
+        };
+        for i in 0..count {
+            let col = w1.select(1, i).copy();
+            let d = hinv1.double_value(&[i, i]);
+            if n != 0 && i % m == 0 && !matches!(rule, MaskRule::Fixed(_)) {
+                let group = w1.narrow(1, i, m);
+                let tmp = match &rule {
+                    MaskRule::Rescore(score) => score(&group, i1 + i),
+                    _ => group.pow_tensor_scalar(2) / d1.narrow(0, i, m).reshape([1, -1]).pow_tensor_scalar(2),
+                };
+                let (_, idx) = tmp.topk(n, 1, false, true);
+                mask1 = mask1.scatter_value(1, &(idx + i), 1).to_kind(Kind::Bool);
+            }
+            let q = col.masked_fill(&mask1.select(1, i), 0.0);
+            let _ = q1.narrow(1, i, 1).copy_(&q.unsqueeze(1));
+            let e = (&col - &q) / d;
+            let update = e.unsqueeze(1).matmul(&hinv1.get(i).narrow(0, i, count - i).unsqueeze(0));
+            let mut rest = w1.narrow(1, i, count - i);
+            rest -= update;
+            let _ = err1.narrow(1, i, 1).copy_(&e.unsqueeze(1));
+        }
+        let _ = w.narrow(1, i1, count).copy_(&q1);
+        if i2 < cols {
+            let mut tail = w.narrow(1, i2, cols - i2);
+            tail -= err1.matmul(&hinv.narrow(0, i1, count).narrow(1, i2, cols - i2));
+        }
+    }
+    Ok(w.to_kind(weight.kind()))
+}
+
+/// The official per-block rule: sort the block's scores, threshold at index int(numel·s), prune `<=`.
+fn block_threshold_mask(score: &Tensor, sparsity: f64) -> Tensor {
+    let k = (score.numel() as f64 * sparsity) as i64;
+    let (sorted, _) = score.flatten(0, -1).sort(0, false);
+    score.le_tensor(&sorted.get(k))
+}

@@ -1,0 +1,66 @@
+//! Statistics of a linear layer's inputs over the calibration set, accumulated sample by sample
+//! exactly as the official code's forward hooks do, so float results agree.
+
+use tch::{Kind, Tensor};
+
+/// Wanda's `scaler_row`: the running mean over samples of each input channel's squared L2 norm.
+pub struct InputNorms {
+    pub scaler_row: Tensor,
+    pub nsamples: i64,
+    /// The official ablation code (`AblateGPT.add_batch`) adds the norms of inputs already scaled
+    /// by √(2/n) for the Hessian, weighting sample n by 2/n; its Table 8 masks depend on that.
+    hessian_scaled: bool,
+}
+
+impl InputNorms {
+    pub fn new(columns: i64, device: tch::Device) -> Self {
+        InputNorms { scaler_row: Tensor::zeros([columns], (Kind::Float, device)), nsamples: 0, hessian_scaled: false }
+    }
+
+    /// Statistics accumulated the way the weight-update ablation accumulates them.
+    pub fn for_ablation(columns: i64, device: tch::Device) -> Self {
+        InputNorms { hessian_scaled: true, ..Self::new(columns, device) }
+    }
+
+    /// The same statistics restricted to input columns `start..start+len`.
+    pub fn columns(&self, start: i64, len: i64) -> InputNorms {
+        InputNorms { scaler_row: self.scaler_row.narrow(0, start, len), ..*self }
+    }
+
+    /// `x` is (B, L, C): B samples, each updating the mean the way one hook call does.
+    pub fn add_batch(&mut self, x: &Tensor) {
+        let xf = x.to_kind(Kind::Float);
+        for s in 0..x.size()[0] {
+            self.scaler_row *= self.nsamples as f64 / (self.nsamples + 1) as f64;
+            self.nsamples += 1;
+            let xs = if self.hessian_scaled { xf.get(s) * (2.0 / self.nsamples as f64).sqrt() } else { xf.get(s) };
+            self.scaler_row += xs.norm_scalaropt_dim(2, [0], false).pow_tensor_scalar(2) / self.nsamples as f64;
+        }
+    }
+}
+
+/// SparseGPT's Hessian H = 2/n Σ x xᵀ over all calibration tokens, in f32. The official hook
+/// rescales a running H per sample; summing whole batches in one GEMM and scaling once at the end
+/// is the same sum, much faster, and differs only by float rounding.
+pub struct Hessian {
+    sum: Tensor,
+    nsamples: i64,
+}
+
+impl Hessian {
+    pub fn new(columns: i64, device: tch::Device) -> Self {
+        Hessian { sum: Tensor::zeros([columns, columns], (Kind::Float, device)), nsamples: 0 }
+    }
+
+    /// `x` is (B, L, C): B calibration samples.
+    pub fn add_batch(&mut self, x: &Tensor) {
+        let c = x.size()[2];
+        let flat = x.to_kind(Kind::Float).reshape([-1, c]);
+        self.sum += flat.transpose(0, 1).matmul(&flat);
+        self.nsamples += x.size()[0];
+    }
+
+    pub fn finish(self) -> Tensor {
+        self.sum * (2.0 / self.nsamples.max(1) as f64)
+    }
+}

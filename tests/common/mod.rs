@@ -1,0 +1,35 @@
+//! Shared helpers for the integration tests: fixture paths and golden files.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+pub fn fixture_model(name: &str) -> String {
+    fixtures().join("models").join(name).to_string_lossy().into_owned()
+}
+
+pub fn golden(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+}
+
+/// |a - b| <= rel * |b| + abs, elementwise, with a message naming what differs.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64, abs: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= rel * w.abs() + abs, "{what}[{i}]: got {g}, want {w}");
+    }
+}
+
+pub fn repro() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_repro"));
+    c.env("REPRO_HUB_MIRROR", fixtures()).env("HF_HUB_OFFLINE", "1");
+    c
+}

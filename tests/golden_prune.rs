@@ -1,0 +1,180 @@
+//! Pruning against goldens from scripts/reference_prune.py, a PyTorch re-implementation of the
+//! official Wanda code that was checked bit-identical to it (tests/goldens/prune/README.md).
+
+mod common;
+use common::*;
+use repro::calib::CalibSource;
+use repro::hub::Hub;
+use repro::model;
+use repro::prune::mask::Pattern;
+use repro::prune::{prune_model, Method};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+fn goldens() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/prune")
+}
+
+fn hub() -> Hub {
+    Hub::new(Some(fixtures()))
+}
+
+fn ids_sha256(windows: &[Vec<i64>]) -> String {
+    let mut h = Sha256::new();
+    for w in windows {
+        for id in w {
+            h.update(id.to_le_bytes());
+        }
+    }
+    format!("{:x}", h.finalize())
+}
+
+fn mask_sha256(w: &Tensor) -> String {
+    let kept = Vec::<u8>::try_from(w.ne(0.0).to_kind(Kind::Uint8).flatten(0, -1)).unwrap();
+    format!("{:x}", Sha256::digest(&kept))
+}
+
+/// Runs one golden case end to end: calibration windows, pruning, per-layer results, perplexity.
+fn check_case(file: &str) {
+    let g = golden(&goldens().join(format!("{file}.json")));
+    let s = &g["settings"];
+    let model_name = s["model"].as_str().unwrap();
+    let mut loaded = model::load(&hub(), &fixture_model(model_name), Device::Cpu, Kind::Float).unwrap();
+    let (nsamples, seqlen, seed) = (s["nsamples"].as_u64().unwrap() as usize, s["seqlen"].as_u64().unwrap() as usize, s["seed"].as_u64().unwrap());
+    let method_name = s["method"].as_str().unwrap();
+    let pattern = Pattern::parse(s["pattern"].as_str().unwrap()).unwrap();
+    let variant = s["use_variant"].as_bool().unwrap();
+    let method = Method::parse(method_name, None, variant, pattern).unwrap();
+    let _g = tch::no_grad_guard();
+    let calib = if method.needs_calibration() {
+        let (_, windows) = CalibSource::parse("c4:c4-format-sample").windows(&hub(), &loaded.tokenizer, nsamples, seqlen, seed).unwrap();
+        assert_eq!(ids_sha256(&windows), g["calibration"]["ids_sha256"].as_str().unwrap(), "{file}: calibration windows");
+        Some(Tensor::from_slice(&windows.concat()).view([nsamples as i64, seqlen as i64]))
+    } else {
+        None
+    };
+    let report = prune_model(loaded.model.as_mut(), &method, s["sparsity"].as_f64().unwrap(), pattern, calib.as_ref(), 4).unwrap();
+    let exact_masks = matches!(method_name, "magnitude" | "wanda");
+    let layers = g["layers"].as_object().unwrap();
+    assert_eq!(report.layers.len(), layers.len(), "{file}: number of pruned layers");
+    let prefix = loaded.model.info().block_prefix;
+    for (b, block) in loaded.model.blocks().iter().enumerate() {
+        for (name, linear) in block.linears() {
+            let full = format!("{prefix}{b}.{name}");
+            let want = &layers[&full];
+            let w = &linear.weight;
+            let zeros = w.eq(0.0).sum(Kind::Int64).int64_value(&[]);
+            assert_eq!(zeros, want["zeros"].as_i64().unwrap(), "{file}: zeros of {full}");
+            if exact_masks {
+                assert_eq!(mask_sha256(w), want["mask_sha256"].as_str().unwrap(), "{file}: mask of {full}");
+            } else {
+                let fro = w.to_kind(Kind::Double).norm().double_value(&[]);
+                assert_close(&format!("{file}: fro norm of {full}"), &[fro], &[want["weight_fro_norm"].as_f64().unwrap()], 1e-3, 0.0);
+                for sample in want["weight_samples"].as_array().unwrap() {
+                    let (r, c, v) = (sample[0].as_i64().unwrap(), sample[1].as_i64().unwrap(), sample[2].as_f64().unwrap());
+                    let got = w.double_value(&[r, c]);
+                    assert!((got - v).abs() <= 1e-3, "{file}: {full}[{r},{c}] = {got}, want {v}");
+                }
+            }
+        }
+    }
+    if let Some(masks) = g.get("masks_file").and_then(Value::as_str) {
+        check_mask_agreement(file, masks, loaded.model.as_ref(), if exact_masks { 1.0 } else { 0.999 });
+    }
+    let e = &g["eval"];
+    let ids = repro::data::PplCorpus::parse("wikitext2").token_ids(&hub(), 0, &|t| loaded.tokenizer.encode(t)).unwrap();
+    let r = repro::eval::ppl::perplexity(loaded.model.as_ref(), &ids, e["seqlen"].as_u64().unwrap() as usize, 8, Some(e["windows_used"].as_u64().unwrap() as usize), file).unwrap();
+    assert_close(&format!("{file}: ppl"), &[r.ppl], &[e["ppl"].as_f64().unwrap()], 1e-3, 0.0);
+    assert_close(&format!("{file}: sparsity"), &[report.sparsity_actual], &[g["sparsity_actual"].as_f64().unwrap()], 0.0, 1e-9);
+}
+
+/// Fraction of weights whose kept/pruned state equals the reference's packed mask.
+fn check_mask_agreement(file: &str, masks: &str, model: &dyn model::CausalLm, min_agreement: f64) {
+    let path = goldens().join(std::path::Path::new(masks).file_name().unwrap());
+    let packed: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&path).unwrap().into_iter().collect();
+    let prefix = model.info().block_prefix;
+    for (b, block) in model.blocks().iter().enumerate() {
+        for (name, linear) in block.linears() {
+            let full = format!("{prefix}{b}.{name}");
+            let (rows, cols) = linear.weight.size2().unwrap();
+            let bytes = Vec::<u8>::try_from(packed[&full].flatten(0, -1)).unwrap();
+            let width = (cols + 7) / 8;
+            let kept = Vec::<u8>::try_from(linear.weight.ne(0.0).to_kind(Kind::Uint8).flatten(0, -1)).unwrap();
+            let mut agree = 0usize;
+            for r in 0..rows {
+                for c in 0..cols {
+                    let bit = (bytes[(r * width + c / 8) as usize] >> (7 - c % 8)) & 1;
+                    agree += (bit == kept[(r * cols + c) as usize]) as usize;
+                }
+            }
+            let frac = agree as f64 / (rows * cols) as f64;
+            assert!(frac >= min_agreement, "{file}: mask agreement of {full} is {frac}");
+        }
+    }
+}
+
+macro_rules! golden_cases {
+    ($($test:ident => $file:literal,)*) => {$(
+        #[test]
+        fn $test() {
+            check_case($file);
+        }
+    )*};
+}
+
+golden_cases! {
+    magnitude_unstructured => "llama-tiny_magnitude_unstructured",
+    magnitude_2_4 => "llama-tiny_magnitude_2_4",
+    magnitude_4_8 => "llama-tiny_magnitude_4_8",
+    wanda_unstructured => "llama-tiny_wanda_unstructured",
+    wanda_2_4 => "llama-tiny_wanda_2_4",
+    wanda_4_8 => "llama-tiny_wanda_4_8",
+    wanda_variant => "llama-tiny_wanda-variant_unstructured",
+    wanda_tied_random_llama => "llama-tiny-random_wanda_unstructured",
+    wanda_opt => "opt-tiny_wanda_unstructured",
+    sparsegpt_unstructured => "llama-tiny_sparsegpt_unstructured",
+    sparsegpt_2_4 => "llama-tiny_sparsegpt_2_4",
+    sparsegpt_opt => "opt-tiny_sparsegpt_unstructured",
+    ablate_mag_seq => "llama-tiny_ablate_mag_seq_unstructured",
+    ablate_mag_iter => "llama-tiny_ablate_mag_iter_unstructured",
+    ablate_wanda_seq => "llama-tiny_ablate_wanda_seq_unstructured",
+    ablate_wanda_iter => "llama-tiny_ablate_wanda_iter_unstructured",
+    ablate_wanda_iter_2_4 => "llama-tiny_ablate_wanda_iter_2_4",
+}
+
+/// The paper's calibration protocol (128 windows of max_position_embeddings) for seeds 0 and 1,
+/// including documents too short to use, which must be redrawn exactly as Python does.
+#[test]
+fn calibration_windows_match_official_sampler() {
+    let g = golden(&goldens().join("calib_llama-tiny_n128_seqlen512.json"));
+    let loaded = model::load(&hub(), &fixture_model("llama-tiny"), Device::Cpu, Kind::Float).unwrap();
+    for seed in ["0", "1"] {
+        let (_, windows) = CalibSource::parse("c4:c4-format-sample")
+            .windows(&hub(), &loaded.tokenizer, 128, 512, seed.parse().unwrap())
+            .unwrap();
+        let want = &g["seeds"][seed];
+        assert_eq!(ids_sha256(&windows), want["ids_sha256"].as_str().unwrap(), "seed {seed}");
+        let first16: Vec<i64> = want["first_window_first16"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(windows[0][..16], first16[..], "seed {seed}");
+    }
+}
+
+/// Same arguments twice: identical masks and perplexity.
+#[test]
+fn pruning_is_deterministic() {
+    let run = || {
+        let mut l = model::load(&hub(), &fixture_model("llama-tiny-random"), Device::Cpu, Kind::Float).unwrap();
+        let (_, w) = CalibSource::parse("c4:c4-format-sample").windows(&hub(), &l.tokenizer, 8, 64, 3).unwrap();
+        let calib = Tensor::from_slice(&w.concat()).view([8, 64]);
+        let _g = tch::no_grad_guard();
+        let method = Method::parse("sparsegpt", None, false, Pattern::Unstructured).unwrap();
+        prune_model(l.model.as_mut(), &method, 0.6, Pattern::Unstructured, Some(&calib), 3).unwrap();
+        l.model.tensors().iter().map(|(_, t)| t.copy()).collect::<Vec<_>>()
+    };
+    let (a, b) = (run(), run());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.equal(y));
+    }
+}
