@@ -50,6 +50,8 @@ pub struct Task {
     pub config: Option<&'static str>,
     /// The split lm-eval evaluates on.
     pub split: &'static str,
+    /// The parquet file, relative to the hub repo's folder (the hub's parquet layout).
+    pub file: &'static str,
     /// Whether the YAML's `metric_list` has `acc_norm` besides `acc`.
     pub reports_acc_norm: bool,
     format: Format,
@@ -58,62 +60,69 @@ pub struct Task {
 /// lm-eval's task definitions, in [`ALL_TASKS`] order. The split is the YAML's `test_split` when
 /// it has one, else `validation_split`.
 const TASKS: [Task; 7] = [
-    Task::new(
-        "boolq",
-        "aps/super_glue",
-        Some("boolq"),
-        "validation",
-        false,
-        Format::BoolQ,
-    ),
-    Task::new(
-        "rte",
-        "nyu-mll/glue",
-        Some("rte"),
-        "validation",
-        false,
-        Format::Rte,
-    ),
-    Task::new(
-        "hellaswag",
-        "Rowan/hellaswag",
-        None,
-        "validation",
-        true,
-        Format::HellaSwag,
-    ),
-    Task::new(
-        "winogrande",
-        "allenai/winogrande",
-        Some("winogrande_xl"),
-        "validation",
-        false,
-        Format::Winogrande,
-    ),
-    Task::new(
-        "arc_easy",
-        "allenai/ai2_arc",
-        Some("ARC-Easy"),
-        "test",
-        true,
-        Format::Arc,
-    ),
-    Task::new(
-        "arc_challenge",
-        "allenai/ai2_arc",
-        Some("ARC-Challenge"),
-        "test",
-        true,
-        Format::Arc,
-    ),
-    Task::new(
-        "openbookqa",
-        "allenai/openbookqa",
-        Some("main"),
-        "test",
-        true,
-        Format::OpenBookQa,
-    ),
+    Task {
+        name: "boolq",
+        hub_id: "aps/super_glue",
+        config: Some("boolq"),
+        split: "validation",
+        file: "boolq/validation-00000-of-00001.parquet",
+        reports_acc_norm: false,
+        format: Format::BoolQ,
+    },
+    Task {
+        name: "rte",
+        hub_id: "nyu-mll/glue",
+        config: Some("rte"),
+        split: "validation",
+        file: "rte/validation-00000-of-00001.parquet",
+        reports_acc_norm: false,
+        format: Format::Rte,
+    },
+    Task {
+        name: "hellaswag",
+        hub_id: "Rowan/hellaswag",
+        config: None,
+        split: "validation",
+        file: "data/validation-00000-of-00001.parquet",
+        reports_acc_norm: true,
+        format: Format::HellaSwag,
+    },
+    Task {
+        name: "winogrande",
+        hub_id: "allenai/winogrande",
+        config: Some("winogrande_xl"),
+        split: "validation",
+        file: "winogrande_xl/validation-00000-of-00001.parquet",
+        reports_acc_norm: false,
+        format: Format::Winogrande,
+    },
+    Task {
+        name: "arc_easy",
+        hub_id: "allenai/ai2_arc",
+        config: Some("ARC-Easy"),
+        split: "test",
+        file: "ARC-Easy/test-00000-of-00001.parquet",
+        reports_acc_norm: true,
+        format: Format::Arc,
+    },
+    Task {
+        name: "arc_challenge",
+        hub_id: "allenai/ai2_arc",
+        config: Some("ARC-Challenge"),
+        split: "test",
+        file: "ARC-Challenge/test-00000-of-00001.parquet",
+        reports_acc_norm: true,
+        format: Format::Arc,
+    },
+    Task {
+        name: "openbookqa",
+        hub_id: "allenai/openbookqa",
+        config: Some("main"),
+        split: "test",
+        file: "main/test-00000-of-00001.parquet",
+        reports_acc_norm: true,
+        format: Format::OpenBookQa,
+    },
 ];
 
 /// Looks up a task by its lm-eval name.
@@ -131,37 +140,9 @@ pub fn task(name: &str) -> Result<Task> {
 }
 
 impl Task {
-    const fn new(
-        name: &'static str,
-        hub_id: &'static str,
-        config: Option<&'static str>,
-        split: &'static str,
-        reports_acc_norm: bool,
-        format: Format,
-    ) -> Task {
-        Task {
-            name,
-            hub_id,
-            config,
-            split,
-            reports_acc_norm,
-            format,
-        }
-    }
-
-    /// The parquet file, relative to the hub repo's folder, in the hub's parquet layout:
-    /// `<config>/<split>-00000-of-00001.parquet`, or `data/...` for the default config.
-    pub fn file(&self) -> String {
-        format!(
-            "{}/{}-00000-of-00001.parquet",
-            self.config.unwrap_or("data"),
-            self.split
-        )
-    }
-
     /// The parquet file under a local mirror of the hub laid out as `<root>/<hub id>/<file>`.
     pub fn parquet_path(&self, datasets_root: &Path) -> PathBuf {
-        datasets_root.join(self.hub_id).join(self.file())
+        datasets_root.join(self.hub_id).join(self.file)
     }
 
     /// Scores one document from the loglikelihoods of its [`Doc::requests`], in request order.
@@ -696,10 +677,6 @@ mod tests {
         assert_eq!(
             task_named("hellaswag").parquet_path(Path::new("d")),
             Path::new("d/Rowan/hellaswag/data/validation-00000-of-00001.parquet")
-        );
-        assert_eq!(
-            task_named("arc_easy").file(),
-            "ARC-Easy/test-00000-of-00001.parquet"
         );
         let err = task("piqa").expect_err("unknown").to_string();
         assert!(err.contains("piqa") && err.contains("openbookqa"), "{err}");

@@ -8,7 +8,7 @@ use crate::hub::RepoRef;
 
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
-    /// Insertion order, kept for saving in the checkpoint's own order.
+    /// Tensor names, sorted (the order checkpoints are saved in).
     order: Vec<String>,
     source: String,
 }
@@ -41,6 +41,8 @@ impl Weights {
                 tensors.insert(name, t.to_device(device));
             }
         }
+        // read_safetensors does not keep the file's order; sort so saved checkpoints are reproducible.
+        order.sort();
         let source = files.first().map(|f| f.display().to_string()).unwrap_or_default();
         Ok(Weights { tensors, order, source })
     }
@@ -65,7 +67,7 @@ impl Weights {
         self.tensors.get(name).or_else(|| name.strip_prefix("model.").and_then(|n| self.tensors.get(n)))
     }
 
-    /// All tensors in checkpoint order, sharing storage with what the model uses.
+    /// All tensors by sorted name, sharing storage with what the model uses.
     pub fn into_named(mut self) -> Vec<(String, Tensor)> {
         self.order.iter().filter_map(|n| self.tensors.remove(n).map(|t| (n.clone(), t))).collect()
     }
