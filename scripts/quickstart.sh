@@ -5,4 +5,4 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-target/release/repro eval --model llama-tiny --ppl wikitext2,books-heldout --batch-size 8 "$@"
+target/release/repro eval --model llama-tiny --ppl wikitext2,books-heldout "$@"

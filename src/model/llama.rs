@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use super::{BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Tap, Weights};
+use super::{BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
 
 #[derive(Deserialize, Debug, Clone)]
 pub struct Config {
@@ -73,7 +73,10 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         if self.hidden_act != "silu" {
-            bail!("field `hidden_act` = \"{}\" is not supported (only \"silu\")", self.hidden_act);
+            bail!(
+                "field `hidden_act` = \"{}\" is not supported (only \"silu\")",
+                self.hidden_act
+            );
         }
         if self.num_attention_heads <= 0 || self.kv_heads() <= 0 || self.num_attention_heads % self.kv_heads() != 0 {
             bail!(
@@ -91,7 +94,8 @@ impl Config {
     /// Rotary inverse frequencies in f32 exactly as transformers computes them, including llama3 scaling.
     fn inv_freq(&self) -> Result<Tensor> {
         let dim = self.head_dim();
-        let exponent = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / dim as f64;
+        let exponent =
+            Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / dim as f64;
         let inv_freq = Tensor::pow_scalar(self.theta(), &exponent).reciprocal();
         let Some(r) = self.rope() else { return Ok(inv_freq) };
         let need = |v: Option<f64>, f: &str| v.ok_or_else(|| anyhow::anyhow!("field `rope_scaling.{f}` is required"));
@@ -173,7 +177,9 @@ impl Attention {
             if rep == 1 {
                 t
             } else {
-                t.unsqueeze(2).expand([b, self.kv_heads, rep, l, self.head_dim], false).reshape([b, self.heads, l, self.head_dim])
+                t.unsqueeze(2)
+                    .expand([b, self.kv_heads, rep, l, self.head_dim], false)
+                    .reshape([b, self.heads, l, self.head_dim])
             }
         };
         let (k, v) = (expand(k), expand(v));
@@ -195,7 +201,9 @@ impl Attention {
 
 impl DecoderBlock for Block {
     fn forward(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor {
-        let h = x + self.attn.forward(&rms_norm(x, &self.input_layernorm, self.eps), ctx, tap);
+        let h = x + self
+            .attn
+            .forward(&rms_norm(x, &self.input_layernorm, self.eps), ctx, tap);
         let n = rms_norm(&h, &self.post_attention_layernorm, self.eps);
         tap("mlp.gate_proj", &n);
         let gate = self.mlp.gate_proj.forward(&n).silu();
@@ -232,17 +240,13 @@ impl DecoderBlock for Block {
 }
 
 pub struct Llama {
-    info: ModelInfo,
+    stack: Stack,
     embed_tokens: Tensor,
-    blocks: Vec<Box<dyn DecoderBlock>>,
     norm: Tensor,
     lm_head: Tensor,
     inv_freq: Tensor,
     sliding_window: Option<i64>,
     eps: f64,
-    tensors: Vec<(String, Tensor)>,
-    device: Device,
-    kind: Kind,
 }
 
 impl Llama {
@@ -284,34 +288,43 @@ impl Llama {
             w.get("lm_head.weight", &[cfg.vocab_size, h])?
         };
         let is_mistral = arch.starts_with("Mistral") || arch == "mistral";
+        let info = ModelInfo {
+            architecture: arch.to_string(),
+            model_type: cfg
+                .model_type
+                .clone()
+                .unwrap_or_else(|| if is_mistral { "mistral" } else { "llama" }.into()),
+            n_layers: cfg.num_hidden_layers,
+            hidden_size: h,
+            vocab_size: cfg.vocab_size,
+            max_position_embeddings: cfg.max_position_embeddings,
+            bos_token_id: cfg.bos_token_id,
+            block_prefix: "model.layers.",
+        };
         Ok(Llama {
-            info: ModelInfo {
-                architecture: arch.to_string(),
-                model_type: cfg.model_type.clone().unwrap_or_else(|| if is_mistral { "mistral" } else { "llama" }.into()),
-                n_layers: cfg.num_hidden_layers,
-                hidden_size: h,
-                vocab_size: cfg.vocab_size,
-                max_position_embeddings: cfg.max_position_embeddings,
-                bos_token_id: cfg.bos_token_id,
-                block_prefix: "model.layers.",
+            stack: Stack {
+                info,
+                blocks,
+                tensors: w.into_named(),
+                device,
+                kind,
             },
             inv_freq: cfg.inv_freq()?.to_device(device),
             sliding_window: cfg.sliding_window.filter(|_| is_mistral),
             eps: cfg.rms_norm_eps,
             embed_tokens,
-            blocks,
             norm,
             lm_head,
-            tensors: w.into_named(),
-            device,
-            kind,
         })
     }
 }
 
 impl CausalLm for Llama {
-    fn info(&self) -> &ModelInfo {
-        &self.info
+    fn stack(&self) -> &Stack {
+        &self.stack
+    }
+    fn stack_mut(&mut self) -> &mut Stack {
+        &mut self.stack
     }
 
     fn embed(&self, ids: &Tensor) -> Tensor {
@@ -321,38 +334,24 @@ impl CausalLm for Llama {
     /// cos/sin tables in f32 then cast to the model dtype, and the sliding-window mask when the
     /// sequence is longer than Mistral's window (query i sees keys j with i - window < j <= i).
     fn context(&self, seq_len: i64) -> BlockCtx {
-        let pos = Tensor::arange(seq_len, (Kind::Float, self.device));
+        let pos = Tensor::arange(seq_len, (Kind::Float, self.stack.device));
         let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let table = |t: Tensor| t.to_kind(self.kind).unsqueeze(0).unsqueeze(0);
+        let table = |t: Tensor| t.to_kind(self.stack.kind).unsqueeze(0).unsqueeze(0);
         let attn_mask = self.sliding_window.filter(|&w| seq_len > w).map(|w| {
-            let i = Tensor::arange(seq_len, (Kind::Int64, self.device)).unsqueeze(1);
-            let j = Tensor::arange(seq_len, (Kind::Int64, self.device)).unsqueeze(0);
+            let i = Tensor::arange(seq_len, (Kind::Int64, self.stack.device)).unsqueeze(1);
+            let j = Tensor::arange(seq_len, (Kind::Int64, self.stack.device)).unsqueeze(0);
             let visible = j.le_tensor(&i).logical_and(&(&i - &j).lt(w));
-            Tensor::zeros([seq_len, seq_len], (self.kind, self.device))
+            Tensor::zeros([seq_len, seq_len], (self.stack.kind, self.stack.device))
                 .masked_fill(&visible.logical_not(), f64::NEG_INFINITY)
         });
-        BlockCtx { rope: Some((table(emb.cos()), table(emb.sin()))), attn_mask }
-    }
-
-    fn blocks(&self) -> &[Box<dyn DecoderBlock>] {
-        &self.blocks
-    }
-    fn blocks_mut(&mut self) -> &mut [Box<dyn DecoderBlock>] {
-        &mut self.blocks
+        BlockCtx {
+            rope: Some((table(emb.cos()), table(emb.sin()))),
+            attn_mask,
+        }
     }
 
     fn head(&self, h: &Tensor) -> Tensor {
         rms_norm(h, &self.norm, self.eps).linear::<Tensor>(&self.lm_head, None)
-    }
-
-    fn tensors(&self) -> &[(String, Tensor)] {
-        &self.tensors
-    }
-    fn device(&self) -> Device {
-        self.device
-    }
-    fn kind(&self) -> Kind {
-        self.kind
     }
 }

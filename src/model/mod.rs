@@ -26,7 +26,11 @@ impl Linear {
     pub fn load(w: &Weights, prefix: &str, bias: bool, shape: (i64, i64)) -> Result<Self> {
         Ok(Linear {
             weight: w.get(&format!("{prefix}.weight"), &[shape.0, shape.1])?,
-            bias: if bias { Some(w.get(&format!("{prefix}.bias"), &[shape.0])?) } else { None },
+            bias: if bias {
+                Some(w.get(&format!("{prefix}.bias"), &[shape.0])?)
+            } else {
+                None
+            },
         })
     }
 
@@ -69,19 +73,43 @@ pub struct ModelInfo {
     pub block_prefix: &'static str,
 }
 
+/// What every architecture holds besides its embedding and head: the blocks and the checkpoint.
+pub struct Stack {
+    pub info: ModelInfo,
+    pub blocks: Vec<Box<dyn DecoderBlock>>,
+    /// Every checkpoint tensor by hub name, sharing storage with the layers (for saving).
+    pub tensors: Vec<(String, Tensor)>,
+    pub device: Device,
+    pub kind: Kind,
+}
+
 pub trait CausalLm: Send {
-    fn info(&self) -> &ModelInfo;
+    fn stack(&self) -> &Stack;
+    fn stack_mut(&mut self) -> &mut Stack;
     /// token ids (B, L) int64 -> hidden (B, L, H).
     fn embed(&self, ids: &Tensor) -> Tensor;
     fn context(&self, seq_len: i64) -> BlockCtx;
-    fn blocks(&self) -> &[Box<dyn DecoderBlock>];
-    fn blocks_mut(&mut self) -> &mut [Box<dyn DecoderBlock>];
     /// final norm (+ projection) + lm_head: hidden (B, L, H) -> logits (B, L, V).
     fn head(&self, h: &Tensor) -> Tensor;
-    /// Every checkpoint tensor by hub name (for saving).
-    fn tensors(&self) -> &[(String, Tensor)];
-    fn device(&self) -> Device;
-    fn kind(&self) -> Kind;
+
+    fn info(&self) -> &ModelInfo {
+        &self.stack().info
+    }
+    fn blocks(&self) -> &[Box<dyn DecoderBlock>] {
+        &self.stack().blocks
+    }
+    fn blocks_mut(&mut self) -> &mut [Box<dyn DecoderBlock>] {
+        &mut self.stack_mut().blocks
+    }
+    fn tensors(&self) -> &[(String, Tensor)] {
+        &self.stack().tensors
+    }
+    fn device(&self) -> Device {
+        self.stack().device
+    }
+    fn kind(&self) -> Kind {
+        self.stack().kind
+    }
 
     /// Full forward pass: ids (B, L) -> logits (B, L, V).
     fn forward(&self, ids: &Tensor) -> Tensor {
@@ -107,17 +135,22 @@ pub fn load(hub: &Hub, spec: &str, device: Device, kind: Kind) -> Result<Loaded>
     let (model, repo, config) = load_model(hub, spec, device, kind)?;
     let info = model.info();
     let tokenizer = Tokenizer::from_repo(&repo, &info.model_type, info.bos_token_id)?;
-    Ok(Loaded { model, tokenizer, repo, config })
+    Ok(Loaded {
+        model,
+        tokenizer,
+        repo,
+        config,
+    })
 }
 
 /// Reads config.json and dispatches on `architectures[0]` (or `model_type`); no tokenizer needed.
 pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind) -> Result<(Box<dyn CausalLm>, RepoRef, Value)> {
     let repo = hub.repo(spec, RepoKind::Model);
     let config_path = repo.get("config.json")?;
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("cannot read {}", config_path.display()))?;
-    let config: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: malformed JSON", config_path.display()))?;
+    let text =
+        std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", config_path.display()))?;
     let arch = config
         .get("architectures")
         .and_then(|a| a.get(0))
@@ -125,7 +158,10 @@ pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind) -> Result<(
         .map(str::to_string)
         .or_else(|| config.get("model_type").and_then(Value::as_str).map(str::to_string));
     let Some(arch) = arch else {
-        bail!("{}: neither `architectures` nor `model_type` is set", config_path.display());
+        bail!(
+            "{}: neither `architectures` nor `model_type` is set",
+            config_path.display()
+        );
     };
     let weights = Weights::load(&repo, device, kind)?;
     let ctx = || format!("{} (architecture {arch})", config_path.display());

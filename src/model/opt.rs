@@ -3,9 +3,9 @@
 
 use anyhow::{bail, Result};
 use serde::Deserialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-use super::{BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Tap, Weights};
+use super::{BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
 
 /// OPT's position rows start after two reserved rows (fairseq's padding offset).
 const POSITION_OFFSET: i64 = 2;
@@ -53,7 +53,13 @@ impl LayerNorm {
         })
     }
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.weight.size()[0]], Some(&self.weight), Some(&self.bias), LN_EPS, false)
+        x.layer_norm(
+            [self.weight.size()[0]],
+            Some(&self.weight),
+            Some(&self.bias),
+            LN_EPS,
+            false,
+        )
     }
 }
 
@@ -82,7 +88,16 @@ impl Block {
         let k = split(self.k_proj.forward(x));
         tap("self_attn.v_proj", x);
         let v = split(self.v_proj.forward(x));
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, ctx.attn_mask.as_ref(), 0.0, ctx.attn_mask.is_none(), None, false);
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            ctx.attn_mask.as_ref(),
+            0.0,
+            ctx.attn_mask.is_none(),
+            None,
+            false,
+        );
         let y = y.transpose(1, 2).reshape([b, l, h]);
         tap("self_attn.out_proj", &y);
         self.out_proj.forward(&y)
@@ -132,17 +147,13 @@ impl DecoderBlock for Block {
 }
 
 pub struct Opt {
-    info: ModelInfo,
+    stack: Stack,
     embed_tokens: Tensor,
     embed_positions: Tensor,
     project_in: Option<Linear>,
     project_out: Option<Linear>,
     final_layer_norm: Option<LayerNorm>,
     lm_head: Tensor,
-    blocks: Vec<Box<dyn DecoderBlock>>,
-    tensors: Vec<(String, Tensor)>,
-    device: Device,
-    kind: Kind,
 }
 
 impl Opt {
@@ -154,7 +165,10 @@ impl Opt {
         };
         let h = cfg.hidden_size;
         if cfg.num_attention_heads <= 0 || h % cfg.num_attention_heads != 0 {
-            bail!("field `num_attention_heads` = {} does not divide `hidden_size` = {h}", cfg.num_attention_heads);
+            bail!(
+                "field `num_attention_heads` = {} does not divide `hidden_size` = {h}",
+                cfg.num_attention_heads
+            );
         }
         let proj = cfg.word_embed_proj_dim.unwrap_or(h);
         let p = "model.decoder";
@@ -196,17 +210,17 @@ impl Opt {
         } else {
             w.get("lm_head.weight", &[cfg.vocab_size, proj])?
         };
+        let info = ModelInfo {
+            architecture: "OPTForCausalLM".into(),
+            model_type: "opt".into(),
+            n_layers: cfg.num_hidden_layers,
+            hidden_size: h,
+            vocab_size: cfg.vocab_size,
+            max_position_embeddings: cfg.max_position_embeddings,
+            bos_token_id: cfg.bos_token_id,
+            block_prefix: "model.decoder.layers.",
+        };
         Ok(Opt {
-            info: ModelInfo {
-                architecture: "OPTForCausalLM".into(),
-                model_type: "opt".into(),
-                n_layers: cfg.num_hidden_layers,
-                hidden_size: h,
-                vocab_size: cfg.vocab_size,
-                max_position_embeddings: cfg.max_position_embeddings,
-                bos_token_id: cfg.bos_token_id,
-                block_prefix: "model.decoder.layers.",
-            },
             embed_positions: w.get(
                 &format!("{p}.embed_positions.weight"),
                 &[cfg.max_position_embeddings + POSITION_OFFSET, h],
@@ -216,17 +230,23 @@ impl Opt {
             project_out,
             final_layer_norm,
             lm_head,
-            blocks,
-            tensors: w.into_named(),
-            device,
-            kind,
+            stack: Stack {
+                info,
+                blocks,
+                tensors: w.into_named(),
+                device,
+                kind,
+            },
         })
     }
 }
 
 impl CausalLm for Opt {
-    fn info(&self) -> &ModelInfo {
-        &self.info
+    fn stack(&self) -> &Stack {
+        &self.stack
+    }
+    fn stack_mut(&mut self) -> &mut Stack {
+        &mut self.stack
     }
 
     fn embed(&self, ids: &Tensor) -> Tensor {
@@ -235,19 +255,15 @@ impl CausalLm for Opt {
         if let Some(p) = &self.project_in {
             x = p.forward(&x);
         }
-        let pos = Tensor::arange_start(POSITION_OFFSET, l + POSITION_OFFSET, (Kind::Int64, self.device));
+        let pos = Tensor::arange_start(POSITION_OFFSET, l + POSITION_OFFSET, (Kind::Int64, self.stack.device));
         x + Tensor::embedding(&self.embed_positions, &pos, -1, false, false).unsqueeze(0)
     }
 
     fn context(&self, _seq_len: i64) -> BlockCtx {
-        BlockCtx { rope: None, attn_mask: None }
-    }
-
-    fn blocks(&self) -> &[Box<dyn DecoderBlock>] {
-        &self.blocks
-    }
-    fn blocks_mut(&mut self) -> &mut [Box<dyn DecoderBlock>] {
-        &mut self.blocks
+        BlockCtx {
+            rope: None,
+            attn_mask: None,
+        }
     }
 
     fn head(&self, h: &Tensor) -> Tensor {
@@ -259,15 +275,5 @@ impl CausalLm for Opt {
             x = p.forward(&x);
         }
         x.linear::<Tensor>(&self.lm_head, None)
-    }
-
-    fn tensors(&self) -> &[(String, Tensor)] {
-        &self.tensors
-    }
-    fn device(&self) -> Device {
-        self.device
-    }
-    fn kind(&self) -> Kind {
-        self.kind
     }
 }

@@ -16,11 +16,18 @@ pub struct Weights {
 impl Weights {
     /// `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
     pub fn load(repo: &RepoRef, device: Device, kind: Kind) -> Result<Self> {
-        let files = if repo.has_local("model.safetensors") || (repo.local_dir().is_none() && !repo.has_local("model.safetensors.index.json") && repo.get("model.safetensors.index.json").is_err()) {
+        let files = if repo.has_local("model.safetensors")
+            || (repo.local_dir().is_none()
+                && !repo.has_local("model.safetensors.index.json")
+                && repo.get("model.safetensors.index.json").is_err())
+        {
             vec![repo.get("model.safetensors")?]
         } else {
             let index_path = repo.get("model.safetensors.index.json").with_context(|| {
-                format!("model `{}` has neither model.safetensors nor model.safetensors.index.json", repo.id)
+                format!(
+                    "model `{}` has neither model.safetensors nor model.safetensors.index.json",
+                    repo.id
+                )
             })?;
             let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index_path)?)
                 .with_context(|| format!("{}: malformed JSON", index_path.display()))?;
@@ -53,7 +60,12 @@ impl Weights {
             bail!("{}: missing weight tensor `{name}`", self.source);
         };
         if t.size() != shape {
-            bail!("{}: tensor `{name}` has shape {:?}, config.json implies {:?}", self.source, t.size(), shape);
+            bail!(
+                "{}: tensor `{name}` has shape {:?}, config.json implies {:?}",
+                self.source,
+                t.size(),
+                shape
+            );
         }
         Ok(t.shallow_clone())
     }
@@ -64,11 +76,16 @@ impl Weights {
 
     /// Older OPT checkpoints store `decoder.*` where transformers names `model.decoder.*`.
     fn lookup(&self, name: &str) -> Option<&Tensor> {
-        self.tensors.get(name).or_else(|| name.strip_prefix("model.").and_then(|n| self.tensors.get(n)))
+        self.tensors
+            .get(name)
+            .or_else(|| name.strip_prefix("model.").and_then(|n| self.tensors.get(n)))
     }
 
     /// All tensors by sorted name, sharing storage with what the model uses.
     pub fn into_named(mut self) -> Vec<(String, Tensor)> {
-        self.order.iter().filter_map(|n| self.tensors.remove(n).map(|t| (n.clone(), t))).collect()
+        self.order
+            .iter()
+            .filter_map(|n| self.tensors.remove(n).map(|t| (n.clone(), t)))
+            .collect()
     }
 }

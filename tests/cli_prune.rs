@@ -1,0 +1,65 @@
+//! `repro prune` end to end through the binary: JSON report, saved checkpoint, refused combinations.
+
+mod common;
+use common::*;
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap()
+}
+
+#[test]
+fn prune_reports_saves_and_reloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let save = tmp.path().join("pruned");
+    let out = repro()
+        .args(["prune", "--model", "llama-tiny-random", "--method", "wanda", "--sparsity", "0.5"])
+        .args(["--calib", "c4:c4-format-sample", "--nsamples", "8", "--seqlen", "64", "--eval", "wikitext2"])
+        .args(["--max-windows", "4", "--json", "--save", save.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let r = json_of(&out);
+    assert_eq!(r["method"], "wanda");
+    assert_eq!(r["pattern"], "unstructured");
+    assert_eq!(r["calibration"]["nsamples"], 8);
+    let actual = r["sparsity_actual"].as_f64().unwrap();
+    assert!((actual - 0.5).abs() < 0.01, "{actual}");
+    assert_eq!(r["layers"].as_array().unwrap().len(), 2 * 7);
+    assert!(r["prune_seconds"].as_f64().unwrap() <= r["total_seconds"].as_f64().unwrap());
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
+    let ppl = r["ppl"]["wikitext2"].as_f64().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "repro.json"] {
+        assert!(save.join(f).is_file(), "{f} missing");
+    }
+    // The saved checkpoint is a model like any other: same perplexity, same zeros.
+    let again = json_of(
+        &repro()
+            .args(["eval", "--model", save.to_str().unwrap(), "--ppl", "wikitext2", "--seqlen", "64", "--max-windows", "4", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_close("reloaded ppl", &[again["ppl"]["wikitext2"].as_f64().unwrap()], &[ppl], 1e-6, 0.0);
+    let tensors = tch::Tensor::read_safetensors(save.join("model.safetensors")).unwrap();
+    let q = tensors.iter().find(|(n, _)| n == "model.layers.0.self_attn.q_proj.weight").unwrap();
+    let zeros = q.1.eq(0.0).sum(tch::Kind::Int64).int64_value(&[]);
+    assert_eq!(zeros, r["layers"][0]["zeros"].as_i64().unwrap());
+}
+
+#[test]
+fn invalid_combinations_are_refused() {
+    let m = fixture_model("llama-tiny-random");
+    for (args, msg) in [
+        (vec!["--method", "wanda", "--pattern", "5:4"], "0 < N < M"),
+        (vec!["--method", "wanda", "--pattern", "2:4", "--sparsity", "0.6"], "use --sparsity 0.5"),
+        (vec!["--method", "wanda", "--pattern", "2:4", "--use-variant"], "unstructured sparsity only"),
+        (vec!["--method", "sparsegpt", "--group", "per-layer"], "--group applies to metric methods"),
+        (vec!["--method", "obs"], "unknown pruning metric `obs`"),
+        (vec!["--method", "wanda", "--sparsity", "1.0"], "must be in [0, 1)"),
+    ] {
+        let out = repro().args(["prune", "--model", &m]).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(msg) && !stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,42 @@
+//! Special tokens as transformers adds them, and the C4 validation protocol of the SparseGPT code.
+
+mod common;
+use common::*;
+use repro::hub::Hub;
+use repro::tokenizer::Tokenizer;
+
+/// A GPT-2 style tokenizer.json has no post-processor adding BOS; OPT's tokenizer_config asks for
+/// `</s>` as BOS (`add_bos_token`), which transformers prepends. Simulated on the fixture tokenizer.
+#[test]
+fn bos_is_prepended_when_the_post_processor_does_not_add_it() {
+    let src = fixtures().join("models/llama-tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap()).unwrap();
+    tj["post_processor"] = serde_json::Value::Null;
+    std::fs::write(tmp.path().join("tokenizer.json"), tj.to_string()).unwrap();
+    std::fs::write(tmp.path().join("tokenizer_config.json"), r#"{"add_bos_token": true, "bos_token": "</s>"}"#).unwrap();
+    let tok = Tokenizer::from_files(&tmp.path().join("tokenizer.json"), Some(&tmp.path().join("tokenizer_config.json")), "opt", Some(2)).unwrap();
+    let ids = tok.encode("The quick brown fox").unwrap();
+    assert_eq!(ids[0], 2, "{ids:?}");
+    assert_ne!(ids[1], 2);
+    // LLaMA's own post-processor adds <s>; nothing is added twice.
+    let llama = Tokenizer::from_files(&src.join("tokenizer.json"), Some(&src.join("tokenizer_config.json")), "llama", Some(1)).unwrap();
+    let ids = llama.encode("The quick brown fox").unwrap();
+    assert_eq!(&ids[..2], &[1, 375]);
+    assert_eq!(llama.encode_plain("The").unwrap()[0], 375);
+}
+
+/// SparseGPT's C4 perplexity text: the first 1100 validation documents joined by ' ', cut to
+/// 256·seqlen tokens. Token counts from the Python `tokenizers` package on the same shard.
+#[test]
+fn c4_validation_protocol() {
+    let hub = Hub::new(Some(fixtures()));
+    let m = repro::model::load(&hub, "llama-tiny", tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let corpus = repro::data::PplCorpus::parse("c4:c4-format-sample");
+    let ids = corpus.token_ids(&hub, 512, &|t| m.tokenizer.encode(t)).unwrap();
+    assert_eq!(ids.len(), 256 * 512);
+    assert_eq!(&ids[..8], &[1, 595, 762, 306, 389, 363, 3418, 304]);
+    let short = corpus.token_ids(&hub, 128, &|t| m.tokenizer.encode(t)).unwrap();
+    assert_eq!(short.len(), 256 * 128);
+    assert_eq!(&short[short.len() - 3..], &[2053, 1310, 265]);
+}
