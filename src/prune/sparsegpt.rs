@@ -74,12 +74,11 @@ pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, 
                 mask1 = mask1.scatter_value(1, &(idx + i), 1).to_kind(Kind::Bool);
             }
             let q = col.masked_fill(&mask1.select(1, i), 0.0);
-            let _ = q1.narrow(1, i, 1).copy_(&q.unsqueeze(1));
+            let _ = q1.select(1, i).copy_(&q);
             let e = (&col - &q) / d;
-            let update = e.unsqueeze(1).matmul(&hinv1.get(i).narrow(0, i, count - i).unsqueeze(0));
-            let mut rest = w1.narrow(1, i, count - i);
-            rest -= update;
-            let _ = err1.narrow(1, i, 1).copy_(&e.unsqueeze(1));
+            // W1[:, i:] -= e ⊗ Hinv1[i, i:], as one rank-1 update.
+            let _ = w1.narrow(1, i, count - i).addr_(&(-&e), &hinv1.get(i).narrow(0, i, count - i));
+            let _ = err1.select(1, i).copy_(&e);
         }
         let _ = w.narrow(1, i1, count).copy_(&q1);
         if i2 < cols {
