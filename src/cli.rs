@@ -4,19 +4,12 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
-use std::time::Instant;
 
-use crate::calib::CalibSource;
-use crate::data::PplCorpus;
-use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
-use crate::eval::ppl::perplexity;
-use crate::eval::tasks::{task, ALL_TASKS};
-use crate::eval::zeroshot::evaluate_task;
+use crate::eval::tasks::task;
 use crate::hub::Hub;
-use crate::model::{self, Loaded};
-use crate::prune::mask::{Group, Pattern};
-use crate::prune::{prune_model, Method};
-use crate::resources::peak_rss_bytes;
+use crate::pipeline::{run_job, EvalSpec, ModelSpec, Observer, PrintLines, PruneSpec, Quiet};
+use crate::prune::mask::Pattern;
+use crate::{report, sweep};
 
 #[derive(Parser)]
 #[command(name = "repro", version, about = "Reproduce Wanda / SparseGPT / magnitude pruning of LLMs")]
@@ -34,6 +27,34 @@ pub enum Command {
     Eval(EvalArgs),
     /// Prune a model one-shot (magnitude, wanda, sparsegpt, ...), then optionally evaluate and save it.
     Prune(PruneArgs),
+    /// Run a YAML sweep (models x methods x sparsities x ...), resumably, then write its report.
+    Run(RunArgs),
+    /// Collect a sweep directory's records into results.parquet/csv, tables and charts (no model needed).
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The sweep's YAML file (see configs/).
+    pub config: PathBuf,
+    /// Print the plan (runs, which are cached, rough cost) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rerun runs that already have a successful record.
+    #[arg(long)]
+    pub force: bool,
+    /// Only runs whose label or id matches this pattern (`*` matches anything).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Stop at the first failing run instead of recording it and going on.
+    #[arg(long)]
+    pub fail_fast: bool,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// A sweep's output directory (holds sweep.json and runs/).
+    pub run_dir: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -128,103 +149,37 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Eval(args) => eval(&hub, args),
         Command::Prune(args) => prune(&hub, args),
+        Command::Run(args) => sweep::run(&hub, &args),
+        Command::Report(args) => report::report(&args.run_dir).map(|_| ()),
     }
 }
 
-fn load(hub: &Hub, args: &ModelArgs) -> Result<(Loaded, Map<String, Value>)> {
-    let device = parse_device(&args.device)?;
-    let kind = parse_dtype(args.dtype.as_deref(), device)?;
-    let loaded = model::load(hub, &args.model, device, kind)?;
-    let info = loaded.model.info();
-    let mut out = Map::new();
-    out.insert("model".into(), json!(args.model));
-    out.insert("architecture".into(), json!(info.architecture));
-    out.insert("device".into(), json!(device_name(device)));
-    out.insert("dtype".into(), json!(dtype_name(kind)));
-    out.insert("seqlen".into(), json!(seqlen(args, &loaded)));
-    Ok((loaded, out))
-}
-
-fn seqlen(args: &ModelArgs, loaded: &Loaded) -> usize {
-    args.seqlen.unwrap_or(loaded.model.info().max_position_embeddings as usize)
-}
-
-/// Splits evaluation names into zero-shot tasks and perplexity corpora, and runs both.
-fn evaluate(hub: &Hub, loaded: &Loaded, names: &[String], seqlen: usize, opts: &PplArgs, json_out: bool, out: &mut Map<String, Value>) -> Result<()> {
-    let (tasks, corpora): (Vec<String>, Vec<String>) = names.iter().cloned().partition(|n| ALL_TASKS.contains(&n.as_str()));
-    if !corpora.is_empty() {
-        eval_ppl(hub, loaded, &corpora, seqlen, opts, json_out, out)?;
+impl ModelArgs {
+    fn spec(&self) -> ModelSpec {
+        ModelSpec { model: self.model.clone(), device: self.device.clone(), dtype: self.dtype.clone(), seqlen: self.seqlen }
     }
-    if !tasks.is_empty() {
-        eval_tasks(hub, loaded, &tasks, opts, json_out, out)?;
-    }
-    Ok(())
-}
-
-/// Zero-shot accuracy per task; fills `zero_shot` with lm-eval's metric names and the mean acc.
-fn eval_tasks(hub: &Hub, loaded: &Loaded, tasks: &[String], opts: &PplArgs, json_out: bool, out: &mut Map<String, Value>) -> Result<()> {
-    let start = Instant::now();
-    let mut results = Map::new();
-    let mut accs = Vec::new();
-    for name in tasks {
-        let r = evaluate_task(loaded.model.as_ref(), &loaded.tokenizer, hub, name, opts.limit, opts.batch_size)?.result;
-        if !json_out {
-            let norm = r.acc_norm.map(|a| format!(", acc_norm {:.4}", a)).unwrap_or_default();
-            println!("{name:<16} acc {:.4} ± {:.4}{norm}   ({} documents)", r.acc, r.acc_stderr.unwrap_or(f64::NAN), r.n);
+    fn observer(&self) -> &'static dyn Observer {
+        if self.json {
+            &Quiet
+        } else {
+            &PrintLines
         }
-        accs.push(r.acc);
-        results.insert(name.clone(), serde_json::to_value(r)?);
     }
-    if accs.len() > 1 && !json_out {
-        println!("{:<16} acc {:.4}", "mean", accs.iter().sum::<f64>() / accs.len() as f64);
-    }
-    out.insert("zero_shot".into(), Value::Object(results));
-    out.insert("zero_shot_mean_acc".into(), json!(accs.iter().sum::<f64>() / accs.len() as f64));
-    out.insert("zero_shot_limit".into(), json!(opts.limit));
-    out.insert("zero_shot_seconds".into(), json!(start.elapsed().as_secs_f64()));
-    Ok(())
 }
 
-/// Perplexity on each corpus; prints a line each unless `json`, and fills `ppl`, `n_tokens`, `ppl_details`.
-fn eval_ppl(hub: &Hub, loaded: &Loaded, specs: &[String], seqlen: usize, opts: &PplArgs, json_out: bool, out: &mut Map<String, Value>) -> Result<()> {
-    let mut ppl = Map::new();
-    let mut details = Map::new();
-    let start = Instant::now();
-    let mut tokens = 0usize;
-    for spec in specs {
-        let corpus = PplCorpus::parse(spec);
-        let label = corpus.label();
-        let ids = corpus.token_ids(hub, seqlen, &|t| loaded.tokenizer.encode(t))?;
-        let r = perplexity(loaded.model.as_ref(), &ids, seqlen, opts.batch_size, opts.max_windows, &label)?;
-        if !json_out {
-            println!("{label:<16} ppl {:>10.4}   ({} windows x {seqlen} tokens of {})", r.ppl, r.windows, r.n_tokens);
-        }
-        out.entry("n_tokens").or_insert(json!(r.n_tokens));
-        tokens += r.windows * seqlen;
-        ppl.insert(label.clone(), json!(r.ppl));
-        details.insert(label, json!({"n_tokens": r.n_tokens, "windows": r.windows, "seqlen": seqlen, "batch_size": opts.batch_size}));
+impl PplArgs {
+    fn spec(&self, names: Vec<String>) -> EvalSpec {
+        EvalSpec { names, batch_size: self.batch_size, max_windows: self.max_windows, limit: self.limit }
     }
-    let secs = start.elapsed().as_secs_f64();
-    out.insert("ppl".into(), Value::Object(ppl));
-    out.insert("ppl_details".into(), Value::Object(details));
-    out.insert("eval_seconds".into(), json!(secs));
-    out.insert("eval_tokens_per_second".into(), json!(tokens as f64 / secs.max(1e-9)));
-    Ok(())
 }
 
-fn finish(mut out: Map<String, Value>, start: Instant, json_out: bool) {
-    out.insert("total_seconds".into(), json!(start.elapsed().as_secs_f64()));
-    out.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
-    out.insert("repro_version".into(), json!(env!("CARGO_PKG_VERSION")));
+fn print_json(out: Map<String, Value>, json_out: bool) {
     if json_out {
         println!("{}", Value::Object(out));
     }
 }
 
 fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
-    let start = Instant::now();
-    let (loaded, mut out) = load(hub, &args.model)?;
-    let seqlen = seqlen(&args.model, &loaded);
     let mut names = args.ppl.clone();
     names.extend(args.tasks.iter().cloned());
     if names.is_empty() {
@@ -233,57 +188,30 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
     for t in &args.tasks {
         task(t)?;
     }
-    evaluate(hub, &loaded, &names, seqlen, &args.ppl_opts, args.model.json, &mut out)?;
-    finish(out, start, args.model.json);
+    let (_, out) = run_job(hub, &args.model.spec(), None, &args.ppl_opts.spec(names), args.model.observer())?;
+    print_json(out, args.model.json);
     Ok(())
 }
 
 fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
-    let start = Instant::now();
-    let pattern = Pattern::parse(&args.pattern)?;
-    pattern.check_sparsity(args.sparsity)?;
-    let group = args.group.as_deref().map(Group::parse).transpose()?;
-    let method = Method::parse(&args.method, group, args.use_variant, pattern)?;
-    let (mut loaded, mut out) = load(hub, &args.model)?;
-    let seqlen = seqlen(&args.model, &loaded);
-    let calib = if method.needs_calibration() {
-        let source = CalibSource::parse(&args.calib);
-        let (file, windows) = source.windows(hub, &loaded.tokenizer, args.nsamples, seqlen, args.seed)?;
-        let flat: Vec<i64> = windows.concat();
-        out.insert(
-            "calibration".into(),
-            json!({"source": args.calib, "file": file, "nsamples": args.nsamples, "seqlen": seqlen, "seed": args.seed}),
-        );
-        Some(tch::Tensor::from_slice(&flat).view([args.nsamples as i64, seqlen as i64]))
-    } else {
-        None
+    let spec = PruneSpec {
+        method: args.method.clone(),
+        sparsity: args.sparsity,
+        pattern: Pattern::parse(&args.pattern)?,
+        group: args.group.clone(),
+        use_variant: args.use_variant,
+        calib: args.calib.clone(),
+        nsamples: args.nsamples,
+        seed: args.seed,
+        calib_batch_size: args.calib_batch_size,
     };
-    let report = prune_model(loaded.model.as_mut(), &method, args.sparsity, pattern, calib.as_ref(), args.calib_batch_size)?;
-    if !args.model.json {
-        println!(
-            "{} {} at {}: sparsity {:.4}, prune time {:.2}s (forward passes {:.2}s)",
-            args.method, pattern, args.sparsity, report.sparsity_actual, report.prune_seconds, report.forward_seconds
-        );
-    }
-    out.insert("method".into(), json!(args.method));
-    out.insert("pattern".into(), json!(pattern.to_string()));
-    out.insert("group".into(), json!(args.group));
-    out.insert("use_variant".into(), json!(args.use_variant));
-    out.insert("sparsity_target".into(), json!(args.sparsity));
-    out.insert("sparsity_actual".into(), json!(report.sparsity_actual));
-    out.insert("layers".into(), json!(report.layers));
-    out.insert("prune_seconds".into(), json!(report.prune_seconds));
-    out.insert("calibration_forward_seconds".into(), json!(report.forward_seconds));
-    if !args.eval.is_empty() {
-        evaluate(hub, &loaded, &args.eval, seqlen, &args.ppl_opts, args.model.json, &mut out)?;
-    }
+    let obs = args.model.observer();
+    let (loaded, mut out) = run_job(hub, &args.model.spec(), Some(&spec), &args.ppl_opts.spec(args.eval.clone()), obs)?;
     if let Some(dir) = &args.save {
         crate::checkpoint::save(&loaded, dir, &Value::Object(out.clone()))?;
-        if !args.model.json {
-            println!("saved pruned checkpoint to {}", dir.display());
-        }
+        obs.line(&format!("saved pruned checkpoint to {}", dir.display()));
         out.insert("saved_to".into(), json!(dir));
     }
-    finish(out, start, args.model.json);
+    print_json(out, args.model.json);
     Ok(())
 }

@@ -4,12 +4,16 @@
 pub mod calib;
 pub mod checkpoint;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
 pub mod hub;
 pub mod model;
+pub mod pipeline;
 pub mod progress;
 pub mod prune;
+pub mod report;
 pub mod resources;
+pub mod sweep;
 pub mod tokenizer;

@@ -7,3 +7,9 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Resets the peak above to the current usage (Linux `clear_refs` 5), so each run of a sweep
+/// reports its own peak; a no-op where unsupported.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

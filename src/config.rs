@@ -1,0 +1,513 @@
+//! Sweep configs: a YAML file naming models, methods, sparsities, patterns, calibration and
+//! evaluations, expanded into the cross product of runs. Every struct denies unknown fields so a
+//! typo is reported with the file, line, column and the allowed names instead of being ignored.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use crate::eval::tasks::task;
+use crate::pipeline::{EvalSpec, ModelSpec, PruneSpec};
+use crate::prune::mask::{Group, Pattern};
+use crate::prune::Method;
+
+/// A whole sweep file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    pub name: String,
+    /// Where records, results and the report go (relative to the working directory).
+    pub output: PathBuf,
+    #[serde(default = "default_device")]
+    pub device: DeviceName,
+    /// f32, f16 or bf16; default f32 on CPU, f16 on CUDA.
+    #[serde(default)]
+    pub dtype: Option<DtypeName>,
+    /// Calibration and perplexity window length; default max_position_embeddings (the paper's).
+    #[serde(default)]
+    pub seqlen: Option<usize>,
+    pub models: Vec<String>,
+    pub methods: Vec<MethodEntry>,
+    /// Unstructured ratios; N:M patterns fix the sparsity at N/M, and `dense` ignores every pruning axis.
+    #[serde(default = "default_sparsities")]
+    pub sparsities: Vec<Ratio>,
+    #[serde(default = "default_patterns")]
+    pub patterns: Vec<Pattern>,
+    #[serde(default)]
+    pub calibration: Calibration,
+    pub evaluation: Evaluation,
+    /// Grid points to drop: a run is dropped when it matches every field an entry names.
+    #[serde(default)]
+    pub exclude: Vec<Selector>,
+    /// Extra grids, each expanded on its own; fields it omits come from the top-level lists.
+    #[serde(default)]
+    pub include: Vec<GridPatch>,
+    /// Tables and charts: a name from experiments/ or an inline definition.
+    #[serde(default)]
+    pub report: Vec<StrOr<crate::report::Artefact>>,
+}
+
+/// An `include` entry: any subset of the grid's lists plus calibration sizes and seeds.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridPatch {
+    pub models: Option<Vec<String>>,
+    pub methods: Option<Vec<MethodEntry>>,
+    pub sparsities: Option<Vec<Ratio>>,
+    pub patterns: Option<Vec<Pattern>>,
+    pub nsamples: Option<Vec<usize>>,
+    pub seeds: Option<Vec<u64>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// c4, c4:<dir|repo>, wikitext2, wikitext2:<dir|repo>, or a local file.
+    #[serde(default = "default_calib")]
+    pub dataset: String,
+    #[serde(default = "default_nsamples")]
+    pub nsamples: Vec<usize>,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Calibration samples per forward pass (speed only).
+    #[serde(default = "default_calib_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration { dataset: default_calib(), nsamples: default_nsamples(), seeds: default_seeds(), batch_size: default_calib_batch() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evaluation {
+    /// Perplexity corpora, as `repro eval --ppl`.
+    #[serde(default)]
+    pub ppl: Vec<String>,
+    /// Zero-shot tasks (boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa).
+    #[serde(default)]
+    pub tasks: Vec<TaskName>,
+    /// Only the first K perplexity windows (quick sweeps); recorded with every number.
+    #[serde(default)]
+    pub max_windows: Option<usize>,
+    /// Only the first N documents of each task (the paper uses 2000 for 65B/70B).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+/// Picks runs by their settings; every field given must match. `method` matches a method's
+/// name or label (`dense` picks the unpruned baseline).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    pub model: Option<String>,
+    pub method: Option<String>,
+    pub group: Option<Group>,
+    pub sparsity: Option<Ratio>,
+    pub pattern: Option<Pattern>,
+    pub nsamples: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+/// A method with its options. Written as a bare name (`wanda`) or a map
+/// (`{name: wanda, group: per-layer, use_variant: false, label: wanda-layer}`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "StrOr<MethodOpts>", into = "MethodOpts")]
+pub struct MethodEntry(MethodOpts);
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MethodOpts {
+    /// dense, magnitude, wanda, ria, sparsegpt, ablate_{mag,wanda}_{seq,iter}.
+    pub name: String,
+    #[serde(default)]
+    pub group: Option<Group>,
+    #[serde(default)]
+    pub use_variant: bool,
+    /// Name in tables and charts (default: the name, plus the group when one is set).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+pub const DENSE: &str = "dense";
+
+impl MethodEntry {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+    pub fn label(&self) -> String {
+        self.0.label.clone().unwrap_or_else(|| match (&self.0.group, self.0.use_variant) {
+            (Some(g), _) => format!("{} ({})", self.0.name, group_name(*g)),
+            (None, true) => format!("{} (variant)", self.0.name),
+            (None, false) => self.0.name.clone(),
+        })
+    }
+}
+
+fn group_name(g: Group) -> String {
+    serde_json::to_value(g).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+impl TryFrom<StrOr<MethodOpts>> for MethodEntry {
+    type Error = String;
+    fn try_from(v: StrOr<MethodOpts>) -> Result<Self, String> {
+        let opts = match v {
+            StrOr::Str(name) => MethodOpts { name, group: None, use_variant: false, label: None },
+            StrOr::Map(o) => o,
+        };
+        if opts.name != DENSE {
+            Method::parse(&opts.name, opts.group, opts.use_variant, Pattern::Unstructured)
+                .map_err(|e| format!("method `{}`: {e} (or dense)", opts.name))?;
+        } else if opts.group.is_some() || opts.use_variant {
+            return Err("method `dense` takes no group or use_variant".into());
+        }
+        Ok(MethodEntry(opts))
+    }
+}
+
+impl From<MethodEntry> for MethodOpts {
+    fn from(m: MethodEntry) -> MethodOpts {
+        m.0
+    }
+}
+
+/// A sparsity ratio in [0, 1).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Ratio(pub f64);
+
+impl TryFrom<f64> for Ratio {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if (0.0..1.0).contains(&v) {
+            Ok(Ratio(v))
+        } else {
+            Err(format!("sparsity {v} must be in [0, 1), e.g. 0.5 for 50%"))
+        }
+    }
+}
+
+impl From<Ratio> for f64 {
+    fn from(r: Ratio) -> f64 {
+        r.0
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N`, checked when the config is read (CUDA itself is checked per run).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "String", into = "String")]
+pub struct DeviceName(pub String);
+
+impl TryFrom<String> for DeviceName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s == "cpu" || s == "cuda" || s.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+        if ok {
+            Ok(DeviceName(s))
+        } else {
+            Err(format!("unknown device `{s}`: use cpu, cuda or cuda:N"))
+        }
+    }
+}
+
+impl From<DeviceName> for String {
+    fn from(d: DeviceName) -> String {
+        d.0
+    }
+}
+
+/// `f32`, `f16` or `bf16`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "String", into = "String")]
+pub struct DtypeName(pub String);
+
+impl TryFrom<String> for DtypeName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        crate::device::parse_dtype(Some(&s), tch::Device::Cpu).map(|_| DtypeName(s)).map_err(|e| e.to_string())
+    }
+}
+
+impl From<DtypeName> for String {
+    fn from(d: DtypeName) -> String {
+        d.0
+    }
+}
+
+/// A zero-shot task name, checked against the task registry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskName(pub String);
+
+impl TryFrom<String> for TaskName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        task(&s).map(|_| TaskName(s)).map_err(|e| e.to_string())
+    }
+}
+
+impl From<TaskName> for String {
+    fn from(t: TaskName) -> String {
+        t.0
+    }
+}
+
+/// Either a bare string or a map deserialized as `T` (keeping `T`'s unknown-field errors, which
+/// an untagged enum would swallow).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StrOr<T> {
+    Str(String),
+    Map(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for StrOr<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = StrOr<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a name or a map")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(StrOr::Str(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(m)).map(StrOr::Map)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+impl<T: Serialize> Serialize for StrOr<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StrOr::Str(x) => s.serialize_str(x),
+            StrOr::Map(x) => x.serialize(s),
+        }
+    }
+}
+
+/// An include entry's list, or the top-level one it omits.
+fn or<T: Clone>(patch: &Option<Vec<T>>, base: &[T]) -> Vec<T> {
+    patch.clone().unwrap_or_else(|| base.to_vec())
+}
+
+fn default_device() -> DeviceName {
+    DeviceName("cpu".into())
+}
+fn default_sparsities() -> Vec<Ratio> {
+    vec![Ratio(0.5)]
+}
+fn default_patterns() -> Vec<Pattern> {
+    vec![Pattern::Unstructured]
+}
+fn default_calib() -> String {
+    "c4".into()
+}
+fn default_nsamples() -> Vec<usize> {
+    vec![128]
+}
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+fn default_calib_batch() -> usize {
+    8
+}
+fn default_eval_batch() -> usize {
+    1
+}
+
+/// One grid point: what to run, and how it is named in logs and tables.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub model: ModelSpec,
+    /// `None` for the dense baseline.
+    pub prune: Option<PruneSpec>,
+    pub eval: EvalSpec,
+}
+
+#[derive(Clone, Debug)]
+pub struct PlannedRun {
+    pub label: String,
+    pub method_label: String,
+    pub spec: RunSpec,
+}
+
+impl RunSpec {
+    pub fn method_name(&self) -> &str {
+        self.prune.as_ref().map_or(DENSE, |p| p.method.as_str())
+    }
+}
+
+impl Selector {
+    /// Whether the run with these settings and method label is picked.
+    pub fn matches(&self, spec: &RunSpec, method_label: &str) -> bool {
+        let p = spec.prune.as_ref();
+        let eq = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        self.model.as_ref().is_none_or(|m| *m == spec.model.model)
+            && self.method.as_ref().is_none_or(|m| m == spec.method_name() || m == method_label)
+            && self.group.is_none_or(|g| p.and_then(|p| p.group.as_deref()) == Some(group_name(g).as_str()))
+            && self.sparsity.is_none_or(|s| eq(s.0, p.map_or(0.0, |p| p.sparsity)))
+            && self.pattern.is_none_or(|x| p.is_some_and(|p| p.pattern == x))
+            && self.nsamples.is_none_or(|n| p.is_some_and(|p| p.nsamples == n))
+            && self.seed.is_none_or(|s| p.is_some_and(|p| p.seed == s))
+    }
+}
+
+impl SweepConfig {
+    /// Reads and validates a sweep file; errors name the file, line and column.
+    pub fn load(path: &Path) -> Result<SweepConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read sweep config {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<SweepConfig> {
+        let cfg: SweepConfig = serde_yaml::from_str(text).map_err(|e| {
+            let at = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
+            anyhow!("{}{at}: {e}", path.display())
+        })?;
+        let bad = |field: &str, why: &str| anyhow!("{}: `{field}` {why}", path.display());
+        if cfg.models.is_empty() {
+            return Err(bad("models", "is empty: name at least one hub id or model directory"));
+        }
+        if cfg.methods.is_empty() {
+            return Err(bad("methods", "is empty: name at least one method (dense, magnitude, wanda, sparsegpt, ...)"));
+        }
+        if cfg.calibration.nsamples.contains(&0) {
+            return Err(bad("calibration.nsamples", "contains 0: every run needs at least one sample"));
+        }
+        if cfg.evaluation.ppl.is_empty() && cfg.evaluation.tasks.is_empty() {
+            return Err(bad("evaluation", "names nothing to measure: set `ppl` and/or `tasks`"));
+        }
+        if cfg.evaluation.batch_size == 0 || cfg.calibration.batch_size == 0 {
+            return Err(bad("batch_size", "must be at least 1"));
+        }
+        cfg.expand().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// The runs, in order, duplicates removed (`exclude` drops points of the main grid, `include`
+    /// grids are added after it; one dense baseline per model; data-free methods
+    /// once whatever the calibration lists say).
+    pub fn expand(&self) -> Result<Vec<PlannedRun>> {
+        let base = GridPatch {
+            models: Some(self.models.clone()),
+            methods: Some(self.methods.clone()),
+            sparsities: Some(self.sparsities.clone()),
+            patterns: Some(self.patterns.clone()),
+            nsamples: Some(self.calibration.nsamples.clone()),
+            seeds: Some(self.calibration.seeds.clone()),
+        };
+        let mut runs: Vec<PlannedRun> = Vec::new();
+        let base = self.expand_one(&base)?.into_iter().filter(|r| !self.exclude.iter().any(|s| s.matches(&r.spec, &r.method_label)));
+        let mut included = Vec::new();
+        for patch in &self.include {
+            included.extend(self.expand_one(patch)?);
+        }
+        for run in base.chain(included) {
+            if !runs.iter().any(|r| r.spec == run.spec) {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
+    fn expand_one(&self, patch: &GridPatch) -> Result<Vec<PlannedRun>> {
+        let models = or(&patch.models, &self.models);
+        let methods = or(&patch.methods, &self.methods);
+        let sparsities = or(&patch.sparsities, &self.sparsities);
+        let patterns = or(&patch.patterns, &self.patterns);
+        let nsamples = or(&patch.nsamples, &self.calibration.nsamples);
+        let seeds = or(&patch.seeds, &self.calibration.seeds);
+        let eval = EvalSpec {
+            names: self.evaluation.ppl.iter().cloned().chain(self.evaluation.tasks.iter().map(|t| t.0.clone())).collect(),
+            batch_size: self.evaluation.batch_size,
+            max_windows: self.evaluation.max_windows,
+            limit: self.evaluation.limit,
+        };
+        let mut out = Vec::new();
+        for model in &models {
+            let model_spec = ModelSpec {
+                model: model.clone(),
+                device: self.device.0.clone(),
+                dtype: self.dtype.as_ref().map(|d| d.0.clone()),
+                seqlen: self.seqlen,
+            };
+            for m in &methods {
+                if m.name() == DENSE {
+                    let spec = RunSpec { model: model_spec.clone(), prune: None, eval: eval.clone() };
+                    out.push(PlannedRun { label: format!("{model} dense"), method_label: DENSE.into(), spec });
+                    continue;
+                }
+                for pattern in &patterns {
+                    let ratios: Vec<f64> = match pattern {
+                        Pattern::Unstructured => sparsities.iter().map(|r| r.0).collect(),
+                        Pattern::NM { n, m } => vec![*n as f64 / *m as f64],
+                    };
+                    for sparsity in ratios {
+                        for &ns in &nsamples {
+                            for &seed in &seeds {
+                                let mut p = PruneSpec {
+                                    method: m.name().to_string(),
+                                    sparsity,
+                                    pattern: *pattern,
+                                    group: m.0.group.map(group_name),
+                                    use_variant: m.0.use_variant,
+                                    calib: self.calibration.dataset.clone(),
+                                    nsamples: ns,
+                                    seed,
+                                    calib_batch_size: self.calibration.batch_size,
+                                };
+                                let method = p.method().map_err(|e| anyhow!("method `{}` with pattern {pattern}: {e}", m.label()))?;
+                                if let (Method::Metric { group, .. }, Pattern::Unstructured) = (&method, pattern) {
+                                    // Record the group in force, so an explicit default and an implicit one are the same run.
+                                    p.group = Some(group_name(*group));
+                                }
+                                if !method.needs_calibration() {
+                                    // Nothing about calibration can change a data-free run: normalise it away.
+                                    p.calib = String::new();
+                                    p.nsamples = 0;
+                                    p.seed = 0;
+                                    p.calib_batch_size = 0;
+                                }
+                                let label = match method.needs_calibration() {
+                                    true => format!("{model} {} {pattern} {sparsity} n{ns} seed{seed}", m.label()),
+                                    false => format!("{model} {} {pattern} {sparsity}", m.label()),
+                                };
+                                let spec = RunSpec { model: model_spec.clone(), prune: Some(p), eval: eval.clone() };
+                                out.push(PlannedRun { label, method_label: m.label(), spec });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The artefacts to render, with names resolved to `experiments/<name>.yaml` beside the config's folder.
+    pub fn artefacts(&self, config_path: &Path) -> Result<Vec<crate::report::Artefact>> {
+        let dir = config_path.parent().unwrap_or(Path::new("."));
+        self.report
+            .iter()
+            .map(|r| match r {
+                StrOr::Map(a) => Ok(a.clone()),
+                StrOr::Str(name) => {
+                    let candidates = [dir.join("../experiments").join(format!("{name}.yaml")), PathBuf::from("experiments").join(format!("{name}.yaml"))];
+                    let Some(file) = candidates.iter().find(|p| p.is_file()) else {
+                        bail!("{}: report entry `{name}`: no {} (nor {})", config_path.display(), candidates[0].display(), candidates[1].display());
+                    };
+                    crate::report::Artefact::load(file)
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,229 @@
+//! One job — load a model, optionally prune it, evaluate it — as a library function, so the
+//! `prune`/`eval` commands and the sweep runner share one code path and one JSON result shape.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+
+use crate::calib::CalibSource;
+use crate::data::PplCorpus;
+use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
+use crate::eval::ppl::perplexity;
+use crate::eval::tasks::{task, ALL_TASKS};
+use crate::eval::zeroshot::evaluate_task;
+use crate::hub::Hub;
+use crate::model::{self, Loaded};
+use crate::prune::mask::{Group, Pattern};
+use crate::prune::{prune_model, Method};
+use crate::resources::peak_rss_bytes;
+
+/// Which model, where, and at which precision and window length.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub model: String,
+    pub device: String,
+    pub dtype: Option<String>,
+    /// Calibration and perplexity window length (default: max_position_embeddings).
+    pub seqlen: Option<usize>,
+}
+
+/// How to prune. `calib` is ignored by data-free methods.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruneSpec {
+    pub method: String,
+    pub sparsity: f64,
+    pub pattern: Pattern,
+    pub group: Option<String>,
+    pub use_variant: bool,
+    pub calib: String,
+    pub nsamples: usize,
+    pub seed: u64,
+    pub calib_batch_size: usize,
+}
+
+/// Evaluations: perplexity corpora and zero-shot task names, mixed (tasks are recognised by name).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalSpec {
+    pub names: Vec<String>,
+    pub batch_size: usize,
+    pub max_windows: Option<usize>,
+    pub limit: Option<usize>,
+}
+
+impl PruneSpec {
+    /// Parses and cross-checks method, group, variant, pattern and sparsity without loading anything.
+    pub fn method(&self) -> Result<Method> {
+        self.pattern.check_sparsity(self.sparsity)?;
+        let group = self.group.as_deref().map(Group::parse).transpose()?;
+        Method::parse(&self.method, group, self.use_variant, self.pattern)
+    }
+}
+
+impl EvalSpec {
+    /// Fails on an unknown task name before any model is loaded.
+    pub fn check(&self) -> Result<()> {
+        for n in self.names.iter().filter(|n| ALL_TASKS.contains(&n.as_str())) {
+            task(n)?;
+        }
+        Ok(())
+    }
+}
+
+/// Receives each stage name ("loading", "pruning", "wikitext2", ...) and each human-readable result line.
+pub trait Observer {
+    fn stage(&self, _stage: &str) {}
+    fn line(&self, _line: &str) {}
+}
+
+/// Prints result lines to stdout: the plain `repro prune`/`repro eval` output.
+pub struct PrintLines;
+impl Observer for PrintLines {
+    fn line(&self, line: &str) {
+        println!("{line}");
+    }
+}
+
+/// Reports nothing (`--json`).
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Loads, prunes (when `prune` is given) and evaluates; returns the model and the result object
+/// that `--json` prints and sweep records store.
+pub fn run_job(
+    hub: &Hub,
+    spec: &ModelSpec,
+    prune: Option<&PruneSpec>,
+    eval: &EvalSpec,
+    obs: &dyn Observer,
+) -> Result<(Loaded, Map<String, Value>)> {
+    let start = Instant::now();
+    let method = prune.map(PruneSpec::method).transpose()?;
+    eval.check()?;
+    obs.stage("loading");
+    let device = parse_device(&spec.device)?;
+    let kind = parse_dtype(spec.dtype.as_deref(), device)?;
+    let mut loaded = model::load(hub, &spec.model, device, kind)?;
+    let info = loaded.model.info();
+    let seqlen = spec.seqlen.unwrap_or(info.max_position_embeddings as usize);
+    let mut out = Map::new();
+    out.insert("model".into(), json!(spec.model));
+    out.insert("architecture".into(), json!(info.architecture));
+    out.insert("device".into(), json!(device_name(device)));
+    out.insert("dtype".into(), json!(dtype_name(kind)));
+    out.insert("seqlen".into(), json!(seqlen));
+    out.insert("load_seconds".into(), json!(start.elapsed().as_secs_f64()));
+    if let (Some(p), Some(method)) = (prune, method) {
+        prune_step(hub, &mut loaded, p, &method, seqlen, obs, &mut out)?;
+    }
+    if !eval.names.is_empty() {
+        evaluate(hub, &loaded, eval, seqlen, obs, &mut out)?;
+    }
+    out.insert("total_seconds".into(), json!(start.elapsed().as_secs_f64()));
+    out.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
+    out.insert("repro_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    Ok((loaded, out))
+}
+
+fn prune_step(
+    hub: &Hub,
+    loaded: &mut Loaded,
+    p: &PruneSpec,
+    method: &Method,
+    seqlen: usize,
+    obs: &dyn Observer,
+    out: &mut Map<String, Value>,
+) -> Result<()> {
+    let calib = if method.needs_calibration() {
+        obs.stage("calibration data");
+        let (file, windows) = CalibSource::parse(&p.calib).windows(hub, &loaded.tokenizer, p.nsamples, seqlen, p.seed)?;
+        out.insert(
+            "calibration".into(),
+            json!({"source": p.calib, "file": file, "nsamples": p.nsamples, "seqlen": seqlen, "seed": p.seed}),
+        );
+        Some(tch::Tensor::from_slice(&windows.concat()).view([p.nsamples as i64, seqlen as i64]))
+    } else {
+        None
+    };
+    obs.stage("pruning");
+    let report = prune_model(loaded.model.as_mut(), method, p.sparsity, p.pattern, calib.as_ref(), p.calib_batch_size)?;
+    obs.line(&format!(
+        "{} {} at {}: sparsity {:.4}, prune time {:.2}s (forward passes {:.2}s)",
+        p.method, p.pattern, p.sparsity, report.sparsity_actual, report.prune_seconds, report.forward_seconds
+    ));
+    out.insert("method".into(), json!(p.method));
+    out.insert("pattern".into(), json!(p.pattern.to_string()));
+    out.insert("group".into(), json!(p.group));
+    out.insert("use_variant".into(), json!(p.use_variant));
+    out.insert("sparsity_target".into(), json!(p.sparsity));
+    out.insert("sparsity_actual".into(), json!(report.sparsity_actual));
+    out.insert("layers".into(), json!(report.layers));
+    out.insert("prune_seconds".into(), json!(report.prune_seconds));
+    out.insert("calibration_forward_seconds".into(), json!(report.forward_seconds));
+    Ok(())
+}
+
+/// Splits evaluation names into zero-shot tasks and perplexity corpora, and runs both.
+fn evaluate(hub: &Hub, loaded: &Loaded, eval: &EvalSpec, seqlen: usize, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
+    let (tasks, corpora): (Vec<String>, Vec<String>) = eval.names.iter().cloned().partition(|n| ALL_TASKS.contains(&n.as_str()));
+    if !corpora.is_empty() {
+        eval_ppl(hub, loaded, &corpora, seqlen, eval, obs, out)?;
+    }
+    if !tasks.is_empty() {
+        eval_tasks(hub, loaded, &tasks, eval, obs, out)?;
+    }
+    Ok(())
+}
+
+/// Zero-shot accuracy per task; fills `zero_shot` with lm-eval's metric names and the mean acc.
+fn eval_tasks(hub: &Hub, loaded: &Loaded, tasks: &[String], eval: &EvalSpec, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
+    let start = Instant::now();
+    let mut results = Map::new();
+    let mut accs = Vec::new();
+    for name in tasks {
+        obs.stage(name);
+        let r = evaluate_task(loaded.model.as_ref(), &loaded.tokenizer, hub, name, eval.limit, eval.batch_size)?.result;
+        let norm = r.acc_norm.map(|a| format!(", acc_norm {:.4}", a)).unwrap_or_default();
+        obs.line(&format!("{name:<16} acc {:.4} ± {:.4}{norm}   ({} documents)", r.acc, r.acc_stderr.unwrap_or(f64::NAN), r.n));
+        accs.push(r.acc);
+        results.insert(name.clone(), serde_json::to_value(r)?);
+    }
+    let mean = accs.iter().sum::<f64>() / accs.len() as f64;
+    if accs.len() > 1 {
+        obs.line(&format!("{:<16} acc {:.4}", "mean", mean));
+    }
+    out.insert("zero_shot".into(), Value::Object(results));
+    out.insert("zero_shot_mean_acc".into(), json!(mean));
+    out.insert("zero_shot_limit".into(), json!(eval.limit));
+    out.insert("zero_shot_seconds".into(), json!(start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// Perplexity on each corpus; fills `ppl`, `n_tokens`, `ppl_details`.
+fn eval_ppl(hub: &Hub, loaded: &Loaded, specs: &[String], seqlen: usize, eval: &EvalSpec, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
+    let mut ppl = Map::new();
+    let mut details = Map::new();
+    let start = Instant::now();
+    let mut tokens = 0usize;
+    for spec in specs {
+        let corpus = PplCorpus::parse(spec);
+        let label = corpus.label();
+        obs.stage(&label);
+        let ids = corpus.token_ids(hub, seqlen, &|t| loaded.tokenizer.encode(t))?;
+        let r = perplexity(loaded.model.as_ref(), &ids, seqlen, eval.batch_size, eval.max_windows, &label)?;
+        obs.line(&format!("{label:<16} ppl {:>10.4}   ({} windows x {seqlen} tokens of {})", r.ppl, r.windows, r.n_tokens));
+        out.entry("n_tokens").or_insert(json!(r.n_tokens));
+        tokens += r.windows * seqlen;
+        ppl.insert(label.clone(), json!(r.ppl));
+        details.insert(
+            label,
+            json!({"source": spec, "n_tokens": r.n_tokens, "windows": r.windows, "seqlen": seqlen, "batch_size": eval.batch_size, "max_windows": eval.max_windows}),
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    out.insert("ppl".into(), Value::Object(ppl));
+    out.insert("ppl_details".into(), Value::Object(details));
+    out.insert("eval_seconds".into(), json!(secs));
+    out.insert("eval_tokens_per_second".into(), json!(tokens as f64 / secs.max(1e-9)));
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Charts with plotters, each as PNG and SVG: lines (a metric against sparsity or calibration
+//! samples, one line per series, the paper's values dashed) and grouped bars. Text is drawn
+//! with the DejaVu Sans font embedded in the binary, so no system font is needed.
+
+use anyhow::{anyhow, bail, Context, Result};
+use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use super::{cell, Artefact, ArtefactKind, XField};
+use crate::config::{Selector, DENSE};
+use crate::sweep::store::Record;
+
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+const SIZE: (u32, u32) = (960, 600);
+
+fn register_font() -> Result<()> {
+    static DONE: OnceLock<bool> = OnceLock::new();
+    let ok = *DONE.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        bail!("the embedded font assets/DejaVuSans.ttf could not be loaded")
+    }
+}
+
+/// A named sequence of y values (None where there is no value) along the x categories.
+struct Series {
+    label: String,
+    values: Vec<Option<f64>>,
+    paper: bool,
+}
+
+/// The series of a line chart: ours per slot, then the paper's where it has values. At sparsity
+/// 0 every method is the dense model, so that point comes from the series model's dense baseline.
+fn line_series(a: &Artefact, records: &[Record]) -> Result<(Vec<String>, Vec<Series>)> {
+    let x = a.x.as_ref().ok_or_else(|| anyhow!("chart `{}`: a line chart needs `x`", a.name))?;
+    let labels = x
+        .values
+        .iter()
+        .map(|v| match x.field {
+            XField::Sparsity => format!("{}%", (v * 100.0).round()),
+            XField::Nsamples => format!("{v}"),
+        })
+        .collect();
+    let mut out = Vec::new();
+    for s in &a.series {
+        let dense = Selector { model: s.select.model.clone(), method: Some(DENSE.into()), ..Selector::default() };
+        let values = x
+            .values
+            .iter()
+            .map(|&v| {
+                let sel = if x.field == XField::Sparsity && v == 0.0 { &dense } else { &s.select };
+                cell(records, &a.metric, &[sel], Some((x.field, v))).map(|c| c.0)
+            })
+            .collect();
+        out.push(Series { label: s.label.joined(), values, paper: false });
+    }
+    for s in a.series.iter().filter(|s| !s.paper.is_empty()) {
+        out.push(Series { label: format!("{} (paper)", s.label.joined()), values: s.paper.clone(), paper: true });
+    }
+    Ok((labels, out))
+}
+
+/// Bars: one group per column, one bar per series within it.
+fn bar_series(a: &Artefact, records: &[Record]) -> (Vec<String>, Vec<Series>) {
+    let labels = a.columns.iter().map(|c| c.label.joined()).collect();
+    let series = a
+        .series
+        .iter()
+        .map(|s| Series {
+            label: s.label.joined(),
+            values: a.columns.iter().map(|c| cell(records, &a.metric, &[&s.select, &c.select], None).map(|c| c.0)).collect(),
+            paper: false,
+        })
+        .collect();
+    (labels, series)
+}
+
+fn finite(series: &[Series], positive: bool) -> Vec<f64> {
+    series.iter().flat_map(|s| s.values.iter().flatten().copied()).filter(|v| v.is_finite() && (!positive || *v > 0.0)).collect()
+}
+
+fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing the chart: {e:?}")
+}
+
+fn draw_lines<DB: DrawingBackend, Y>(root: &DrawingArea<DB, Shift>, a: &Artefact, xs: &[String], series: &[Series], y: Y) -> Result<()>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let x_desc = a.x.as_ref().map(|x| x.label.clone()).unwrap_or_default();
+    let mut chart = ChartBuilder::on(root)
+        .caption(&a.title, ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0..xs.len() as i32 - 1).into_segmented(), y)
+        .map_err(plot_err)?;
+    let fmt = |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => xs.get(*i as usize).cloned().unwrap_or_default(),
+        SegmentValue::Last => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(a.metric.axis_label())
+        .x_labels(xs.len())
+        .x_label_formatter(&fmt)
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 18))
+        .draw()
+        .map_err(plot_err)?;
+    let ours = series.iter().filter(|s| !s.paper).count();
+    for (i, s) in series.iter().enumerate() {
+        let color = Palette99::pick(if s.paper { i - ours } else { i }).to_rgba();
+        let pts: Vec<(SegmentValue<i32>, f64)> =
+            s.values.iter().enumerate().filter_map(|(k, v)| v.filter(|v| v.is_finite()).map(|v| (SegmentValue::CenterOf(k as i32), v))).collect();
+        let style = color.stroke_width(2);
+        let anno = if s.paper {
+            chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)).map_err(plot_err)?;
+            chart.draw_series(pts.iter().map(|p| TriangleMarker::new(p.clone(), 6, color.filled()))).map_err(plot_err)?
+        } else {
+            chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(plot_err)?;
+            chart.draw_series(pts.iter().map(|p| Circle::new(p.clone(), 5, color.filled()))).map_err(plot_err)?
+        };
+        anno.label(s.label.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(plot_err)?;
+    Ok(())
+}
+
+fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, a: &Artefact, groups: &[String], series: &[Series]) -> Result<()> {
+    let n = series.len().max(1) as i32;
+    // Half-bar units: bar k of group g spans [2(g(n+1)+k), 2(g(n+1)+k)+2]; the group's centre is 2g(n+1)+n.
+    let width = 2 * groups.len() as i32 * (n + 1);
+    let top = finite(series, false).into_iter().fold(0.0f64, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(root)
+        .caption(&a.title, ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-1..width, 0.0..top.max(1e-9))
+        .map_err(plot_err)?;
+    let fmt = |v: &i32| {
+        let span = 2 * (n + 1);
+        let g = v.div_euclid(span);
+        if v.rem_euclid(span) == n { groups.get(g as usize).cloned().unwrap_or_default() } else { String::new() }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(width as usize + 1)
+        .x_label_formatter(&fmt)
+        .y_desc(a.metric.axis_label())
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 18))
+        .draw()
+        .map_err(plot_err)?;
+    for (k, s) in series.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let bars = s.values.iter().enumerate().filter_map(|(g, v)| {
+            let x0 = 2 * (g as i32 * (n + 1) + k as i32);
+            v.filter(|v| v.is_finite()).map(|v| Rectangle::new([(x0, 0.0), (x0 + 2, v)], color.filled()))
+        });
+        chart
+            .draw_series(bars)
+            .map_err(plot_err)?
+            .label(s.label.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(plot_err)?;
+    Ok(())
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, a: &Artefact, records: &[Record]) -> Result<()> {
+    root.fill(&WHITE).map_err(plot_err)?;
+    match a.kind {
+        ArtefactKind::Line => {
+            let (xs, series) = line_series(a, records)?;
+            let vals = finite(&series, a.log_y);
+            let (lo, hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
+            let (lo, hi) = if vals.is_empty() { (1.0, 10.0) } else { (lo, hi) };
+            // A log axis within one decade would show no tick labels; it is linear there.
+            if a.log_y && hi / lo > 10.0 {
+                draw_lines(&root, a, &xs, &series, (lo / 1.2..hi * 1.2).log_scale())?;
+            } else {
+                let pad = ((hi - lo) * 0.1).max(1e-6);
+                draw_lines(&root, a, &xs, &series, lo - pad..hi + pad)?;
+            }
+        }
+        ArtefactKind::Bars => {
+            let (groups, series) = bar_series(a, records);
+            draw_bars(&root, a, &groups, &series)?;
+        }
+        ArtefactKind::Table => bail!("`{}` is a table, not a chart", a.name),
+    }
+    root.present().map_err(plot_err)
+}
+
+/// `<name>.png` and `<name>.svg` in `dir`.
+pub fn write(a: &Artefact, records: &[Record], dir: &Path) -> Result<Vec<PathBuf>> {
+    register_font()?;
+    let png = dir.join(format!("{}.png", a.name));
+    let svg = dir.join(format!("{}.svg", a.name));
+    draw(BitMapBackend::new(&png, SIZE).into_drawing_area(), a, records).with_context(|| format!("rendering {}", png.display()))?;
+    draw(SVGBackend::new(&svg, SIZE).into_drawing_area(), a, records).with_context(|| format!("rendering {}", svg.display()))?;
+    Ok(vec![png, svg])
+}

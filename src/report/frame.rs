@@ -1,0 +1,85 @@
+//! Records as one polars DataFrame row each: settings, protocol knobs, every metric (a column
+//! per perplexity corpus and per task), timings, memory and versions.
+
+use anyhow::{anyhow, Context, Result};
+use polars::prelude::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::sweep::store::{Record, Status};
+
+fn text(name: &str, records: &[Record], f: impl Fn(&Record) -> Option<String>) -> Column {
+    Column::new(name.into(), records.iter().map(f).collect::<Vec<_>>())
+}
+
+fn float(name: &str, records: &[Record], f: impl Fn(&Record) -> Option<f64>) -> Column {
+    Column::new(name.into(), records.iter().map(f).collect::<Vec<_>>())
+}
+
+fn result_f64(r: &Record, key: &str) -> Option<f64> {
+    r.result.get(key).and_then(Value::as_f64)
+}
+
+fn keys(records: &[Record], field: &str) -> BTreeSet<String> {
+    records.iter().filter_map(|r| r.result.get(field)?.as_object()).flat_map(|m| m.keys().cloned()).collect()
+}
+
+pub fn frame(records: &[Record]) -> Result<DataFrame> {
+    let prune = |r: &Record| r.settings.prune.clone();
+    let mut cols = vec![
+        text("id", records, |r| Some(r.id.clone())),
+        text("label", records, |r| Some(r.label.clone())),
+        text("status", records, |r| Some(if r.status == Status::Ok { "ok" } else { "failed" }.into())),
+        text("model", records, |r| Some(r.settings.model.model.clone())),
+        text("method", records, |r| Some(r.settings.method_name().into())),
+        text("method_label", records, |r| Some(r.method_label.clone())),
+        text("group", records, |r| prune(r)?.group),
+        text("pattern", records, |r| Some(prune(r)?.pattern.to_string())),
+        float("sparsity", records, |r| Some(prune(r).map_or(0.0, |p| p.sparsity))),
+        text("calibration", records, |r| prune(r).map(|p| p.calib).filter(|c| !c.is_empty())),
+        float("nsamples", records, |r| prune(r).filter(|p| !p.calib.is_empty()).map(|p| p.nsamples as f64)),
+        float("seed", records, |r| prune(r).filter(|p| !p.calib.is_empty()).map(|p| p.seed as f64)),
+        float("seqlen", records, |r| result_f64(r, "seqlen")),
+        text("device", records, |r| r.result.get("device").and_then(Value::as_str).map(str::to_string)),
+        text("dtype", records, |r| r.result.get("dtype").and_then(Value::as_str).map(str::to_string)),
+        float("max_windows", records, |r| r.settings.eval.max_windows.map(|m| m as f64)),
+        float("zero_shot_limit", records, |r| r.settings.eval.limit.map(|m| m as f64)),
+        float("eval_batch_size", records, |r| Some(r.settings.eval.batch_size as f64)),
+    ];
+    for corpus in keys(records, "ppl") {
+        cols.push(float(&format!("ppl_{corpus}"), records, |r| r.result.get("ppl")?.get(&corpus)?.as_f64()));
+        cols.push(float(&format!("ppl_{corpus}_windows"), records, |r| r.result.get("ppl_details")?.get(&corpus)?.get("windows")?.as_f64()));
+    }
+    for task in keys(records, "zero_shot") {
+        cols.push(float(&format!("acc_{task}"), records, |r| r.result.get("zero_shot")?.get(&task)?.get("acc")?.as_f64()));
+    }
+    for key in [
+        "zero_shot_mean_acc",
+        "sparsity_actual",
+        "load_seconds",
+        "prune_seconds",
+        "calibration_forward_seconds",
+        "eval_seconds",
+        "total_seconds",
+        "peak_rss_bytes",
+    ] {
+        cols.push(float(key, records, |r| result_f64(r, key)));
+    }
+    cols.push(text("repro_version", records, |r| Some(r.environment.repro_version.clone())));
+    cols.push(text("libtorch_version", records, |r| Some(r.environment.libtorch_version.clone())));
+    cols.push(text("error", records, |r| r.error.clone()));
+    DataFrame::new(records.len(), cols).map_err(|e| anyhow!("building the results table: {e}"))
+}
+
+/// results.parquet and results.csv in `dir`.
+pub fn write(records: &[Record], dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut df = frame(records)?;
+    let parquet = dir.join("results.parquet");
+    let csv = dir.join("results.csv");
+    let f = std::fs::File::create(&parquet).with_context(|| format!("cannot create {}", parquet.display()))?;
+    ParquetWriter::new(f).finish(&mut df).map_err(|e| anyhow!("writing {}: {e}", parquet.display()))?;
+    let f = std::fs::File::create(&csv).with_context(|| format!("cannot create {}", csv.display()))?;
+    CsvWriter::new(f).finish(&mut df).map_err(|e| anyhow!("writing {}: {e}", csv.display()))?;
+    Ok(vec![parquet, csv])
+}

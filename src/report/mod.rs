@@ -1,0 +1,239 @@
+//! `repro report`: collects a sweep's records into a polars DataFrame (results.parquet and
+//! results.csv) and renders the tables and charts the sweep names, from the records alone.
+
+pub mod charts;
+pub mod frame;
+pub mod tables;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::config::Selector;
+use crate::sweep::store::{Record, Status, Store};
+use crate::sweep::SweepFile;
+
+/// A table or chart: its layout (rows, columns, series) as selectors over run settings, the
+/// metric shown, and the paper's numbers where it has them. experiments/*.yaml hold one each.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artefact {
+    /// Output file stem.
+    pub name: String,
+    pub title: String,
+    /// Where the paper's numbers come from, e.g. "arXiv v2, Table 3 (p.6)".
+    #[serde(default)]
+    pub source: Option<String>,
+    pub kind: ArtefactKind,
+    pub metric: Metric,
+    /// Table: headers of the row-label columns (one per element of a row's `label`).
+    #[serde(default)]
+    pub row_header: Vec<String>,
+    /// Table rows.
+    #[serde(default)]
+    pub rows: Vec<Slot>,
+    /// Table columns, and the bar groups of a bar chart.
+    #[serde(default)]
+    pub columns: Vec<Slot>,
+    /// Line charts: the setting on the x axis and its values (evenly spaced, as the paper plots them).
+    #[serde(default)]
+    pub x: Option<XAxis>,
+    /// Lines of a line chart, bars within each group of a bar chart.
+    #[serde(default)]
+    pub series: Vec<Slot>,
+    #[serde(default)]
+    pub log_y: bool,
+    #[serde(default = "default_decimals")]
+    pub decimals: usize,
+}
+
+fn default_decimals() -> usize {
+    2
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtefactKind {
+    Table,
+    Line,
+    Bars,
+}
+
+/// One row, column or series: its label, which runs it takes, and the paper's values along the
+/// other axis (`null` where the paper has none).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slot {
+    pub label: Labels,
+    #[serde(default, rename = "where")]
+    pub select: Selector,
+    #[serde(default)]
+    pub paper: Vec<Option<f64>>,
+    /// Standard deviations the paper prints beside its means (Table 17).
+    #[serde(default)]
+    pub paper_std: Vec<Option<f64>>,
+}
+
+/// A label, or several for tables with more than one row-label column.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Labels {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Labels {
+    pub fn parts(&self) -> Vec<String> {
+        match self {
+            Labels::One(s) => vec![s.clone()],
+            Labels::Many(v) => v.clone(),
+        }
+    }
+    pub fn joined(&self) -> String {
+        self.parts().join(" ")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XField {
+    Sparsity,
+    Nsamples,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XAxis {
+    pub field: XField,
+    pub values: Vec<f64>,
+    pub label: String,
+}
+
+/// What a cell shows: `ppl:<corpus>`, `acc:<task>` (%), `zero_shot_mean` (%), or a timing
+/// (`prune_seconds`, `total_seconds`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Metric {
+    Ppl(String),
+    Acc(String),
+    ZeroShotMean,
+    Seconds(String),
+}
+
+const SECONDS: [&str; 4] = ["prune_seconds", "calibration_forward_seconds", "eval_seconds", "total_seconds"];
+
+impl TryFrom<String> for Metric {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("ppl", c)) if !c.is_empty() => Ok(Metric::Ppl(c.into())),
+            Some(("acc", t)) if !t.is_empty() => Ok(Metric::Acc(t.into())),
+            _ if s == "zero_shot_mean" => Ok(Metric::ZeroShotMean),
+            _ if SECONDS.contains(&s.as_str()) => Ok(Metric::Seconds(s)),
+            _ => Err(format!("unknown metric `{s}`: use ppl:<corpus>, acc:<task>, zero_shot_mean, {}", SECONDS.join(", "))),
+        }
+    }
+}
+
+impl From<Metric> for String {
+    fn from(m: Metric) -> String {
+        match m {
+            Metric::Ppl(c) => format!("ppl:{c}"),
+            Metric::Acc(t) => format!("acc:{t}"),
+            Metric::ZeroShotMean => "zero_shot_mean".into(),
+            Metric::Seconds(s) => s,
+        }
+    }
+}
+
+impl Metric {
+    /// This metric's value in a successful record, if it was measured.
+    pub fn value(&self, r: &Record) -> Option<f64> {
+        let res = &r.result;
+        match self {
+            Metric::Ppl(c) => res.get("ppl")?.get(c)?.as_f64(),
+            Metric::Acc(t) => res.get("zero_shot")?.get(t)?.get("acc")?.as_f64().map(|a| 100.0 * a),
+            Metric::ZeroShotMean => res.get("zero_shot_mean_acc")?.as_f64().map(|a| 100.0 * a),
+            Metric::Seconds(s) => res.get(s)?.as_f64(),
+        }
+    }
+
+    pub fn axis_label(&self) -> String {
+        match self {
+            Metric::Ppl(c) => format!("{c} perplexity"),
+            Metric::Acc(t) => format!("{t} accuracy (%)"),
+            Metric::ZeroShotMean => "mean zero-shot accuracy (%)".into(),
+            Metric::Seconds(s) => s.replace('_', " "),
+        }
+    }
+}
+
+impl Artefact {
+    pub fn load(path: &Path) -> Result<Artefact> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_yaml::from_str(&text).map_err(|e| {
+            let at = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
+            anyhow!("{}{at}: {e}", path.display())
+        })
+    }
+}
+
+/// Mean and sample standard deviation (None for a single value) of `metric` over the successful
+/// records matched by all `selectors`.
+pub fn cell(records: &[Record], metric: &Metric, selectors: &[&Selector], x: Option<(XField, f64)>) -> Option<(f64, Option<f64>)> {
+    let vals: Vec<f64> = records
+        .iter()
+        .filter(|r| r.status == Status::Ok && selectors.iter().all(|s| s.matches(&r.settings, &r.method_label)))
+        .filter(|r| {
+            x.is_none_or(|(field, v)| {
+                let p = r.settings.prune.as_ref();
+                let got = match field {
+                    XField::Sparsity => p.map_or(0.0, |p| p.sparsity),
+                    XField::Nsamples => p.map_or(0.0, |p| p.nsamples as f64),
+                };
+                (got - v).abs() < 1e-9
+            })
+        })
+        .filter_map(|r| metric.value(r))
+        .collect();
+    if vals.is_empty() {
+        return None;
+    }
+    let n = vals.len() as f64;
+    let mean = vals.iter().sum::<f64>() / n;
+    let std = (vals.len() > 1).then(|| (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+    Some((mean, std))
+}
+
+/// Reads `RUN_DIR/sweep.json` and the records of its latest plan; writes results.parquet,
+/// results.csv and every artefact; returns the files written.
+pub fn report(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let sweep_path = run_dir.join("sweep.json");
+    if !sweep_path.is_file() {
+        bail!("{}: no sweep.json; is this the `output` directory of a `repro run`?", run_dir.display());
+    }
+    let sweep: SweepFile = serde_json::from_str(&std::fs::read_to_string(&sweep_path)?)
+        .with_context(|| format!("{}: not a sweep file", sweep_path.display()))?;
+    let store = Store::open(run_dir)?;
+    let mut records = Vec::new();
+    for entry in &sweep.runs {
+        if let Some(r) = store.get(&entry.id)? {
+            records.push(r);
+        }
+    }
+    let mut written = frame::write(&records, run_dir)?;
+    let out = run_dir.join("report");
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    for a in &sweep.artefacts {
+        match a.kind {
+            ArtefactKind::Table => written.extend(tables::write(a, &records, &out)?),
+            ArtefactKind::Line | ArtefactKind::Bars => written.extend(charts::write(a, &records, &out)?),
+        }
+    }
+    let ok = records.iter().filter(|r| r.status == Status::Ok).count();
+    println!("report: {} of {} planned runs have records ({ok} ok)", records.len(), sweep.runs.len());
+    for f in &written {
+        println!("  {}", f.display());
+    }
+    Ok(written)
+}

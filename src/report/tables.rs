@@ -1,0 +1,143 @@
+//! Tables in the paper's layout, as Markdown and LaTeX: each cell shows our value (mean ± std
+//! over matching runs, e.g. seeds) and, where the paper has one, its number and our difference.
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+use super::{cell, Artefact};
+use crate::sweep::store::Record;
+
+/// One rendered cell's parts, shared by both output formats.
+struct Cell {
+    ours: Option<(f64, Option<f64>)>,
+    paper: Option<(f64, Option<f64>)>,
+}
+
+/// Paper style: large values as `9e3`, others with `decimals` places.
+pub fn num(v: f64, decimals: usize) -> String {
+    if v.is_nan() {
+        "nan".into()
+    } else if v.abs() >= 1000.0 {
+        format!("{v:.0e}")
+    } else {
+        format!("{v:.decimals$}")
+    }
+}
+
+fn signed(v: f64, decimals: usize) -> String {
+    if v.abs() >= 1000.0 {
+        format!("{v:+.0e}")
+    } else {
+        format!("{v:+.decimals$}")
+    }
+}
+
+fn grid(a: &Artefact, records: &[Record]) -> Vec<Vec<Cell>> {
+    a.rows
+        .iter()
+        .map(|row| {
+            a.columns
+                .iter()
+                .enumerate()
+                .map(|(j, col)| Cell {
+                    ours: cell(records, &a.metric, &[&row.select, &col.select], None),
+                    paper: row.paper.get(j).copied().flatten().map(|p| (p, row.paper_std.get(j).copied().flatten())),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Our value, and the paper's value with our difference (empty when we have no value).
+fn render_cell(c: &Cell, d: usize) -> (String, Option<(String, String)>) {
+    let mean_std = |(m, s): (f64, Option<f64>)| match s {
+        Some(s) => format!("{} ± {}", num(m, d), num(s, d)),
+        None => num(m, d),
+    };
+    let ours = c.ours.map(mean_std).unwrap_or_else(|| "–".into());
+    let paper = c.paper.map(|p| (mean_std(p), c.ours.map(|(m, _)| signed(m - p.0, d)).unwrap_or_default()));
+    (ours, paper)
+}
+
+fn join(paper: &str, diff: &str) -> String {
+    if diff.is_empty() {
+        paper.to_string()
+    } else {
+        format!("{paper}, {diff}")
+    }
+}
+
+fn header(a: &Artefact) -> Vec<String> {
+    let width = a.rows.iter().map(|r| r.label.parts().len()).max().unwrap_or(1);
+    let mut h: Vec<String> = (0..width).map(|i| a.row_header.get(i).cloned().unwrap_or_default()).collect();
+    h.extend(a.columns.iter().map(|c| c.label.joined()));
+    h
+}
+
+fn row_labels(a: &Artefact, i: usize, width: usize) -> Vec<String> {
+    let mut parts = a.rows[i].label.parts();
+    parts.resize(width, String::new());
+    parts
+}
+
+pub fn markdown(a: &Artefact, records: &[Record]) -> String {
+    let head = header(a);
+    let width = head.len() - a.columns.len();
+    let mut s = format!("### {}\n\n", a.title);
+    s += &format!("Metric: {}. Cells: ours (paper, ours − paper)", a.metric.axis_label());
+    if let Some(src) = &a.source {
+        s += &format!("; paper numbers from {src}");
+    }
+    s += ".\n\n";
+    s += &format!("| {} |\n", head.join(" | "));
+    s += &format!("|{}\n", "---|".repeat(head.len()));
+    for (i, row) in grid(a, records).iter().enumerate() {
+        let mut cells = row_labels(a, i, width);
+        cells.extend(row.iter().map(|c| match render_cell(c, a.decimals) {
+            (ours, Some((p, d))) => format!("{ours} (paper {})", join(&p, &d)),
+            (ours, None) => ours,
+        }));
+        s += &format!("| {} |\n", cells.join(" | "));
+    }
+    s
+}
+
+fn tex_escape(s: &str) -> String {
+    s.replace('\\', "\\textbackslash{}")
+        .replace('&', "\\&")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+        .replace('#', "\\#")
+        .replace('±', "$\\pm$")
+        .replace('✓', "\\checkmark")
+        .replace('✗', "$\\times$")
+        .replace('–', "--")
+}
+
+pub fn latex(a: &Artefact, records: &[Record]) -> String {
+    let head = header(a);
+    let width = head.len() - a.columns.len();
+    let mut s = String::from("\\begin{table}[t]\n\\centering\n");
+    s += &format!("\\caption{{{}}}\n", tex_escape(&a.title));
+    s += &format!("\\begin{{tabular}}{{{}{}}}\n\\toprule\n", "l".repeat(width), "c".repeat(a.columns.len()));
+    s += &format!("{} \\\\\n\\midrule\n", head.iter().map(|h| tex_escape(h)).collect::<Vec<_>>().join(" & "));
+    for (i, row) in grid(a, records).iter().enumerate() {
+        let mut cells: Vec<String> = row_labels(a, i, width).iter().map(|l| tex_escape(l)).collect();
+        cells.extend(row.iter().map(|c| match render_cell(c, a.decimals) {
+            (ours, Some((p, d))) => format!("{} {{\\scriptsize ({})}}", tex_escape(&ours), tex_escape(&join(&p, &d))),
+            (ours, None) => tex_escape(&ours),
+        }));
+        s += &format!("{} \\\\\n", cells.join(" & "));
+    }
+    s += "\\bottomrule\n\\end{tabular}\n\\end{table}\n";
+    s
+}
+
+/// `<name>.md` and `<name>.tex` in `dir`.
+pub fn write(a: &Artefact, records: &[Record], dir: &Path) -> Result<Vec<PathBuf>> {
+    let md = dir.join(format!("{}.md", a.name));
+    let tex = dir.join(format!("{}.tex", a.name));
+    std::fs::write(&md, markdown(a, records)).with_context(|| format!("cannot write {}", md.display()))?;
+    std::fs::write(&tex, latex(a, records)).with_context(|| format!("cannot write {}", tex.display()))?;
+    Ok(vec![md, tex])
+}

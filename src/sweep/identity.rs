@@ -1,0 +1,164 @@
+//! What a run's numbers depend on besides its settings: the exact model and data files. Local
+//! files are identified by content (SHA-256, cached by path, size and mtime so each file is read
+//! once); hub repos in the Hugging Face cache by their pinned revision.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::calib::CalibSource;
+use crate::config::RunSpec;
+use crate::data::PplCorpus;
+use crate::eval::tasks::{task, ALL_TASKS};
+use crate::hub::{Hub, RepoKind};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct CachedHash {
+    size: u64,
+    mtime_ns: u128,
+    sha256: String,
+}
+
+/// Content hashes of files already read, persisted in the sweep directory.
+pub struct Fingerprinter {
+    file: PathBuf,
+    cache: BTreeMap<String, CachedHash>,
+}
+
+impl Fingerprinter {
+    pub fn open(file: PathBuf) -> Fingerprinter {
+        let cache = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        Fingerprinter { file, cache }
+    }
+
+    pub fn save(&self) -> Result<()> {
+        super::store::write_atomic(&self.file, &serde_json::to_vec_pretty(&self.cache)?)
+    }
+
+    /// SHA-256 of a file's content.
+    pub fn file(&mut self, path: &Path) -> Result<String> {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf()).to_string_lossy().into_owned();
+        if let Some(c) = self.cache.get(&key).filter(|c| c.size == meta.len() && c.mtime_ns == mtime_ns) {
+            return Ok(c.sha256.clone());
+        }
+        let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let sha256 = hex(&h.finalize());
+        self.cache.insert(key, CachedHash { size: meta.len(), mtime_ns, sha256: sha256.clone() });
+        Ok(sha256)
+    }
+
+    /// A file or a directory tree by content (relative names and contents; hidden entries skipped),
+    /// not by location, so moving a mirror keeps its results.
+    pub fn path(&mut self, path: &Path) -> Result<Value> {
+        if path.is_file() {
+            return Ok(json!({"sha256": self.file(path)?}));
+        }
+        let mut files = Vec::new();
+        collect_files(path, &mut files)?;
+        files.sort();
+        let mut h = Sha256::new();
+        for f in &files {
+            let rel = f.strip_prefix(path).unwrap_or(f).to_string_lossy().into_owned();
+            h.update(rel.as_bytes());
+            h.update([0]);
+            h.update(self.file(f)?.as_bytes());
+            h.update([b'\n']);
+        }
+        Ok(json!({"files": files.len(), "sha256": hex(&h.finalize())}))
+    }
+
+    /// A model or dataset repo: its local directory's content, or its revision in the HF cache.
+    pub fn repo(&mut self, hub: &Hub, id: &str, kind: RepoKind) -> Result<Value> {
+        if let Some(dir) = hub.repo(id, kind).local_dir() {
+            let mut v = self.path(dir)?;
+            v["id"] = json!(id);
+            return Ok(v);
+        }
+        match hf_cache_revision(id, kind) {
+            Some(rev) => Ok(json!({"id": id, "revision": rev})),
+            None => anyhow::bail!(
+                "{} `{id}` is neither a local directory, in the hub mirror, nor in the Hugging Face cache, so its files cannot be identified; download it first (e.g. `repro eval --model {id}`) or point to a directory",
+                if kind == RepoKind::Model { "model" } else { "dataset" }
+            ),
+        }
+    }
+
+    /// Model identity and one entry per dataset the run reads.
+    pub fn run(&mut self, hub: &Hub, spec: &RunSpec) -> Result<(Value, BTreeMap<String, Value>)> {
+        let model = self.repo(hub, &spec.model.model, RepoKind::Model)?;
+        let mut data = BTreeMap::new();
+        if let Some(p) = spec.prune.as_ref().filter(|p| !p.calib.is_empty()) {
+            let v = match CalibSource::parse(&p.calib) {
+                CalibSource::C4 { repo } | CalibSource::Wikitext2 { repo } => self.repo(hub, &repo, RepoKind::Dataset)?,
+                CalibSource::File { path } => self.path(&path)?,
+            };
+            data.insert(format!("calibration:{}", p.calib), v);
+        }
+        for name in &spec.eval.names {
+            let v = if ALL_TASKS.contains(&name.as_str()) {
+                self.repo(hub, task(name)?.hub_id, RepoKind::Dataset)?
+            } else {
+                match PplCorpus::parse(name) {
+                    PplCorpus::Wikitext2 { repo } | PplCorpus::C4 { repo } => self.repo(hub, &repo, RepoKind::Dataset)?,
+                    PplCorpus::Text { spec } if Path::new(&spec).exists() => self.path(Path::new(&spec))?,
+                    PplCorpus::Text { spec } => self.repo(hub, spec.split(':').next().unwrap_or(&spec), RepoKind::Dataset)?,
+                }
+            };
+            data.insert(name.clone(), v);
+        }
+        Ok((model, data))
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The commit `refs/main` points to in the HF cache (`$HF_HUB_CACHE` or `$HF_HOME/hub`).
+fn hf_cache_revision(id: &str, kind: RepoKind) -> Option<String> {
+    let root = std::env::var_os("HF_HUB_CACHE").map(PathBuf::from).or_else(|| {
+        std::env::var_os("HF_HOME")
+            .map(|h| PathBuf::from(h).join("hub"))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")))
+    })?;
+    let prefix = if kind == RepoKind::Model { "models" } else { "datasets" };
+    let refs = root.join(format!("{prefix}--{}", id.replace('/', "--"))).join("refs/main");
+    std::fs::read_to_string(refs).ok().map(|s| s.trim().to_string())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The run id: a hash of the settings and input identities (serde_json maps keep keys sorted, so
+/// the text is canonical).
+pub fn run_id(spec: &RunSpec, model: &Value, data: &BTreeMap<String, Value>) -> String {
+    let canonical = json!({"settings": spec, "model": model, "data": data}).to_string();
+    hex(&Sha256::digest(canonical.as_bytes()))[..16].to_string()
+}

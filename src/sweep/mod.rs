@@ -1,0 +1,219 @@
+//! `repro run`: plans a sweep (ids, what is cached), runs what is missing one job at a time,
+//! records each outcome atomically, and renders the report.
+
+pub mod identity;
+pub mod store;
+
+use anyhow::{bail, Result};
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::cli::RunArgs;
+use crate::config::{PlannedRun, SweepConfig};
+use crate::hub::Hub;
+use crate::pipeline::{run_job, Observer};
+use crate::report::Artefact;
+use identity::{run_id, Fingerprinter};
+use store::{Environment, Record, Status, Store, RECORD_SCHEMA};
+
+/// `RUN_DIR/sweep.json`: what `repro report` needs without the config file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SweepFile {
+    pub name: String,
+    pub config: String,
+    /// The runs of the latest plan, in order.
+    pub runs: Vec<PlanEntry>,
+    pub artefacts: Vec<Artefact>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanEntry {
+    pub id: String,
+    pub label: String,
+}
+
+/// A planned run with its identity resolved (or the reason it could not be).
+pub struct Planned {
+    pub run: PlannedRun,
+    pub id: Result<(String, serde_json::Value, std::collections::BTreeMap<String, serde_json::Value>), String>,
+    pub cached: bool,
+}
+
+impl Planned {
+    pub fn id(&self) -> &str {
+        self.id.as_ref().map_or("unresolved", |(id, _, _)| id.as_str())
+    }
+}
+
+/// Expands the config, resolves every run's id and marks those with a successful record.
+pub fn plan(cfg: &SweepConfig, hub: &Hub, store: &Store, only: Option<&str>, force: bool) -> Result<Vec<Planned>> {
+    let mut fp = Fingerprinter::open(store.dir.join(".fingerprints.json"));
+    let mut out: Vec<Planned> = Vec::new();
+    for run in cfg.expand()? {
+        let id = fp.run(hub, &run.spec).map(|(m, d)| (run_id(&run.spec, &m, &d), m, d)).map_err(|e| format!("{e:#}"));
+        let p = Planned { run, id, cached: false };
+        if only.is_some_and(|pat| !glob(pat, &p.run.label) && !p.id().starts_with(pat)) {
+            continue;
+        }
+        out.push(p);
+    }
+    fp.save()?;
+    for p in &mut out {
+        p.cached = !force && p.id.is_ok() && store.get(p.id())?.is_some_and(|r| r.status == Status::Ok);
+    }
+    Ok(out)
+}
+
+/// `*` matches any run of characters; everything else literally.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return text.contains(pattern);
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        match rest.find(part) {
+            Some(pos) if i > 0 || pos == 0 => rest = &rest[pos + part.len()..],
+            _ => return false,
+        }
+    }
+    parts.last().is_some_and(|l| l.is_empty()) || rest.is_empty()
+}
+
+pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
+    let cfg = SweepConfig::load(&args.config)?;
+    let artefacts = cfg.artefacts(&args.config)?;
+    let store = Store::open(&cfg.output)?;
+    let planned = plan(&cfg, hub, &store, args.only.as_deref(), args.force)?;
+    print_plan(&cfg, &planned, &store)?;
+    if args.dry_run {
+        return Ok(());
+    }
+    let sweep = SweepFile {
+        name: cfg.name.clone(),
+        config: args.config.display().to_string(),
+        runs: planned.iter().filter(|p| p.id.is_ok()).map(|p| PlanEntry { id: p.id().to_string(), label: p.run.label.clone() }).collect(),
+        artefacts,
+    };
+    store::write_atomic(&cfg.output.join("sweep.json"), &serde_json::to_vec_pretty(&sweep)?)?;
+
+    let todo: Vec<&Planned> = planned.iter().filter(|p| !p.cached).collect();
+    let bar = crate::progress::bar(todo.len() as u64, "sweep");
+    let mut failed = 0;
+    for p in todo {
+        bar.set_message(p.run.label.clone());
+        let record = execute(hub, p, &bar);
+        let line = match &record.error {
+            None => format!("done   {} ({:.1}s) {}", record.id, record.finished_at - record.started_at, record.label),
+            Some(e) => format!("FAILED {} {}: {e}", record.id, record.label),
+        };
+        // An unresolvable model has no id to file a record under; its error is reported only.
+        if p.id.is_ok() {
+            store.put(&record)?;
+        }
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+        bar.inc(1);
+        if record.status == Status::Failed {
+            failed += 1;
+            if args.fail_fast {
+                bail!("run {} failed (--fail-fast): {}", record.label, record.error.unwrap_or_default());
+            }
+        }
+    }
+    bar.finish_and_clear();
+    crate::report::report(&cfg.output)?;
+    if failed > 0 {
+        bail!("{failed} run(s) failed; their records in {} hold the errors", cfg.output.join("runs").display());
+    }
+    Ok(())
+}
+
+/// Shows the current run's stage on the sweep bar.
+struct StageOnBar<'a>(&'a ProgressBar, &'a str);
+impl Observer for StageOnBar<'_> {
+    fn stage(&self, stage: &str) {
+        self.0.set_message(format!("{}: {stage}", self.1));
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Runs one job and turns its outcome, success or error, into a record.
+fn execute(hub: &Hub, p: &Planned, bar: &ProgressBar) -> Record {
+    crate::resources::reset_peak_rss();
+    let started_at = now();
+    let (id, model_identity, data_identity) = match &p.id {
+        Ok((id, m, d)) => (id.clone(), m.clone(), d.clone()),
+        Err(_) => ("unresolved".into(), serde_json::Value::Null, Default::default()),
+    };
+    let outcome = match &p.id {
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+        Ok(_) => run_job(hub, &p.run.spec.model, p.run.spec.prune.as_ref(), &p.run.spec.eval, &StageOnBar(bar, &p.run.label)).map(|(_, out)| out),
+    };
+    let (status, error, result) = match outcome {
+        Ok(out) => (Status::Ok, None, out),
+        Err(e) => (Status::Failed, Some(format!("{e:#}")), Default::default()),
+    };
+    Record {
+        schema: RECORD_SCHEMA,
+        id,
+        label: p.run.label.clone(),
+        method_label: p.run.method_label.clone(),
+        status,
+        error,
+        settings: p.run.spec.clone(),
+        model_identity,
+        data_identity,
+        environment: Environment::current(),
+        started_at,
+        finished_at: now(),
+        result,
+    }
+}
+
+/// The plan: one line per run, cached or not, and a rough cost from finished runs of the same
+/// model and method.
+fn print_plan(cfg: &SweepConfig, planned: &[Planned], store: &Store) -> Result<()> {
+    let cached = planned.iter().filter(|p| p.cached).count();
+    println!("sweep `{}`: {} runs, {} cached, {} to run -> {}", cfg.name, planned.len(), cached, planned.len() - cached, cfg.output.display());
+    let mut known: Vec<(String, String, f64)> = Vec::new();
+    for p in planned.iter().filter(|p| p.cached) {
+        if let Some(r) = store.get(p.id())? {
+            let secs = r.finished_at - r.started_at;
+            known.push((r.settings.model.model.clone(), r.settings.method_name().to_string(), secs));
+        }
+    }
+    let mut total = 0.0;
+    let mut unknown = 0;
+    for p in planned {
+        let state = match (&p.id, p.cached) {
+            (Err(_), _) => "unresolved",
+            (_, true) => "cached",
+            _ => "todo",
+        };
+        let same: Vec<f64> = known.iter().filter(|(m, me, _)| *m == p.run.spec.model.model && me == p.run.spec.method_name()).map(|k| k.2).collect();
+        let cost = if p.cached {
+            String::new()
+        } else if same.is_empty() {
+            unknown += 1;
+            "~? s".into()
+        } else {
+            let s = same.iter().sum::<f64>() / same.len() as f64;
+            total += s;
+            format!("~{s:.0} s")
+        };
+        println!("  {state:<10} {:<16} {cost:>8}  {}", p.id(), p.run.label);
+        if let Err(e) = &p.id {
+            println!("             {e}");
+        }
+    }
+    println!("estimated time: ~{total:.0} s for runs like finished ones, {unknown} run(s) without a timing yet");
+    Ok(())
+}

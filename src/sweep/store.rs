@@ -1,0 +1,119 @@
+//! The result store: one JSON record per run under `RUN_DIR/runs/<id>.json`, each written to a
+//! temporary file and renamed into place, so a crash or kill -9 leaves either the whole record or
+//! none, and a resumed sweep trusts every record it finds.
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::RunSpec;
+
+pub const RECORD_SCHEMA: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Failed,
+}
+
+/// Everything needed to trust (or distrust) one number.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub schema: u32,
+    pub id: String,
+    pub label: String,
+    pub method_label: String,
+    pub status: Status,
+    /// The error chain of a failed run.
+    pub error: Option<String>,
+    /// The normalised settings the id is derived from.
+    pub settings: RunSpec,
+    /// Content hashes / revisions of the model and of each dataset read.
+    pub model_identity: Value,
+    pub data_identity: BTreeMap<String, Value>,
+    pub environment: Environment,
+    /// Unix seconds.
+    pub started_at: f64,
+    pub finished_at: f64,
+    /// The job's result object (as `repro prune --json`): ppl, zero_shot, sparsity, timings,
+    /// resolved seqlen, calibration file, window counts, peak_rss_bytes.
+    pub result: Map<String, Value>,
+}
+
+/// Software and machine the run used.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Environment {
+    pub repro_version: String,
+    pub libtorch_version: String,
+    pub os: String,
+    pub cpus: usize,
+    pub hostname: String,
+}
+
+impl Environment {
+    pub fn current() -> Environment {
+        Environment {
+            repro_version: env!("CARGO_PKG_VERSION").to_string(),
+            libtorch_version: libtorch_version(),
+            os: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+/// The torch wheel's `__version__` (libtorch is taken from it at build time), or "unknown".
+fn libtorch_version() -> String {
+    let version_py = Path::new(env!("REPRO_LIBTORCH_LIB")).join("../version.py");
+    std::fs::read_to_string(version_py)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string()))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+/// A sweep directory's records.
+pub struct Store {
+    pub dir: PathBuf,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir.join("runs")).with_context(|| format!("cannot create {}", dir.join("runs").display()))?;
+        Ok(Store { dir: dir.to_path_buf() })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join("runs").join(format!("{id}.json"))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Record>> {
+        let path = self.path(id);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).map(Some).with_context(|| format!("{}: not a run record", path.display()))
+    }
+
+    pub fn put(&self, record: &Record) -> Result<()> {
+        write_atomic(&self.path(&record.id), &serde_json::to_vec_pretty(record)?)
+    }
+}

@@ -1,0 +1,201 @@
+//! Sweep configs (errors, grid expansion), stable run ids, and resuming a killed sweep.
+
+mod common;
+
+use common::{fixture_model, fixtures, repro};
+use repro::config::SweepConfig;
+use repro::hub::Hub;
+use repro::sweep::plan;
+use repro::sweep::store::Store;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const BASE: &str = "name: t
+output: OUT
+models: [MODEL]
+methods: [dense, magnitude, wanda, sparsegpt]
+sparsities: [0.5]
+patterns: [unstructured, \"2:4\"]
+calibration: {dataset: c4:c4-format-sample, nsamples: [8], seeds: [0]}
+seqlen: 64
+evaluation: {ppl: [wikitext2], max_windows: 4}
+";
+
+fn parse(text: &str) -> anyhow::Result<SweepConfig> {
+    SweepConfig::parse(text, Path::new("configs/t.yaml"))
+}
+
+fn err(text: &str) -> String {
+    format!("{:#}", parse(text).expect_err("config should be rejected"))
+}
+
+#[test]
+fn config_errors_name_file_line_column_and_allowed_values() {
+    let e = err(&BASE.replace("methods:", "methdos:"));
+    assert!(e.contains("configs/t.yaml:4:1") && e.contains("unknown field `methdos`") && e.contains("expected one of") && e.contains("`methods`"), "{e}");
+    let e = err(&BASE.replace("\"2:4\"", "\"5:4\""));
+    assert!(e.contains("configs/t.yaml:6:") && e.contains("5:4") && e.contains("0 < N < M"), "{e}");
+    let e = err(&BASE.replace("sparsities: [0.5]", "sparsities: [1.5]"));
+    assert!(e.contains("configs/t.yaml:5:") && e.contains("sparsity 1.5 must be in [0, 1)"), "{e}");
+    let e = err(&BASE.replace("wanda,", "wandaa,"));
+    assert!(e.contains("configs/t.yaml:4:") && e.contains("unknown pruning metric `wandaa`") && e.contains("dense"), "{e}");
+    let e = err(&BASE.replace("max_windows: 4", "max_windows: 4, tasks: [boolqq]"));
+    assert!(e.contains("configs/t.yaml:9:") && e.contains("boolqq"), "{e}");
+    let e = err(&BASE.replace("seeds: [0]", "seeds: [0], nsample: [3]"));
+    assert!(e.contains("unknown field `nsample`") && e.contains("`nsamples`"), "{e}");
+    let e = err(&format!("{BASE}device: gpu\n"));
+    assert!(e.contains("unknown device `gpu`") && e.contains("cuda:N"), "{e}");
+    let e = err(&BASE.replace("[dense, magnitude, wanda, sparsegpt]", "[{name: wanda, use_variant: true}]"));
+    assert!(e.contains("unstructured sparsity only"), "{e}");
+    let e = err(&BASE.replace("{ppl: [wikitext2], max_windows: 4}", "{max_windows: 4}"));
+    assert!(e.contains("`evaluation` names nothing to measure"), "{e}");
+}
+
+#[test]
+fn grid_expands_to_the_cross_product_with_shared_baselines() {
+    let cfg = parse(&BASE.replace("seeds: [0]", "seeds: [0, 1]").replace("sparsities: [0.5]", "sparsities: [0.3, 0.5]")).unwrap();
+    let runs = cfg.expand().unwrap();
+    let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+    // dense once; magnitude (data-free) once per pattern/sparsity whatever the seeds; wanda and
+    // sparsegpt for 2 sparsities + 2:4 (sparsity fixed at 0.5) x 2 seeds.
+    assert_eq!(runs.len(), 1 + 3 + 2 * 3 * 2, "{labels:#?}");
+    assert_eq!(labels.iter().filter(|l| l.contains("dense")).count(), 1);
+    assert!(labels.contains(&"MODEL magnitude 2:4 0.5"));
+    assert!(labels.contains(&"MODEL wanda unstructured 0.3 n8 seed1"));
+
+    let with = BASE.to_string() + "exclude:\n  - {method: sparsegpt, pattern: \"2:4\"}\ninclude:\n  - {methods: [wanda], nsamples: [16, 32]}\n";
+    let runs = parse(&with).unwrap().expand().unwrap();
+    let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+    assert!(!labels.iter().any(|l| l.contains("sparsegpt 2:4")), "{labels:#?}");
+    assert!(labels.contains(&"MODEL wanda 2:4 0.5 n32 seed0") && labels.contains(&"MODEL wanda unstructured 0.5 n16 seed0"), "{labels:#?}");
+    assert_eq!(runs.len(), 7 - 1 + 4);
+}
+
+/// A sweep over a private copy of llama-tiny-random, so its files can be changed.
+struct Sandbox {
+    _tmp: tempfile::TempDir,
+    model: PathBuf,
+    out: PathBuf,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join("model");
+        std::fs::create_dir_all(&model).unwrap();
+        for e in std::fs::read_dir(fixture_model("llama-tiny-random")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+        }
+        let out = tmp.path().join("out");
+        Sandbox { _tmp: tmp, model, out }
+    }
+
+    fn config(&self, text: &str) -> SweepConfig {
+        parse(&text.replace("MODEL", self.model.to_str().unwrap()).replace("OUT", self.out.to_str().unwrap())).unwrap()
+    }
+
+    /// label -> id
+    fn ids(&self, text: &str) -> Vec<(String, String)> {
+        let cfg = self.config(text);
+        let store = Store::open(&cfg.output).unwrap();
+        let hub = Hub::new(Some(fixtures()));
+        plan(&cfg, &hub, &store, None, false).unwrap().iter().map(|p| (p.run.label.replace(self.model.to_str().unwrap(), "M"), p.id().to_string())).collect()
+    }
+}
+
+fn id_of<'a>(ids: &'a [(String, String)], label: &str) -> &'a str {
+    &ids.iter().find(|(l, _)| l == label).unwrap_or_else(|| panic!("no run {label} in {ids:?}")).1
+}
+
+#[test]
+fn run_ids_change_when_and_only_when_inputs_change() {
+    let sb = Sandbox::new();
+    let a = sb.ids(BASE);
+    assert_eq!(a.len(), 7);
+    assert!(a.iter().all(|(_, id)| id.len() == 16 && id != "unresolved"), "{a:?}");
+    // Same settings in another order, another output directory, touched files: same ids.
+    assert_eq!(a, sb.ids(BASE));
+    let reordered = sb.ids(&BASE.replace("[dense, magnitude, wanda, sparsegpt]", "[sparsegpt, wanda, magnitude, dense]"));
+    for (label, id) in &a {
+        assert_eq!(id_of(&reordered, label), id, "{label}");
+    }
+    let moved = sb.ids(&BASE.replace("output: OUT", "output: OUT/elsewhere"));
+    assert_eq!(a, moved);
+    let weights = sb.model.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&weights, &bytes).unwrap();
+    assert_eq!(a, sb.ids(BASE), "rewriting identical content keeps the ids");
+    // The explicit default group is the same run as the implicit one.
+    // (A group does not apply to N:M patterns, so this grid is unstructured only.)
+    let unstructured = BASE.replace("[unstructured, \"2:4\"]", "[unstructured]");
+    let explicit = sb.ids(&unstructured.replace("wanda,", "{name: wanda, group: per-output},"));
+    assert_eq!(id_of(&explicit, "M wanda (per-output) unstructured 0.5 n8 seed0"), id_of(&a, "M wanda unstructured 0.5 n8 seed0"));
+
+    // A new seed changes calibrated runs only.
+    let seeded = sb.ids(&BASE.replace("seeds: [0]", "seeds: [1]"));
+    assert_eq!(id_of(&seeded, "M magnitude unstructured 0.5"), id_of(&a, "M magnitude unstructured 0.5"));
+    assert_eq!(id_of(&seeded, "M dense"), id_of(&a, "M dense"));
+    assert_ne!(id_of(&seeded, "M wanda unstructured 0.5 n8 seed1"), id_of(&a, "M wanda unstructured 0.5 n8 seed0"));
+    // An evaluation setting changes every run.
+    let windows = sb.ids(&BASE.replace("max_windows: 4", "max_windows: 5"));
+    assert!(windows.iter().zip(&a).all(|(x, y)| x.1 != y.1));
+    // Changed model content changes every run.
+    let cfg = sb.model.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}\n")).unwrap();
+    let changed = sb.ids(BASE);
+    assert!(changed.iter().zip(&a).all(|(x, y)| x.1 != y.1), "{changed:?}");
+}
+
+fn write_config(sb: &Sandbox, name: &str, out: &Path) -> PathBuf {
+    let report = "report:\n  - name: ppl\n    title: t\n    kind: table\n    metric: ppl:wikitext2\n    rows:\n      - {label: dense, where: {method: dense}}\n      - {label: wanda, where: {method: wanda, pattern: unstructured}}\n      - {label: magnitude 2:4, where: {method: magnitude, pattern: \"2:4\"}}\n    columns:\n      - {label: m, where: {}}\n";
+    let text = format!("{BASE}{report}").replace("MODEL", sb.model.to_str().unwrap()).replace("OUT", out.to_str().unwrap());
+    let path = sb.out.parent().unwrap().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn records(out: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(out.join("runs")).map_or(vec![], |d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect())
+}
+
+#[test]
+fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
+    let sb = Sandbox::new();
+    let killed_out = sb.out.join("killed");
+    let cfg = write_config(&sb, "k.yaml", &killed_out);
+    let mut child = repro().args(["run", cfg.to_str().unwrap()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while records(&killed_out).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no record appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done: Vec<(PathBuf, String)> = records(&killed_out).into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect();
+    assert!(!done.is_empty() && done.len() < 7, "kill -9 should land mid-sweep ({} records)", done.len());
+
+    let out = repro().args(["run", cfg.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("{} cached", done.len())), "{stdout}");
+    for (path, text) in &done {
+        assert_eq!(&std::fs::read_to_string(path).unwrap(), text, "{} was rewritten", path.display());
+    }
+    assert_eq!(records(&killed_out).len(), 7);
+
+    let clean_out = sb.out.join("clean");
+    let clean = write_config(&sb, "c.yaml", &clean_out);
+    let out = repro().args(["run", clean.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = |d: &Path| std::fs::read_to_string(d.join("report/ppl.md")).unwrap();
+    assert_eq!(table(&killed_out), table(&clean_out));
+    assert!(!table(&clean_out).contains('–'), "every cell has a value:\n{}", table(&clean_out));
+
+    // A dry run now finds everything cached and runs nothing.
+    let out = repro().args(["run", clean.to_str().unwrap(), "--dry-run"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("7 runs, 7 cached, 0 to run"), "{stdout}");
+}
