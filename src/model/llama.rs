@@ -183,16 +183,7 @@ impl Attention {
             }
         };
         let (k, v) = (expand(k), expand(v));
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            ctx.attn_mask.as_ref(),
-            0.0,
-            ctx.attn_mask.is_none(),
-            None,
-            false,
-        );
+        let y = ctx.attend(&q, &k, &v);
         let y = y.transpose(1, 2).reshape([b, l, self.heads * self.head_dim]);
         tap("self_attn.o_proj", &y);
         self.o_proj.forward(&y)

@@ -50,6 +50,13 @@ pub struct BlockCtx {
     pub attn_mask: Option<Tensor>,
 }
 
+impl BlockCtx {
+    /// Softmax attention (B, heads, L, head_dim), causal unless a mask says otherwise.
+    pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        Tensor::scaled_dot_product_attention(q, k, v, self.attn_mask.as_ref(), 0.0, self.attn_mask.is_none(), None, false)
+    }
+}
+
 pub trait DecoderBlock: Send {
     /// hidden (B, L, H) -> hidden (B, L, H).
     fn forward(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor;

@@ -88,16 +88,7 @@ impl Block {
         let k = split(self.k_proj.forward(x));
         tap("self_attn.v_proj", x);
         let v = split(self.v_proj.forward(x));
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            ctx.attn_mask.as_ref(),
-            0.0,
-            ctx.attn_mask.is_none(),
-            None,
-            false,
-        );
+        let y = ctx.attend(&q, &k, &v);
         let y = y.transpose(1, 2).reshape([b, l, h]);
         tap("self_attn.out_proj", &y);
         self.out_proj.forward(&y)
