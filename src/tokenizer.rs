@@ -52,7 +52,7 @@ impl Tokenizer {
         let mut tok = Tokenizer { inner, bos_to_prepend: None };
         if add_bos {
             if let Some(bos) = bos {
-                let probe = tok.raw_encode("a", true)?;
+                let probe = tok.raw_encode("a")?;
                 if probe.first() != Some(&(bos as i64)) {
                     tok.bos_to_prepend = Some(bos);
                 }
@@ -61,25 +61,20 @@ impl Tokenizer {
         Ok(tok)
     }
 
-    fn raw_encode(&self, text: &str, special: bool) -> Result<Vec<i64>> {
+    fn raw_encode(&self, text: &str) -> Result<Vec<i64>> {
         let enc = self
             .inner
-            .encode(text, special)
+            .encode(text, true)
             .map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
     /// Token ids as `tokenizer(text).input_ids` gives them in transformers (with BOS).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let mut ids = self.raw_encode(text, true)?;
+        let mut ids = self.raw_encode(text)?;
         if let Some(bos) = self.bos_to_prepend {
             ids.insert(0, bos as i64);
         }
         Ok(ids)
-    }
-
-    /// Token ids without special tokens (lm-eval's continuation encoding).
-    pub fn encode_plain(&self, text: &str) -> Result<Vec<i64>> {
-        self.raw_encode(text, false)
     }
 }

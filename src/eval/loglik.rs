@@ -1,6 +1,6 @@
 //! Log-likelihood of continuations given contexts, tokenized and scored as lm-evaluation-harness
 //! 0.4's Hugging Face backend does: trailing spaces of the context move to the continuation;
-//! context+continuation is encoded as a whole (no special tokens) and split at the context's
+//! context+continuation is encoded as a whole (with the tokenizer's BOS) and split at the context's
 //! token count; inputs are left-truncated to the model's length; the continuation's log-probs
 //! are summed and `is_greedy` says whether every continuation token was the argmax.
 
@@ -21,8 +21,10 @@ pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str) -> Result
     let trimmed = context.trim_end();
     let moved = &context[trimmed.len()..];
     let continuation = format!("{moved}{continuation}");
-    let whole = tok.encode_plain(&format!("{trimmed}{continuation}"))?;
-    let ctx_len = tok.encode_plain(trimmed)?.len().min(whole.len());
+    // lm-eval 0.4.13's HF backend encodes with the tokenizer's default special tokens, so LLaMA
+    // contexts start with BOS.
+    let whole = tok.encode(&format!("{trimmed}{continuation}"))?;
+    let ctx_len = tok.encode(trimmed)?.len().min(whole.len());
     Ok((whole[..ctx_len].to_vec(), whole[ctx_len..].to_vec()))
 }
 
