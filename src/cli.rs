@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// Stop at the first failing run instead of recording it and going on.
     #[arg(long)]
     pub fail_fast: bool,
+    /// Records and report go here instead of the config's `output`.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -108,7 +111,7 @@ pub struct EvalArgs {
 pub struct PruneArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// magnitude, wanda, ria, sparsegpt, ablate_mag_seq, ablate_mag_iter, ablate_wanda_seq, ablate_wanda_iter.
+    /// magnitude, wanda, ria, sparsegpt_metric (saliency without update), sparsegpt, ablate_mag_seq, ablate_mag_iter, ablate_wanda_seq, ablate_wanda_iter.
     #[arg(long)]
     pub method: String,
     /// Fraction of each linear layer's weights to remove.
@@ -117,7 +120,7 @@ pub struct PruneArgs {
     /// unstructured, or N:M such as 2:4 and 4:8.
     #[arg(long, default_value = "unstructured")]
     pub pattern: String,
-    /// Comparison group for metric methods: per-output, per-input, per-layer (default: the metric's own).
+    /// Comparison group for metric methods: per-output, per-input, per-layer, per-input-128, per-output-128 (default: the metric's own).
     #[arg(long)]
     pub group: Option<String>,
     /// The Wanda variant (alpha search over each row's cumulative score).

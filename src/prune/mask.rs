@@ -74,7 +74,16 @@ pub enum Group {
     PerInput,
     /// The whole matrix: magnitude pruning's choice.
     PerLayer,
+    /// Blocks of 128 consecutive inputs (rows x 128 columns): SparseGPT's choice.
+    #[serde(rename = "per-input-128")]
+    InputBlocks,
+    /// Blocks of 128 consecutive outputs (128 rows x all columns).
+    #[serde(rename = "per-output-128")]
+    OutputBlocks,
 }
+
+/// Width of the paper's (input, 128) and (output, 128) comparison groups.
+pub const GROUP_BLOCK: i64 = 128;
 
 impl Group {
     pub fn parse(s: &str) -> Result<Group> {
@@ -82,7 +91,9 @@ impl Group {
             "per-output" | "output" | "row" => Ok(Group::PerOutput),
             "per-input" | "input" | "column" => Ok(Group::PerInput),
             "per-layer" | "layer" => Ok(Group::PerLayer),
-            _ => bail!("comparison group `{s}`: use per-output, per-input or per-layer"),
+            "per-input-128" | "input-128" => Ok(Group::InputBlocks),
+            "per-output-128" | "output-128" => Ok(Group::OutputBlocks),
+            _ => bail!("comparison group `{s}`: use per-output, per-input, per-layer, per-input-128 or per-output-128"),
         }
     }
 }
@@ -91,14 +102,31 @@ impl Group {
 pub fn unstructured(score: &Tensor, ratio: f64, group: Group) -> Tensor {
     let (rows, cols) = score.size2().expect("score is 2-D");
     match group {
-        Group::PerLayer => {
-            let k = ((rows * cols) as f64 * ratio) as i64;
-            let (sorted, _) = score.flatten(0, -1).sort(0, false);
-            score.le_tensor(&sorted.get(k))
-        }
+        Group::PerLayer => threshold_mask(score, ratio),
         Group::PerOutput => lowest_per_row(score, (cols as f64 * ratio) as i64),
         Group::PerInput => lowest_per_row(&score.transpose(0, 1), (rows as f64 * ratio) as i64).transpose(0, 1),
+        Group::InputBlocks => by_blocks(score, 1, ratio),
+        Group::OutputBlocks => by_blocks(score, 0, ratio),
     }
+}
+
+/// The official whole-group rule (magnitude per layer, SparseGPT per block): sort the scores,
+/// take the value at index int(numel·ratio) and prune everything `<=` it.
+pub fn threshold_mask(score: &Tensor, ratio: f64) -> Tensor {
+    let k = (score.numel() as f64 * ratio) as i64;
+    let (sorted, _) = score.flatten(0, -1).sort(0, false);
+    score.le_tensor(&sorted.get(k))
+}
+
+/// [`threshold_mask`] within each block of [`GROUP_BLOCK`] consecutive indices along `dim`
+/// (the last block may be narrower).
+fn by_blocks(score: &Tensor, dim: i64, ratio: f64) -> Tensor {
+    let len = score.size()[dim as usize];
+    let blocks: Vec<Tensor> = (0..len)
+        .step_by(GROUP_BLOCK as usize)
+        .map(|start| threshold_mask(&score.narrow(dim, start, GROUP_BLOCK.min(len - start)), ratio))
+        .collect();
+    Tensor::cat(&blocks, dim)
 }
 
 /// In every row, the `k` lowest scores (stable sort, so equal scores go by position).
@@ -199,6 +227,20 @@ mod tests {
         let s = t(&[[1., 5., 3., 0.], [2., 4., 1., 9.]]);
         let m = unstructured(&s, 0.5, Group::PerInput);
         assert_eq!(Vec::<bool>::try_from(m.flatten(0, -1)).unwrap(), vec![true, false, false, true, false, true, true, false]);
+    }
+
+    #[test]
+    fn block_groups_threshold_each_block_of_128() {
+        // Three input blocks (128, 128 and 4 columns) with ever larger scores. A per-layer
+        // threshold prunes all of the first block; per block, each loses half (plus the `<=` tie).
+        let small = Tensor::arange(2 * 128, (Kind::Float, tch::Device::Cpu)).view([2, 128]);
+        let score = Tensor::cat(&[&small, &(&small + 1000.0), &(&small.narrow(1, 0, 4) + 5000.0)], 1);
+        let pruned = |m: &Tensor, start, len| m.narrow(1, start, len).sum(Kind::Int64).int64_value(&[]);
+        let m = unstructured(&score, 0.5, Group::InputBlocks);
+        assert_eq!((pruned(&m, 0, 128), pruned(&m, 128, 128), pruned(&m, 256, 4)), (129, 129, 5));
+        assert_eq!(pruned(&unstructured(&score, 0.5, Group::PerLayer), 0, 128), 256);
+        let out = unstructured(&score.transpose(0, 1), 0.5, Group::OutputBlocks);
+        assert!(out.equal(&m.transpose(0, 1)));
     }
 
     #[test]

@@ -5,16 +5,21 @@ use anyhow::{bail, Result};
 use tch::Tensor;
 
 use super::mask::Group;
-use super::stats::InputNorms;
+use super::stats::{InputNorms, LayerStats};
 
 pub trait Metric: Sync {
     fn name(&self) -> &'static str;
     /// Whether the score reads calibration statistics (otherwise no forward passes are needed).
     fn needs_calibration(&self) -> bool;
+    /// Whether it reads the Hessian of the layer's inputs rather than (only) their norms; the
+    /// Hessian costs a (cols x cols) matrix per layer, so it is collected only when asked for.
+    fn needs_hessian(&self) -> bool {
+        false
+    }
     /// The comparison group the metric's paper uses.
     fn default_group(&self) -> Group;
-    /// Score of every weight of `w` (out, in); `norms` holds the layer's input statistics.
-    fn score(&self, w: &Tensor, norms: Option<&InputNorms>) -> Result<Tensor>;
+    /// Score of every weight of `w` (out, in) given the layer's input statistics.
+    fn score(&self, w: &Tensor, stats: &LayerStats) -> Result<Tensor>;
 }
 
 /// |W|: the classic baseline, one threshold per layer.
@@ -30,7 +35,7 @@ impl Metric for Magnitude {
     fn default_group(&self) -> Group {
         Group::PerLayer
     }
-    fn score(&self, w: &Tensor, _: Option<&InputNorms>) -> Result<Tensor> {
+    fn score(&self, w: &Tensor, _: &LayerStats) -> Result<Tensor> {
         Ok(w.abs())
     }
 }
@@ -48,21 +53,28 @@ impl Metric for Wanda {
     fn default_group(&self) -> Group {
         Group::PerOutput
     }
-    fn score(&self, w: &Tensor, norms: Option<&InputNorms>) -> Result<Tensor> {
-        Ok(w.abs() * required(norms, self.name())?.scaler_row.sqrt().reshape([1, -1]))
+    fn score(&self, w: &Tensor, stats: &LayerStats) -> Result<Tensor> {
+        Ok(w.abs() * norms(stats, self.name())?.scaler_row.sqrt().reshape([1, -1]))
     }
 }
 
-pub(crate) fn required<'a>(norms: Option<&'a InputNorms>, metric: &str) -> Result<&'a InputNorms> {
-    match norms {
+pub(crate) fn norms<'a>(stats: &LayerStats<'a>, metric: &str) -> Result<&'a InputNorms> {
+    match stats.norms {
         Some(n) => Ok(n),
-        None => bail!("metric `{metric}` needs calibration statistics but none were collected"),
+        None => bail!("metric `{metric}` needs input norms but none were collected"),
+    }
+}
+
+pub(crate) fn hessian<'a>(stats: &LayerStats<'a>, metric: &str) -> Result<&'a Tensor> {
+    match stats.hessian {
+        Some(h) => Ok(h),
+        None => bail!("metric `{metric}` needs the input Hessian but none was collected"),
     }
 }
 
 /// Every metric repro knows, by the name used on the command line and in configs.
 pub fn registry() -> Vec<&'static dyn Metric> {
-    vec![&Magnitude, &Wanda, &super::ria::Ria]
+    vec![&Magnitude, &Wanda, &super::ria::Ria, &super::sparsegpt::SparseGptMetric]
 }
 
 pub fn by_name(name: &str) -> Result<&'static dyn Metric> {

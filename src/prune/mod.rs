@@ -19,7 +19,7 @@ use crate::model::CausalLm;
 use mask::{Group, Pattern};
 use metric::Metric;
 use sparsegpt::MaskRule;
-use stats::{Hessian, InputNorms};
+use stats::{Hessian, InputNorms, LayerStats};
 
 /// What to prune and how.
 pub enum Method {
@@ -33,7 +33,7 @@ pub enum Method {
 }
 
 impl Method {
-    /// `magnitude`, `wanda`, `ria`, `sparsegpt`, `ablate_{mag,wanda}_{seq,iter}`.
+    /// `magnitude`, `wanda`, `ria`, `sparsegpt_metric`, `sparsegpt`, `ablate_{mag,wanda}_{seq,iter}`.
     pub fn parse(name: &str, group: Option<Group>, variant: bool, pattern: Pattern) -> Result<Method> {
         let method = match name {
             "sparsegpt" => Method::SparseGpt,
@@ -54,7 +54,7 @@ impl Method {
         };
         let is_metric = matches!(method, Method::Metric { .. });
         if group.is_some() && !is_metric {
-            bail!("--group applies to metric methods (magnitude, wanda, ria), not `{name}`");
+            bail!("--group applies to metric methods (magnitude, wanda, ria, sparsegpt_metric), not `{name}`");
         }
         if variant && !matches!(method, Method::Metric { group: Group::PerOutput, .. }) {
             bail!("--use-variant needs a metric method with the per-output group (it is the Wanda variant)");
@@ -78,7 +78,10 @@ impl Method {
     }
 
     fn needs_hessian(&self) -> bool {
-        !matches!(self, Method::Metric { .. })
+        match self {
+            Method::Metric { metric, .. } => metric.needs_hessian(),
+            _ => true,
+        }
     }
 
     fn needs_norms(&self) -> bool {
@@ -174,9 +177,10 @@ pub fn prune_model(
             let t = Instant::now();
             let w = &linear.weight;
             let n = norms.get(name);
+            let h = hessians.remove(name).map(Hessian::finish);
             match method {
                 Method::Metric { metric, group, variant } => {
-                    let score = metric.score(w, n)?;
+                    let score = metric.score(w, &LayerStats { norms: n, hessian: h.as_ref() })?;
                     let mask = match pattern {
                         Pattern::NM { n, m } => mask::n_m(&score, n, m)?,
                         Pattern::Unstructured if *variant => {
@@ -189,7 +193,7 @@ pub fn prune_model(
                     let _ = linear.weight.masked_fill_(&mask, 0.0);
                 }
                 Method::SparseGpt | Method::Ablate { .. } => {
-                    let h = hessians.remove(name).expect("every linear layer saw calibration inputs").finish();
+                    let h = h.expect("every linear layer saw calibration inputs");
                     let new = match method {
                         Method::Ablate { metric, iterative: false } => {
                             let mask = ablation_mask(*metric, w, n, sparsity, pattern)?;
@@ -228,7 +232,7 @@ pub fn prune_model(
 
 /// The mask a metric picks on the dense weights before any update, in the metric's own group.
 fn ablation_mask(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, sparsity: f64, pattern: Pattern) -> Result<Tensor> {
-    let score = metric.score(&w.to_kind(Kind::Float), n)?;
+    let score = metric.score(&w.to_kind(Kind::Float), &LayerStats { norms: n, hessian: None })?;
     match pattern {
         Pattern::NM { n, m } => mask::n_m(&score, n, m),
         Pattern::Unstructured => Ok(mask::unstructured(&score, sparsity, metric.default_group())),
@@ -238,7 +242,7 @@ fn ablation_mask(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, sparsi
 /// A metric evaluated on a slice of columns starting at `col` (input norms sliced to match).
 fn rescore_block(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, col: i64) -> Tensor {
     let sliced = n.map(|n| n.columns(col, w.size()[1]));
-    metric.score(w, sliced.as_ref()).expect("statistics were collected for this metric")
+    metric.score(w, &LayerStats { norms: sliced.as_ref(), hessian: None }).expect("statistics were collected for this metric")
 }
 
 /// Zeros per pruned linear layer, by hub name.

@@ -6,8 +6,8 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use super::mask::Group;
-use super::metric::{required, Metric};
-use super::stats::InputNorms;
+use super::metric::{norms, Metric};
+use super::stats::LayerStats;
 
 pub struct Ria;
 
@@ -23,11 +23,11 @@ impl Metric for Ria {
     fn default_group(&self) -> Group {
         Group::PerOutput
     }
-    fn score(&self, w: &Tensor, norms: Option<&InputNorms>) -> Result<Tensor> {
+    fn score(&self, w: &Tensor, stats: &LayerStats) -> Result<Tensor> {
         let a = w.abs();
         let by_column = a.sum_dim_intlist(0, true, Kind::Float);
         let by_row = a.sum_dim_intlist(1, true, Kind::Float);
-        let act = required(norms, self.name())?.scaler_row.sqrt().pow_tensor_scalar(ACTIVATION_POWER);
+        let act = norms(stats, self.name())?.scaler_row.sqrt().pow_tensor_scalar(ACTIVATION_POWER);
         Ok((&a / by_column + &a / by_row) * act.reshape([1, -1]))
     }
 }

@@ -5,7 +5,9 @@
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
-use super::mask::Pattern;
+use super::mask::{threshold_mask, Group, Pattern};
+use super::metric::{hessian, Metric};
+use super::stats::LayerStats;
 
 pub const BLOCKSIZE: i64 = 128;
 pub const PERCDAMP: f64 = 0.01;
@@ -23,18 +25,11 @@ pub enum MaskRule<'a> {
 
 /// The pruned and updated weight (same shape and dtype as `weight`).
 pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, rule: MaskRule) -> Result<Tensor> {
-    let mut w = weight.to_kind(Kind::Float);
+    let mut w = weight.to_dtype(Kind::Float, false, true); // a copy even when already f32
     let (rows, cols) = w.size2()?;
-    let h = hessian;
-    let dead = h.diagonal(0, 0, 1).eq(0.0);
-    let _ = h.diagonal(0, 0, 1).masked_fill_(&dead, 1.0);
+    let dead = dead_inputs(&hessian);
     let _ = w.masked_fill_(&dead.unsqueeze(0), 0.0);
-    let damp = PERCDAMP * h.diagonal(0, 0, 1).mean(Kind::Float).double_value(&[]);
-    let _ = h.diagonal(0, 0, 1).g_add_scalar_(damp);
-    let l = h.f_linalg_cholesky(false).map_err(|e| anyhow::anyhow!("Cholesky of the damped Hessian failed: {e}"))?;
-    let hinv = l.cholesky_inverse(false).f_linalg_cholesky(true).map_err(|e| {
-        anyhow::anyhow!("Cholesky of the inverse Hessian failed ({e}); the calibration data may be degenerate")
-    })?;
+    let hinv = inverse_hessian_upper(hessian, &dead)?;
     let (n, m) = match pattern {
         Pattern::Unstructured => (0, 0),
         Pattern::NM { n, m } => {
@@ -57,9 +52,9 @@ pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, 
             (_, Pattern::NM { .. }) => Tensor::zeros([rows, count], (Kind::Bool, w.device())),
             (MaskRule::Saliency, Pattern::Unstructured) => {
                 let tmp = w1.pow_tensor_scalar(2) / d1.reshape([1, -1]).pow_tensor_scalar(2);
-                block_threshold_mask(&tmp, sparsity)
+                threshold_mask(&tmp, sparsity)
             }
-            (MaskRule::Rescore(score), Pattern::Unstructured) => block_threshold_mask(&score(&w1, i1), sparsity),
+            (MaskRule::Rescore(score), Pattern::Unstructured) => threshold_mask(&score(&w1, i1), sparsity),
         };
         for i in 0..count {
             let col = w1.select(1, i).copy();
@@ -89,9 +84,71 @@ pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, 
     Ok(w.to_kind(weight.kind()))
 }
 
-/// The official per-block rule: sort the block's scores, threshold at index int(numel·s), prune `<=`.
-fn block_threshold_mask(score: &Tensor, sparsity: f64) -> Tensor {
-    let k = (score.numel() as f64 * sparsity) as i64;
-    let (sorted, _) = score.flatten(0, -1).sort(0, false);
-    score.le_tensor(&sorted.get(k))
+/// Inputs no calibration token ever activated (zero Hessian diagonal).
+fn dead_inputs(h: &Tensor) -> Tensor {
+    h.diagonal(0, 0, 1).eq(0.0)
+}
+
+/// The upper Cholesky factor of the damped H⁻¹, the official way: dead inputs get a unit
+/// diagonal, then 1% of the mean diagonal is added to every diagonal entry.
+fn inverse_hessian_upper(h: Tensor, dead: &Tensor) -> Result<Tensor> {
+    let _ = h.diagonal(0, 0, 1).masked_fill_(dead, 1.0);
+    let damp = PERCDAMP * h.diagonal(0, 0, 1).mean(Kind::Float).double_value(&[]);
+    let _ = h.diagonal(0, 0, 1).g_add_scalar_(damp);
+    let l = h.f_linalg_cholesky(false).map_err(|e| anyhow::anyhow!("Cholesky of the damped Hessian failed: {e}"))?;
+    l.cholesky_inverse(false).f_linalg_cholesky(true).map_err(|e| {
+        anyhow::anyhow!("Cholesky of the inverse Hessian failed ({e}); the calibration data may be degenerate")
+    })
+}
+
+/// SparseGPT's saliency w²/[H⁻¹]²_jj used as a plain metric, with no weight update (the paper's
+/// Table 7 row). Its diagonal is that of the same factor `prune` uses, so on the first 128
+/// columns of a layer its (input, 128) mask equals SparseGPT's own.
+pub struct SparseGptMetric;
+
+impl Metric for SparseGptMetric {
+    fn name(&self) -> &'static str {
+        "sparsegpt_metric"
+    }
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+    fn needs_hessian(&self) -> bool {
+        true
+    }
+    fn default_group(&self) -> Group {
+        Group::InputBlocks
+    }
+    fn score(&self, w: &Tensor, stats: &LayerStats) -> Result<Tensor> {
+        let h = hessian(stats, self.name())?.copy();
+        let dead = dead_inputs(&h);
+        let d = inverse_hessian_upper(h, &dead)?.diagonal(0, 0, 1).reshape([1, -1]);
+        Ok(w.to_kind(Kind::Float).masked_fill(&dead.unsqueeze(0), 0.0).pow_tensor_scalar(2) / d.pow_tensor_scalar(2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prune::mask::unstructured;
+    use crate::prune::stats::Hessian;
+    use tch::Device;
+
+    /// Before any update has reached them, SparseGPT chooses the first block's mask with exactly
+    /// this saliency in the (input, 128) group; later blocks differ because of the updates.
+    #[test]
+    fn metric_matches_sparsegpt_on_its_first_block() {
+        tch::manual_seed(0);
+        let w = Tensor::randn([64, 256], (Kind::Float, Device::Cpu));
+        let mut h = Hessian::new(256, Device::Cpu);
+        h.add_batch(&Tensor::randn([4, 96, 256], (Kind::Float, Device::Cpu)));
+        let h = h.finish();
+        let pruned = prune(&w, h.copy(), 0.5, Pattern::Unstructured, MaskRule::Saliency).unwrap();
+        let stats = LayerStats { norms: None, hessian: Some(&h) };
+        let mask = unstructured(&SparseGptMetric.score(&w, &stats).unwrap(), 0.5, SparseGptMetric.default_group());
+        let first = |t: &Tensor| t.narrow(1, 0, BLOCKSIZE);
+        assert!(first(&pruned).eq(0.0).equal(&first(&mask)));
+        let second = |t: &Tensor| t.narrow(1, BLOCKSIZE, BLOCKSIZE);
+        assert!(!second(&pruned).eq(0.0).equal(&second(&mask)));
+    }
 }

@@ -3,6 +3,14 @@
 
 use tch::{Kind, Tensor};
 
+/// What a metric may read about one linear layer's calibration inputs.
+#[derive(Clone, Copy, Default)]
+pub struct LayerStats<'a> {
+    pub norms: Option<&'a InputNorms>,
+    /// H = 2/n Σ x xᵀ, finished.
+    pub hessian: Option<&'a Tensor>,
+}
+
 /// Wanda's `scaler_row`: the running mean over samples of each input channel's squared L2 norm.
 pub struct InputNorms {
     pub scaler_row: Tensor,
