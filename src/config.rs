@@ -95,9 +95,13 @@ pub struct Evaluation {
     /// Only the first K perplexity windows (quick sweeps); recorded with every number.
     #[serde(default)]
     pub max_windows: Option<usize>,
-    /// Only the first N documents of each task (the paper uses 2000 for 65B/70B).
+    /// Only the first N documents of each task.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// `limit` for particular models, by their name in `models`: the official code evaluates
+    /// 65B and 70B models on the first 2000 documents of each task.
+    #[serde(default)]
+    pub model_limits: std::collections::BTreeMap<String, usize>,
     #[serde(default = "default_eval_batch")]
     pub batch_size: usize,
 }
@@ -125,7 +129,7 @@ pub struct MethodEntry(MethodOpts);
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MethodOpts {
-    /// dense, magnitude, wanda, ria, sparsegpt, ablate_{mag,wanda}_{seq,iter}.
+    /// dense, magnitude, wanda, ria, sparsegpt_metric, sparsegpt, ablate_{mag,wanda}_{seq,iter}.
     pub name: String,
     #[serde(default)]
     pub group: Option<Group>,
@@ -387,6 +391,10 @@ impl SweepConfig {
         if cfg.evaluation.ppl.is_empty() && cfg.evaluation.tasks.is_empty() {
             return Err(bad("evaluation", "names nothing to measure: set `ppl` and/or `tasks`"));
         }
+        let all_models: Vec<&String> = cfg.models.iter().chain(cfg.include.iter().flat_map(|p| p.models.iter().flatten())).collect();
+        if let Some(m) = cfg.evaluation.model_limits.keys().find(|m| !all_models.contains(m)) {
+            return Err(bad("evaluation.model_limits", &format!("names `{m}`, which is not in `models` (spell it as `models` does)")));
+        }
         if cfg.evaluation.batch_size == 0 || cfg.calibration.batch_size == 0 {
             return Err(bad("batch_size", "must be at least 1"));
         }
@@ -427,14 +435,14 @@ impl SweepConfig {
         let patterns = or(&patch.patterns, &self.patterns);
         let nsamples = or(&patch.nsamples, &self.calibration.nsamples);
         let seeds = or(&patch.seeds, &self.calibration.seeds);
-        let eval = EvalSpec {
-            names: self.evaluation.ppl.iter().cloned().chain(self.evaluation.tasks.iter().map(|t| t.0.clone())).collect(),
-            batch_size: self.evaluation.batch_size,
-            max_windows: self.evaluation.max_windows,
-            limit: self.evaluation.limit,
-        };
         let mut out = Vec::new();
         for model in &models {
+            let eval = EvalSpec {
+                names: self.evaluation.ppl.iter().cloned().chain(self.evaluation.tasks.iter().map(|t| t.0.clone())).collect(),
+                batch_size: self.evaluation.batch_size,
+                max_windows: self.evaluation.max_windows,
+                limit: self.evaluation.model_limits.get(model).copied().or(self.evaluation.limit),
+            };
             let model_spec = ModelSpec {
                 model: model.clone(),
                 device: self.device.0.clone(),

@@ -114,19 +114,31 @@ impl RepoRef {
                 kind_name(self.kind), self.id, file, looked.join(", ")
             );
         }
+        self.api()?.get(file).with_context(|| {
+            format!(
+                "{} `{}`: file {} not found locally (looked in {}) and the download failed",
+                kind_name(self.kind), self.id, file, looked.join(", ")
+            )
+        })
+    }
+
+    /// The commit the hub's `main` points to, asked of the hub without downloading anything:
+    /// what identifies a repo that is not on disk yet.
+    pub fn hub_revision(&self) -> Result<String> {
+        if offline() {
+            bail!("HF_HUB_OFFLINE is set, so the hub was not asked");
+        }
+        let info = self.api()?.info().with_context(|| format!("asking the hub for {} `{}`", kind_name(self.kind), self.id))?;
+        Ok(info.sha)
+    }
+
+    fn api(&self) -> Result<hf_hub::api::sync::ApiRepo> {
         let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
         if let Ok(token) = std::env::var("HF_TOKEN") {
             builder = builder.with_token(Some(token));
         }
         let api = builder.build().context("building the Hugging Face hub client")?;
-        api.repo(Repo::new(self.id.clone(), self.kind.hf()))
-            .get(file)
-            .with_context(|| {
-                format!(
-                    "{} `{}`: file {} not found locally (looked in {}) and the download failed",
-                    kind_name(self.kind), self.id, file, looked.join(", ")
-                )
-            })
+        Ok(api.repo(Repo::new(self.id.clone(), self.kind.hf())))
     }
 }
 

@@ -56,7 +56,7 @@ const ARTEFACTS: &str = "
 fn fixture(dir: &Path) -> usize {
     let cfg = SweepConfig::parse(CONFIG, Path::new("r.yaml")).unwrap();
     let artefacts: Vec<Artefact> = serde_yaml::from_str(ARTEFACTS).unwrap();
-    let store = Store::open(dir).unwrap();
+    let store = Store::open(dir);
     let mut plan = Vec::new();
     for (i, run) in cfg.expand().unwrap().into_iter().enumerate() {
         let s = run.spec.prune.as_ref().map_or(0.0, |p| p.sparsity);

@@ -49,6 +49,17 @@ fn config_errors_name_file_line_column_and_allowed_values() {
     assert!(e.contains("unstructured sparsity only"), "{e}");
     let e = err(&BASE.replace("{ppl: [wikitext2], max_windows: 4}", "{max_windows: 4}"));
     assert!(e.contains("`evaluation` names nothing to measure"), "{e}");
+    let e = err(&BASE.replace("max_windows: 4}", "max_windows: 4, model_limits: {MODLE: 20}}"));
+    assert!(e.contains("configs/t.yaml") && e.contains("`evaluation.model_limits`") && e.contains("`MODLE`"), "{e}");
+}
+
+#[test]
+fn model_limits_override_the_zero_shot_limit_per_model() {
+    let text = BASE.replace("models: [MODEL]", "models: [MODEL, BIG]").replace("max_windows: 4}", "max_windows: 4, limit: 100, model_limits: {BIG: 20}}");
+    let runs = parse(&text).unwrap().expand().unwrap();
+    let limit = |m: &str| runs.iter().filter(|r| r.spec.model.model == m).map(|r| r.spec.eval.limit).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(limit("MODEL"), [Some(100)].into());
+    assert_eq!(limit("BIG"), [Some(20)].into());
 }
 
 #[test]
@@ -98,7 +109,7 @@ impl Sandbox {
     /// label -> id
     fn ids(&self, text: &str) -> Vec<(String, String)> {
         let cfg = self.config(text);
-        let store = Store::open(&cfg.output).unwrap();
+        let store = Store::open(&cfg.output);
         let hub = Hub::new(Some(fixtures()));
         plan(&cfg, &hub, &store, None, false).unwrap().iter().map(|p| (p.run.label.replace(self.model.to_str().unwrap(), "M"), p.id().to_string())).collect()
     }
@@ -198,4 +209,39 @@ fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
     let out = repro().args(["run", clean.to_str().unwrap(), "--dry-run"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("7 runs, 7 cached, 0 to run"), "{stdout}");
+}
+
+#[test]
+fn dry_run_only_and_fail_fast() {
+    let sb = Sandbox::new();
+    // 3:7 passes the config check (0 < N < M) but the layers' widths (64, 172) are not multiples
+    // of 7, so those runs fail when they prune.
+    let text = BASE.replace("[dense, magnitude, wanda, sparsegpt]", "[magnitude, dense]").replace("[unstructured, \"2:4\"]", "[\"3:7\", \"2:4\"]");
+    let cfg = sb.out.parent().unwrap().join("f.yaml");
+    std::fs::write(&cfg, text.replace("MODEL", sb.model.to_str().unwrap()).replace("OUT", sb.out.to_str().unwrap())).unwrap();
+    let run = |extra: &[&str]| {
+        let out = repro().arg("run").arg(&cfg).args(extra).output().unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+
+    let (ok, text) = run(&["--dry-run"]);
+    assert!(ok && text.contains("3 runs, 0 cached, 3 to run"), "{text}");
+    assert!(!sb.out.exists(), "a dry run writes nothing");
+
+    let (ok, text) = run(&["--only", "*dense"]);
+    assert!(ok && text.contains("1 runs, 0 cached, 1 to run"), "{text}");
+    assert_eq!(records(&sb.out).len(), 1);
+
+    let (ok, text) = run(&["--fail-fast"]);
+    assert!(!ok && text.contains("--fail-fast") && text.contains("multiple of M = 7"), "{text}");
+    assert_eq!(records(&sb.out).len(), 2, "the failure is recorded, the 2:4 run after it never starts");
+
+    let (ok, text) = run(&[]);
+    assert!(!ok && text.contains("1 run(s) failed"), "{text}");
+    let all: Vec<serde_json::Value> = records(&sb.out).iter().map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()).collect();
+    assert_eq!(all.len(), 3, "the sweep went on past the failing run");
+    let failed: Vec<_> = all.iter().filter(|r| r["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["error"].as_str().unwrap().contains("multiple of M = 7") && failed[0]["label"].as_str().unwrap().contains("3:7"));
+    assert!(sb.out.join("results.csv").is_file(), "the report is written despite the failure");
 }

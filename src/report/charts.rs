@@ -4,7 +4,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -129,6 +129,10 @@ where
         };
         anno.label(s.label.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
     }
+    draw_legend(&mut chart)
+}
+
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(chart: &mut ChartContext<'a, DB, CT>) -> Result<()> {
     chart
         .configure_series_labels()
         .label_font(("sans-serif", 16))
@@ -179,15 +183,7 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, a: &Artefact, gr
             .label(s.label.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 16))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(plot_err)?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, a: &Artefact, records: &[Record]) -> Result<()> {

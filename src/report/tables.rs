@@ -84,9 +84,12 @@ pub fn markdown(a: &Artefact, records: &[Record]) -> String {
     let head = header(a);
     let width = head.len() - a.columns.len();
     let mut s = format!("### {}\n\n", a.title);
-    s += &format!("Metric: {}. Cells: ours (paper, ours − paper)", a.metric.axis_label());
-    if let Some(src) = &a.source {
-        s += &format!("; paper numbers from {src}");
+    s += &format!("Metric: {}", a.metric.axis_label());
+    if a.rows.iter().any(|r| r.paper.iter().any(Option::is_some)) {
+        s += ". Cells: ours (paper, ours − paper)";
+        if let Some(src) = &a.source {
+            s += &format!("; paper numbers from {src}");
+        }
     }
     s += ".\n\n";
     s += &format!("| {} |\n", head.join(" | "));

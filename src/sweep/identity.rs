@@ -1,6 +1,7 @@
 //! What a run's numbers depend on besides its settings: the exact model and data files. Local
 //! files are identified by content (SHA-256, cached by path, size and mtime so each file is read
-//! once); hub repos in the Hugging Face cache by their pinned revision.
+//! once); hub repos by their commit: the one the Hugging Face cache holds, or else the one the
+//! hub serves now (asked without downloading).
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -89,10 +90,15 @@ impl Fingerprinter {
             v["id"] = json!(id);
             return Ok(v);
         }
-        match hf_cache_revision(id, kind) {
-            Some(rev) => Ok(json!({"id": id, "revision": rev})),
-            None => anyhow::bail!(
-                "{} `{id}` is neither a local directory, in the hub mirror, nor in the Hugging Face cache, so its files cannot be identified; download it first (e.g. `repro eval --model {id}`) or point to a directory",
+        if let Some(rev) = hf_cache_revision(id, kind) {
+            return Ok(json!({"id": id, "revision": rev}));
+        }
+        // Not on disk yet: the hub's current commit is what the run will download.
+        match hub.repo(id, kind).hub_revision() {
+            Ok(rev) => Ok(json!({"id": id, "revision": rev})),
+            Err(e) => anyhow::bail!(
+                "{} `{id}` is neither a local directory, in the hub mirror, nor in the Hugging Face cache, and its hub revision is unknown ({e:#}); \
+                 download it first (e.g. `repro eval --model {id}` with network access) or point to a directory",
                 if kind == RepoKind::Model { "model" } else { "dataset" }
             ),
         }

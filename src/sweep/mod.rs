@@ -4,7 +4,7 @@
 pub mod identity;
 pub mod store;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -58,7 +58,9 @@ pub fn plan(cfg: &SweepConfig, hub: &Hub, store: &Store, only: Option<&str>, for
         }
         out.push(p);
     }
-    fp.save()?;
+    if store.dir.is_dir() {
+        fp.save()?; // a dry run leaves no trace
+    }
     for p in &mut out {
         p.cached = !force && p.id.is_ok() && store.get(p.id())?.is_some_and(|r| r.status == Status::Ok);
     }
@@ -82,9 +84,15 @@ fn glob(pattern: &str, text: &str) -> bool {
 }
 
 pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
-    let cfg = SweepConfig::load(&args.config)?;
+    let mut cfg = SweepConfig::load(&args.config)?;
+    if let Some(out) = &args.output {
+        cfg.output = out.clone();
+    }
     let artefacts = cfg.artefacts(&args.config)?;
-    let store = Store::open(&cfg.output)?;
+    let store = Store::open(&cfg.output);
+    if !args.dry_run {
+        std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create the sweep's output {}", cfg.output.display()))?;
+    }
     let planned = plan(&cfg, hub, &store, args.only.as_deref(), args.force)?;
     print_plan(&cfg, &planned, &store)?;
     if args.dry_run {

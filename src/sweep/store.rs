@@ -95,9 +95,9 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir.join("runs")).with_context(|| format!("cannot create {}", dir.join("runs").display()))?;
-        Ok(Store { dir: dir.to_path_buf() })
+    /// Creates nothing: records create their directory when the first is written.
+    pub fn open(dir: &Path) -> Store {
+        Store { dir: dir.to_path_buf() }
     }
 
     fn path(&self, id: &str) -> PathBuf {
