@@ -293,13 +293,7 @@ impl Llama {
             block_prefix: "model.layers.",
         };
         Ok(Llama {
-            stack: Stack {
-                info,
-                blocks,
-                tensors: w.into_named(),
-                device,
-                kind,
-            },
+            stack: Stack::new(info, blocks, w, device, kind),
             inv_freq: cfg.inv_freq()?.to_device(device),
             sliding_window: cfg.sliding_window.filter(|_| is_mistral),
             eps: cfg.rms_norm_eps,

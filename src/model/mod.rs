@@ -90,6 +90,13 @@ pub struct Stack {
     pub kind: Kind,
 }
 
+impl Stack {
+    /// Takes every tensor of the checkpoint, so the layers' storage is also reachable by name.
+    pub fn new(info: ModelInfo, blocks: Vec<Box<dyn DecoderBlock>>, weights: Weights, device: Device, kind: Kind) -> Stack {
+        Stack { info, blocks, tensors: weights.into_named(), device, kind }
+    }
+}
+
 pub trait CausalLm: Send {
     fn stack(&self) -> &Stack;
     fn stack_mut(&mut self) -> &mut Stack;

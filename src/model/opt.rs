@@ -221,13 +221,7 @@ impl Opt {
             project_out,
             final_layer_norm,
             lm_head,
-            stack: Stack {
-                info,
-                blocks,
-                tensors: w.into_named(),
-                device,
-                kind,
-            },
+            stack: Stack::new(info, blocks, w, device, kind),
         })
     }
 }
