@@ -19,10 +19,11 @@ REPRO_BS="${REPRO_BS:-1 8}"
 LMEVAL_BS="${LMEVAL_BS:-1}"
 TASKS=boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa
 MODEL="$REPRO_HUB_MIRROR/models/llama-tiny"
+CORES=$(nproc)  # before OMP_NUM_THREADS is set: nproc honours it
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 [ -x target/release/repro ] || cargo build --release
 now() { date +%s.%N; }
-echo "== zero-shot, llama-tiny f32 CPU, $TASKS, limit $LIMIT, $THREADS thread(s), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== zero-shot, llama-tiny f32 CPU, $TASKS, limit $LIMIT, $THREADS thread(s), $CORES cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "== lm-eval 0.4.13 HF backend (batch $LMEVAL_BS)"
 t0=$(now)

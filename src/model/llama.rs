@@ -160,11 +160,9 @@ fn rotate_half(x: &Tensor) -> Tensor {
 impl Attention {
     fn forward(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor {
         let (b, l, _) = x.size3().expect("hidden states are (B, L, H)");
-        tap("self_attn.q_proj", x);
+        tap(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], x);
         let q = self.q_proj.forward(x);
-        tap("self_attn.k_proj", x);
         let k = self.k_proj.forward(x);
-        tap("self_attn.v_proj", x);
         let v = self.v_proj.forward(x);
         let shape = |t: Tensor, h: i64| t.view([b, l, h, self.head_dim]).transpose(1, 2);
         let (mut q, mut k, v) = (shape(q, self.heads), shape(k, self.kv_heads), shape(v, self.kv_heads));
@@ -185,7 +183,7 @@ impl Attention {
         let (k, v) = (expand(k), expand(v));
         let y = ctx.attend(&q, &k, &v);
         let y = y.transpose(1, 2).reshape([b, l, self.heads * self.head_dim]);
-        tap("self_attn.o_proj", &y);
+        tap(&["self_attn.o_proj"], &y);
         self.o_proj.forward(&y)
     }
 }
@@ -196,12 +194,11 @@ impl DecoderBlock for Block {
             .attn
             .forward(&rms_norm(x, &self.input_layernorm, self.eps), ctx, tap);
         let n = rms_norm(&h, &self.post_attention_layernorm, self.eps);
-        tap("mlp.gate_proj", &n);
+        tap(&["mlp.gate_proj", "mlp.up_proj"], &n);
         let gate = self.mlp.gate_proj.forward(&n).silu();
-        tap("mlp.up_proj", &n);
         let up = self.mlp.up_proj.forward(&n);
         let act = gate * up;
-        tap("mlp.down_proj", &act);
+        tap(&["mlp.down_proj"], &act);
         h + self.mlp.down_proj.forward(&act)
     }
 

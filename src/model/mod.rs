@@ -39,9 +39,10 @@ impl Linear {
     }
 }
 
-/// Called with (layer name inside the block, the layer's input) before every linear layer runs;
-/// this is how calibration statistics see each layer's actual inputs.
-pub type Tap<'a> = &'a mut dyn FnMut(&str, &Tensor);
+/// Called before the linear layers run with (their names inside the block, their common input):
+/// this is how calibration statistics see each layer's actual inputs. Layers fed the very same
+/// tensor (q/k/v, gate/up) come in one call, so their identical statistics are computed once.
+pub type Tap<'a> = &'a mut dyn FnMut(&[&'static str], &Tensor);
 
 /// Per-sequence-length tensors that every block needs (rotary tables, attention masks).
 pub struct BlockCtx {

@@ -82,23 +82,21 @@ impl Block {
         let (b, l, h) = x.size3().expect("hidden states are (B, L, H)");
         let hd = h / self.heads;
         let split = |t: Tensor| t.view([b, l, self.heads, hd]).transpose(1, 2);
-        tap("self_attn.q_proj", x);
+        tap(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], x);
         let q = split(self.q_proj.forward(x));
-        tap("self_attn.k_proj", x);
         let k = split(self.k_proj.forward(x));
-        tap("self_attn.v_proj", x);
         let v = split(self.v_proj.forward(x));
         let y = ctx.attend(&q, &k, &v);
         let y = y.transpose(1, 2).reshape([b, l, h]);
-        tap("self_attn.out_proj", &y);
+        tap(&["self_attn.out_proj"], &y);
         self.out_proj.forward(&y)
     }
 
     fn mlp(&self, x: &Tensor, tap: Tap) -> Tensor {
-        tap("fc1", x);
+        tap(&["fc1"], x);
         let a = self.fc1.forward(x);
         let a = if self.gelu { a.gelu("none") } else { a.relu() };
-        tap("fc2", &a);
+        tap(&["fc2"], &a);
         self.fc2.forward(&a)
     }
 }

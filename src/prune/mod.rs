@@ -151,33 +151,40 @@ pub fn prune_model(
 
     for b in 0..n_blocks {
         let block_name = format!("{}{b}", model.info().block_prefix);
-        let mut norms: HashMap<String, InputNorms> = HashMap::new();
-        let mut hessians: HashMap<String, Hessian> = HashMap::new();
+        // Statistics per distinct input, under the first layer's name; `leader` maps every
+        // layer to the layer whose statistics it shares (q/k/v, gate/up see the same tensor).
+        let mut norms: HashMap<&str, InputNorms> = HashMap::new();
+        let mut hessians: HashMap<&str, Hessian> = HashMap::new();
+        let mut leader: HashMap<&str, &str> = HashMap::new();
         if let Some(a) = &acts {
             bar.set_message(format!("block {b}: calibration statistics"));
             let t = Instant::now();
             let block = &model.blocks()[b];
-            a.run(block.as_ref(), &mut |name, x| {
+            a.run(block.as_ref(), &mut |names, x| {
+                let key = names[0];
+                leader.extend(names.iter().map(|n| (*n, key)));
                 let cols = x.size()[2];
                 if method.needs_norms() {
                     let ablation = matches!(method, Method::Ablate { .. });
                     norms
-                        .entry(name.to_string())
+                        .entry(key)
                         .or_insert_with(|| if ablation { InputNorms::for_ablation(cols, device) } else { InputNorms::new(cols, device) })
                         .add_batch(x);
                 }
                 if method.needs_hessian() {
-                    hessians.entry(name.to_string()).or_insert_with(|| Hessian::new(cols, device)).add_batch(x);
+                    hessians.entry(key).or_insert_with(|| Hessian::new(cols, device)).add_batch(x);
                 }
             });
             forward_seconds += t.elapsed().as_secs_f64();
         }
+        let mut hessians = SharedHessians::new(hessians, &leader);
         for (name, linear) in model.blocks_mut()[b].linears_mut() {
             bar.set_message(format!("block {b}: {name}"));
             let t = Instant::now();
             let w = &linear.weight;
-            let n = norms.get(name);
-            let h = hessians.remove(name).map(Hessian::finish);
+            let key = leader.get(name).copied().unwrap_or(name);
+            let n = norms.get(key);
+            let h = hessians.take(key);
             match method {
                 Method::Metric { metric, group, variant } => {
                     let score = metric.score(w, &LayerStats { norms: n, hessian: h.as_ref() })?;
@@ -228,6 +235,31 @@ pub fn prune_model(
         prune_seconds,
         forward_seconds,
     })
+}
+
+/// Finished Hessians, each shared by the layers that saw the same input: the last layer to ask
+/// gets the matrix itself, the others a copy (SparseGPT modifies its Hessian in place).
+struct SharedHessians<'a> {
+    finished: HashMap<&'a str, (Tensor, usize)>,
+}
+
+impl<'a> SharedHessians<'a> {
+    fn new(hessians: HashMap<&'a str, Hessian>, leader: &HashMap<&'a str, &'a str>) -> Self {
+        let finished = hessians
+            .into_iter()
+            .map(|(key, h)| (key, (h.finish(), leader.values().filter(|l| **l == key).count())))
+            .collect();
+        SharedHessians { finished }
+    }
+
+    fn take(&mut self, key: &str) -> Option<Tensor> {
+        let (h, users) = self.finished.get_mut(key)?;
+        *users -= 1;
+        if *users > 0 {
+            return Some(h.copy());
+        }
+        self.finished.remove(key).map(|(h, _)| h)
+    }
 }
 
 /// The mask a metric picks on the dense weights before any update, in the metric's own group.
