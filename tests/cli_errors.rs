@@ -65,6 +65,16 @@ fn missing_tensor_and_shape_mismatch() {
     broken_model(&b, |c| c["intermediate_size"] = serde_json::json!(100), |_| true);
     let e = run_err(&["eval", "--model", b.to_str().unwrap()]);
     assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[172, 64]") && e.contains("[100, 64]"), "{e}");
+    // A checkpoint cut short (an interrupted download) names the file and the tensor it cannot read.
+    let c = tmp.path().join("c");
+    broken_model(&c, |_| {}, |_| true);
+    let bytes = std::fs::read(c.join("model.safetensors")).unwrap();
+    std::fs::write(c.join("model.safetensors"), &bytes[..bytes.len() - 1000]).unwrap();
+    let e = run_err(&["eval", "--model", c.to_str().unwrap()]);
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file") && e.contains("do not fit"), "{e}");
+    std::fs::write(c.join("model.safetensors"), &bytes[..4]).unwrap();
+    let e = run_err(&["eval", "--model", c.to_str().unwrap()]);
+    assert!(e.contains("model.safetensors") && e.contains("header length"), "{e}");
 }
 
 #[test]
