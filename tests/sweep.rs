@@ -245,3 +245,32 @@ fn dry_run_only_and_fail_fast() {
     assert!(failed[0]["error"].as_str().unwrap().contains("multiple of M = 7") && failed[0]["label"].as_str().unwrap().contains("3:7"));
     assert!(sb.out.join("results.csv").is_file(), "the report is written despite the failure");
 }
+
+/// Every shipped config loads, renders only artefacts that exist, and builds the paper's grid
+/// (Table 2: 7 models x (dense + 3 methods x 3 patterns) = 70; Table 7: 3 metrics x 5 groups).
+#[test]
+fn paper_configs_expand_to_the_papers_grids() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let expected = [
+        ("quickstart", 9),
+        ("table2", 70),
+        ("table4", 8),
+        ("table7", 15),
+        ("figure2", 16),
+        ("table8", 18),
+        ("table9_10_12", 42),
+        ("table17", 136),
+        ("table18_19", 49),
+    ];
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let cfg = SweepConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        let want = expected.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no expected size for {name}")).1;
+        assert_eq!(cfg.expand().unwrap().len(), want, "{name}");
+        assert!(!cfg.artefacts(&path).unwrap().is_empty(), "{name} renders nothing");
+        seen += 1;
+    }
+    assert_eq!(seen, expected.len());
+}
