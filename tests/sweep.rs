@@ -274,3 +274,44 @@ fn paper_configs_expand_to_the_papers_grids() {
     }
     assert_eq!(seen, expected.len());
 }
+
+/// Table 7's grid on a tiny model: every metric x comparison group runs and fills its cell, and
+/// the (input, 1) column is the same for all three metrics, as the paper observes (within one
+/// input channel the norm and the inverse-Hessian diagonal are constants, so the ranking is |W|'s).
+#[test]
+fn table7_renders_every_metric_and_group() {
+    let sb = Sandbox::new();
+    let groups = ["per-layer", "per-input", "per-input-128", "per-output", "per-output-128"];
+    let methods: Vec<String> = ["magnitude", "sparsegpt_metric", "wanda"]
+        .iter()
+        .flat_map(|m| groups.iter().map(move |g| format!("{{name: {m}, group: {g}}}")))
+        .collect();
+    let text = BASE
+        .replace("[dense, magnitude, wanda, sparsegpt]", &format!("[{}]", methods.join(", ")))
+        .replace("[unstructured, \"2:4\"]", "[unstructured]")
+        + "report: [table7]\n";
+    let cfg = sb.out.parent().unwrap().join("t7.yaml");
+    std::fs::write(&cfg, text.replace("MODEL", sb.model.to_str().unwrap()).replace("OUT", sb.out.to_str().unwrap())).unwrap();
+    let out = repro().arg("run").arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = std::fs::read_to_string(sb.out.join("report/table7.md")).unwrap();
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Pruning metric")).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows.iter().all(|r| r.matches("(paper ").count() == 5) && !table.contains('–'), "every cell filled:\n{table}");
+    // The numbers themselves, from the records (a random model's perplexities print as 4e3).
+    let ppl = |method: &str, group: &str| {
+        let r = records(&sb.out)
+            .iter()
+            .map(|p| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p).unwrap()).unwrap())
+            .find(|r| r["settings"]["prune"]["method"] == method && r["settings"]["prune"]["group"] == group)
+            .unwrap_or_else(|| panic!("no run {method} {group}"));
+        r["result"]["ppl"]["wikitext2"].as_f64().unwrap()
+    };
+    let per_input = ppl("magnitude", "per-input");
+    assert_eq!(ppl("wanda", "per-input"), per_input);
+    assert_eq!(ppl("sparsegpt_metric", "per-input"), per_input);
+    for g in ["per-layer", "per-input-128", "per-output", "per-output-128"] {
+        assert_ne!(ppl("wanda", g), ppl("sparsegpt_metric", g), "{g}");
+        assert_ne!(ppl("wanda", g), ppl("magnitude", g), "{g}");
+    }
+}

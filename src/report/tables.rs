@@ -80,8 +80,13 @@ fn row_labels(a: &Artefact, i: usize, width: usize) -> Vec<String> {
     parts
 }
 
+/// A Markdown table cell: a `|` inside a label (`|W_ij|`) would end the cell.
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
 pub fn markdown(a: &Artefact, records: &[Record]) -> String {
-    let head = header(a);
+    let head: Vec<String> = header(a).iter().map(|h| md_escape(h)).collect();
     let width = head.len() - a.columns.len();
     let mut s = format!("### {}\n\n", a.title);
     s += &format!("Metric: {}", a.metric.axis_label());
@@ -95,7 +100,7 @@ pub fn markdown(a: &Artefact, records: &[Record]) -> String {
     s += &format!("| {} |\n", head.join(" | "));
     s += &format!("|{}\n", "---|".repeat(head.len()));
     for (i, row) in grid(a, records).iter().enumerate() {
-        let mut cells = row_labels(a, i, width);
+        let mut cells: Vec<String> = row_labels(a, i, width).iter().map(|l| md_escape(l)).collect();
         cells.extend(row.iter().map(|c| match render_cell(c, a.decimals) {
             (ours, Some((p, d))) => format!("{ours} (paper {})", join(&p, &d)),
             (ours, None) => ours,
@@ -106,15 +111,26 @@ pub fn markdown(a: &Artefact, records: &[Record]) -> String {
 }
 
 fn tex_escape(s: &str) -> String {
-    s.replace('\\', "\\textbackslash{}")
-        .replace('&', "\\&")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
-        .replace('#', "\\#")
-        .replace('±', "$\\pm$")
-        .replace('✓', "\\checkmark")
-        .replace('✗', "$\\times$")
-        .replace('–', "--")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out += "\\textbackslash{}",
+            '&' | '%' | '_' | '#' | '$' | '{' | '}' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '^' => out += "\\textasciicircum{}",
+            '~' => out += "\\textasciitilde{}",
+            '|' => out += "\\textbar{}",
+            '‖' => out += "$\\|$",
+            '±' => out += "$\\pm$",
+            '✓' => out += "\\checkmark",
+            '✗' => out += "$\\times$",
+            '–' => out += "--",
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 pub fn latex(a: &Artefact, records: &[Record]) -> String {
@@ -143,4 +159,18 @@ pub fn write(a: &Artefact, records: &[Record], dir: &Path) -> Result<Vec<PathBuf
     std::fs::write(&md, markdown(a, records)).with_context(|| format!("cannot write {}", md.display()))?;
     std::fs::write(&tex, latex(a, records)).with_context(|| format!("cannot write {}", tex.display()))?;
     Ok(vec![md, tex])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_with_table_and_tex_syntax_are_escaped() {
+        assert_eq!(md_escape("Magnitude: |W_ij|"), "Magnitude: \\|W_ij\\|");
+        assert_eq!(
+            tex_escape("[|W|^2/diag(H^-1)^2]_ij ‖X‖ 50% ± 1 {a} $ & # ~ \\"),
+            "[\\textbar{}W\\textbar{}\\textasciicircum{}2/diag(H\\textasciicircum{}-1)\\textasciicircum{}2]\\_ij $\\|$X$\\|$ 50\\% $\\pm$ 1 \\{a\\} \\$ \\& \\# \\textasciitilde{} \\textbackslash{}"
+        );
+    }
 }
