@@ -54,6 +54,14 @@ fn quickstart_sweep_runs_end_to_end_and_resumes() {
     assert_eq!(table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Method")).count(), 7, "{table}");
     assert!(!table.contains('–'), "every cell has a value:\n{table}");
 
+    // Per-task zero-shot table: the mean column is the mean of the task columns.
+    let tasks = std::fs::read_to_string(out.join("report/quickstart_zero_shot_tasks.md")).unwrap();
+    for line in tasks.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Method")) {
+        let v: Vec<f64> = line.trim_matches('|').split('|').skip(2).map(|c| c.trim().parse().unwrap_or_else(|_| panic!("{line}"))).collect();
+        assert_eq!(v.len(), 3, "{line}");
+        assert!((v[2] - (v[0] + v[1]) / 2.0).abs() <= 0.01, "{line}");
+    }
+
     let second = run();
     assert!(second.contains("9 runs, 9 cached, 0 to run"), "{second}");
 }

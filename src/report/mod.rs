@@ -72,6 +72,10 @@ pub struct Slot {
     /// Standard deviations the paper prints beside its means (Table 17).
     #[serde(default)]
     pub paper_std: Vec<Option<f64>>,
+    /// A table column's own metric instead of the artefact's: the per-task zero-shot tables
+    /// have one task per column and the mean last.
+    #[serde(default)]
+    pub metric: Option<Metric>,
 }
 
 /// A label, or several for tables with more than one row-label column.

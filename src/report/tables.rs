@@ -40,7 +40,7 @@ fn grid(a: &Artefact, records: &[Record]) -> Vec<Vec<Cell>> {
                 .iter()
                 .enumerate()
                 .map(|(j, col)| Cell {
-                    ours: cell(records, &a.metric, &[&row.select, &col.select], None),
+                    ours: cell(records, col.metric.as_ref().unwrap_or(&a.metric), &[&row.select, &col.select], None),
                     paper: row.paper.get(j).copied().flatten().map(|p| (p, row.paper_std.get(j).copied().flatten())),
                 })
                 .collect()
@@ -89,7 +89,10 @@ pub fn markdown(a: &Artefact, records: &[Record]) -> String {
     let head: Vec<String> = header(a).iter().map(|h| md_escape(h)).collect();
     let width = head.len() - a.columns.len();
     let mut s = format!("### {}\n\n", a.title);
-    s += &format!("Metric: {}", a.metric.axis_label());
+    match a.columns.iter().any(|c| c.metric.is_some()) {
+        true => s += "Metric: per column (accuracy in %)",
+        false => s += &format!("Metric: {}", a.metric.axis_label()),
+    }
     if a.rows.iter().any(|r| r.paper.iter().any(Option::is_some)) {
         s += ". Cells: ours (paper, ours − paper)";
         if let Some(src) = &a.source {
