@@ -315,3 +315,19 @@ fn table7_renders_every_metric_and_group() {
         assert_ne!(ppl("wanda", g), ppl("magnitude", g), "{g}");
     }
 }
+
+/// A hub model that is neither local nor cached cannot be identified offline: its runs are
+/// listed as unresolved with the reason, and the other models' runs still go ahead.
+#[test]
+fn unidentifiable_hub_models_do_not_stop_the_others() {
+    let sb = Sandbox::new();
+    let text = BASE.replace("models: [MODEL]", "models: [MODEL, no-such-org/no-such-model]").replace("[dense, magnitude, wanda, sparsegpt]", "[dense]");
+    let cfg = sb.out.parent().unwrap().join("u.yaml");
+    std::fs::write(&cfg, text.replace("MODEL", sb.model.to_str().unwrap()).replace("OUT", sb.out.to_str().unwrap())).unwrap();
+    let out = repro().arg("run").arg(&cfg).env("HF_HUB_CACHE", sb.out.parent().unwrap().join("empty-cache")).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("unresolved") && text.contains("no-such-org/no-such-model") && text.contains("HF_HUB_OFFLINE is set"), "{text}");
+    assert!(text.contains("1 run(s) failed"), "{text}");
+    assert_eq!(records(&sb.out).len(), 1, "the local model's dense run is recorded");
+}
