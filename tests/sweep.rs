@@ -102,8 +102,20 @@ impl Sandbox {
         Sandbox { _tmp: tmp, model, out }
     }
 
+    /// `text` with MODEL and OUT filled in.
+    fn fill(&self, text: &str) -> String {
+        text.replace("MODEL", self.model.to_str().unwrap()).replace("OUT", self.out.to_str().unwrap())
+    }
+
     fn config(&self, text: &str) -> SweepConfig {
-        parse(&text.replace("MODEL", self.model.to_str().unwrap()).replace("OUT", self.out.to_str().unwrap())).unwrap()
+        parse(&self.fill(text)).unwrap()
+    }
+
+    /// Writes the filled-in `text` as a config file beside the output directory.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.out.parent().unwrap().join(name);
+        std::fs::write(&path, self.fill(text)).unwrap();
+        path
     }
 
     /// label -> id
@@ -162,10 +174,7 @@ fn run_ids_change_when_and_only_when_inputs_change() {
 
 fn write_config(sb: &Sandbox, name: &str, out: &Path) -> PathBuf {
     let report = "report:\n  - name: ppl\n    title: t\n    kind: table\n    metric: ppl:wikitext2\n    rows:\n      - {label: dense, where: {method: dense}}\n      - {label: wanda, where: {method: wanda, pattern: unstructured}}\n      - {label: magnitude 2:4, where: {method: magnitude, pattern: \"2:4\"}}\n    columns:\n      - {label: m, where: {}}\n";
-    let text = format!("{BASE}{report}").replace("MODEL", sb.model.to_str().unwrap()).replace("OUT", out.to_str().unwrap());
-    let path = sb.out.parent().unwrap().join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+    sb.write(name, &format!("{BASE}{report}").replace("OUT", out.to_str().unwrap()))
 }
 
 fn records(out: &Path) -> Vec<PathBuf> {
@@ -217,8 +226,7 @@ fn dry_run_only_and_fail_fast() {
     // 3:7 passes the config check (0 < N < M) but the layers' widths (64, 172) are not multiples
     // of 7, so those runs fail when they prune.
     let text = BASE.replace("[dense, magnitude, wanda, sparsegpt]", "[magnitude, dense]").replace("[unstructured, \"2:4\"]", "[\"3:7\", \"2:4\"]");
-    let cfg = sb.out.parent().unwrap().join("f.yaml");
-    std::fs::write(&cfg, text.replace("MODEL", sb.model.to_str().unwrap()).replace("OUT", sb.out.to_str().unwrap())).unwrap();
+    let cfg = sb.write("f.yaml", &text);
     let run = |extra: &[&str]| {
         let out = repro().arg("run").arg(&cfg).args(extra).output().unwrap();
         (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
@@ -290,8 +298,7 @@ fn table7_renders_every_metric_and_group() {
         .replace("[dense, magnitude, wanda, sparsegpt]", &format!("[{}]", methods.join(", ")))
         .replace("[unstructured, \"2:4\"]", "[unstructured]")
         + "report: [table7]\n";
-    let cfg = sb.out.parent().unwrap().join("t7.yaml");
-    std::fs::write(&cfg, text.replace("MODEL", sb.model.to_str().unwrap()).replace("OUT", sb.out.to_str().unwrap())).unwrap();
+    let cfg = sb.write("t7.yaml", &text);
     let out = repro().arg("run").arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = std::fs::read_to_string(sb.out.join("report/table7.md")).unwrap();
@@ -322,8 +329,7 @@ fn table7_renders_every_metric_and_group() {
 fn unidentifiable_hub_models_do_not_stop_the_others() {
     let sb = Sandbox::new();
     let text = BASE.replace("models: [MODEL]", "models: [MODEL, no-such-org/no-such-model]").replace("[dense, magnitude, wanda, sparsegpt]", "[dense]");
-    let cfg = sb.out.parent().unwrap().join("u.yaml");
-    std::fs::write(&cfg, text.replace("MODEL", sb.model.to_str().unwrap()).replace("OUT", sb.out.to_str().unwrap())).unwrap();
+    let cfg = sb.write("u.yaml", &text);
     let out = repro().arg("run").arg(&cfg).env("HF_HUB_CACHE", sb.out.parent().unwrap().join("empty-cache")).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{text}");
