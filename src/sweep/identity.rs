@@ -28,12 +28,15 @@ struct CachedHash {
 pub struct Fingerprinter {
     file: PathBuf,
     cache: BTreeMap<String, CachedHash>,
+    /// Repo identities (or why there is none) already worked out in this process: a sweep names
+    /// the same few repos in many runs, and asking the hub once per repo is enough.
+    repos: BTreeMap<(String, bool), Result<Value, String>>,
 }
 
 impl Fingerprinter {
     pub fn open(file: PathBuf) -> Fingerprinter {
         let cache = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        Fingerprinter { file, cache }
+        Fingerprinter { file, cache, repos: BTreeMap::new() }
     }
 
     pub fn save(&self) -> Result<()> {
@@ -83,8 +86,19 @@ impl Fingerprinter {
         Ok(json!({"files": files.len(), "sha256": hex(&h.finalize())}))
     }
 
-    /// A model or dataset repo: its local directory's content, or its revision in the HF cache.
+    /// A model or dataset repo: its local directory's content, or its revision in the HF cache
+    /// or on the hub.
     pub fn repo(&mut self, hub: &Hub, id: &str, kind: RepoKind) -> Result<Value> {
+        let key = (id.to_string(), kind == RepoKind::Model);
+        if let Some(known) = self.repos.get(&key) {
+            return known.clone().map_err(|e| anyhow::anyhow!(e));
+        }
+        let identity = self.identify(hub, id, kind);
+        self.repos.insert(key, identity.as_ref().map(Value::clone).map_err(|e| format!("{e:#}")));
+        identity
+    }
+
+    fn identify(&mut self, hub: &Hub, id: &str, kind: RepoKind) -> Result<Value> {
         if let Some(dir) = hub.repo(id, kind).local_dir() {
             let mut v = self.path(dir)?;
             v["id"] = json!(id);
