@@ -265,7 +265,7 @@ fn paper_configs_expand_to_the_papers_grids() {
         ("table4", 8),
         ("table7", 15),
         ("figure2", 16),
-        ("table8", 18),
+        ("table8", 21),
         ("table9_10_12", 42),
         ("table17", 136),
         ("table18_19", 49),
