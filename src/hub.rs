@@ -66,6 +66,15 @@ impl Hub {
     }
 }
 
+/// The Hugging Face cache, found the way huggingface_hub finds it: `$HF_HUB_CACHE`, else
+/// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`. Lookups, downloads and run identities all use it.
+fn hf_cache() -> Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) => Cache::new(dir.into()),
+        None => Cache::from_env(),
+    }
+}
+
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").map(|v| !v.is_empty() && v != "0").unwrap_or(false)
 }
@@ -85,9 +94,17 @@ impl RepoRef {
     }
 
     fn cache_lookup(&self, file: &str) -> Option<PathBuf> {
-        Cache::from_env()
-            .repo(Repo::new(self.id.clone(), self.kind.hf()))
-            .get(file)
+        hf_cache().repo(self.hf_repo()).get(file)
+    }
+
+    fn hf_repo(&self) -> Repo {
+        Repo::new(self.id.clone(), self.kind.hf())
+    }
+
+    /// The commit the cache's `refs/main` points to, when the repo has been downloaded.
+    pub fn cached_revision(&self) -> Option<String> {
+        let refs = hf_cache().path().join(self.hf_repo().folder_name()).join("refs/main");
+        std::fs::read_to_string(refs).ok().map(|s| s.trim().to_string())
     }
 
     /// Path of `file` inside the repo, downloading it if needed and allowed.
@@ -106,7 +123,7 @@ impl RepoRef {
         if let Some(p) = self.cache_lookup(file) {
             return Ok(p);
         }
-        looked.push(format!("HF cache {}", Cache::from_env().path().display()));
+        looked.push(format!("HF cache {}", hf_cache().path().display()));
         if offline() {
             bail!(
                 "{} `{}`: file {} not found (looked in {}); HF_HUB_OFFLINE is set, so no download was tried. \
@@ -133,12 +150,12 @@ impl RepoRef {
     }
 
     fn api(&self) -> Result<hf_hub::api::sync::ApiRepo> {
-        let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_cache_dir(hf_cache().path().clone()).with_progress(true);
         if let Ok(token) = std::env::var("HF_TOKEN") {
             builder = builder.with_token(Some(token));
         }
         let api = builder.build().context("building the Hugging Face hub client")?;
-        Ok(api.repo(Repo::new(self.id.clone(), self.kind.hf())))
+        Ok(api.repo(self.hf_repo()))
     }
 }
 

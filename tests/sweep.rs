@@ -337,3 +337,28 @@ fn unidentifiable_hub_models_do_not_stop_the_others() {
     assert!(text.contains("1 run(s) failed"), "{text}");
     assert_eq!(records(&sb.out).len(), 1, "the local model's dense run is recorded");
 }
+
+/// A model in the Hugging Face cache under `$HF_HUB_CACHE` is both loaded from there and
+/// identified by the commit its `refs/main` names: loading and run identity read one cache.
+#[test]
+fn hf_hub_cache_serves_loading_and_identity() {
+    let sb = Sandbox::new();
+    let cache = sb.out.parent().unwrap().join("hub-cache");
+    let repo = cache.join("models--some-org--tiny");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for e in std::fs::read_dir(&sb.model).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, snapshot.join(p.file_name().unwrap())).unwrap();
+    }
+    let text = BASE.replace("models: [MODEL]", "models: [some-org/tiny]").replace("[dense, magnitude, wanda, sparsegpt]", "[dense]");
+    let cfg = sb.write("c.yaml", &text);
+    let out = repro().arg("run").arg(&cfg).env("HF_HUB_CACHE", &cache).env("HF_HOME", sb.out.parent().unwrap().join("hf-home")).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&records(&sb.out)[0]).unwrap()).unwrap();
+    assert_eq!(record["model_identity"], serde_json::json!({"id": "some-org/tiny", "revision": commit}));
+    assert!(record["result"]["ppl"]["wikitext2"].as_f64().unwrap().is_finite());
+}

@@ -104,7 +104,7 @@ impl Fingerprinter {
             v["id"] = json!(id);
             return Ok(v);
         }
-        if let Some(rev) = hf_cache_revision(id, kind) {
+        if let Some(rev) = hub.repo(id, kind).cached_revision() {
             return Ok(json!({"id": id, "revision": rev}));
         }
         // Not on disk yet: the hub's current commit is what the run will download.
@@ -158,18 +158,6 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The commit `refs/main` points to in the HF cache (`$HF_HUB_CACHE` or `$HF_HOME/hub`).
-fn hf_cache_revision(id: &str, kind: RepoKind) -> Option<String> {
-    let root = std::env::var_os("HF_HUB_CACHE").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HF_HOME")
-            .map(|h| PathBuf::from(h).join("hub"))
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")))
-    })?;
-    let prefix = if kind == RepoKind::Model { "models" } else { "datasets" };
-    let refs = root.join(format!("{prefix}--{}", id.replace('/', "--"))).join("refs/main");
-    std::fs::read_to_string(refs).ok().map(|s| s.trim().to_string())
 }
 
 pub fn hex(bytes: &[u8]) -> String {
