@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Peak host memory of loading a checkpoint: a random LLaMA of about 0.85 GB (f32 safetensors,
 # made once with transformers under target/bench/), loaded by `repro eval` in f32 and f16 with
-# one short perplexity window. Prints the checkpoint size and each run's peak RSS.
+# one short perplexity window, then pruned with the model resident and streamed block by block
+# (--stream). Prints the checkpoint size and each run's peak RSS.
 #
 #   scripts/bench_load.sh
 #
@@ -31,3 +32,17 @@ for dtype in f32 f16; do
   rss=$(tail -1 "$MODEL/rss.txt")
   echo "repro eval --dtype $dtype: peak RSS $((rss / 1024)) MiB"
 done
+
+# Pruning (Wanda, 16 calibration samples of 128 tokens, then perplexity on 4 windows and a
+# save) with the whole model in memory and streamed block by block.
+SAVE=target/bench/pruned
+for stream in off on; do
+  rm -rf "$SAVE"
+  /usr/bin/time -f "%M %e" -o "$MODEL/rss.txt" target/release/repro prune --model "$MODEL" --method wanda \
+    --calib c4:c4-format-sample --nsamples 16 --seqlen 128 --eval books-heldout --max-windows 4 \
+    --stream "$stream" --save "$SAVE" --json > "$MODEL/prune.json" 2>/dev/null
+  read -r rss secs < <(tail -1 "$MODEL/rss.txt")
+  ppl=$(tail -1 "$MODEL/prune.json" | python -c 'import json,sys; print(json.load(sys.stdin)["ppl"]["books-heldout"])')
+  echo "repro prune --stream $stream (f32): peak RSS $((rss / 1024)) MiB, ${secs} s, ppl $ppl"
+done
+rm -rf "$SAVE"

@@ -2,11 +2,12 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::path::PathBuf;
 
 use crate::eval::tasks::task;
 use crate::hub::Hub;
+use crate::model::Streaming;
 use crate::pipeline::{run_job, EvalSpec, ModelSpec, Observer, PrintLines, PruneSpec, Quiet};
 use crate::prune::mask::Pattern;
 use crate::{report, sweep};
@@ -77,6 +78,10 @@ pub struct ModelArgs {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// Hold the whole model in memory (off) or read one block at a time from disk (on) so models
+    /// near or above RAM fit; auto streams when the weights exceed 70% of available memory (CPU).
+    #[arg(long, value_enum, default_value_t = Streaming::Auto)]
+    pub stream: Streaming,
 }
 
 #[derive(Args, Clone)]
@@ -159,7 +164,13 @@ pub fn run(cli: Cli) -> Result<()> {
 
 impl ModelArgs {
     fn spec(&self) -> ModelSpec {
-        ModelSpec { model: self.model.clone(), device: self.device.clone(), dtype: self.dtype.clone(), seqlen: self.seqlen }
+        ModelSpec {
+            model: self.model.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            seqlen: self.seqlen,
+            streaming: self.stream,
+        }
     }
     fn observer(&self) -> &'static dyn Observer {
         if self.json {
@@ -191,7 +202,7 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
     for t in &args.tasks {
         task(t)?;
     }
-    let (_, out) = run_job(hub, &args.model.spec(), None, &args.ppl_opts.spec(names), args.model.observer())?;
+    let out = run_job(hub, &args.model.spec(), None, &args.ppl_opts.spec(names), None, args.model.observer())?;
     print_json(out, args.model.json);
     Ok(())
 }
@@ -208,13 +219,8 @@ fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
         seed: args.seed,
         calib_batch_size: args.calib_batch_size,
     };
-    let obs = args.model.observer();
-    let (loaded, mut out) = run_job(hub, &args.model.spec(), Some(&spec), &args.ppl_opts.spec(args.eval.clone()), obs)?;
-    if let Some(dir) = &args.save {
-        crate::checkpoint::save(&loaded, dir, &Value::Object(out.clone()))?;
-        obs.line(&format!("saved pruned checkpoint to {}", dir.display()));
-        out.insert("saved_to".into(), json!(dir));
-    }
+    let eval = args.ppl_opts.spec(args.eval.clone());
+    let out = run_job(hub, &args.model.spec(), Some(&spec), &eval, args.save.as_deref(), args.model.observer())?;
     print_json(out, args.model.json);
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::eval::tasks::task;
 use crate::pipeline::{EvalSpec, ModelSpec, PruneSpec};
 use crate::prune::mask::{Group, Pattern};
+use crate::model::Streaming;
 use crate::prune::Method;
 
 /// A whole sweep file.
@@ -29,6 +30,9 @@ pub struct SweepConfig {
     /// Calibration and perplexity window length; default max_position_embeddings (the paper's).
     #[serde(default)]
     pub seqlen: Option<usize>,
+    /// auto, on or off: read one block at a time from disk (`repro prune --stream`); results are the same.
+    #[serde(default)]
+    pub stream: Streaming,
     pub models: Vec<String>,
     pub methods: Vec<MethodEntry>,
     /// Unstructured ratios; N:M patterns fix the sparsity at N/M, and `dense` ignores every pruning axis.
@@ -448,6 +452,7 @@ impl SweepConfig {
                 device: self.device.0.clone(),
                 dtype: self.dtype.as_ref().map(|d| d.0.clone()),
                 seqlen: self.seqlen,
+                streaming: self.stream,
             };
             for m in &methods {
                 if m.name() == DENSE {

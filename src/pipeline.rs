@@ -4,6 +4,7 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use std::path::Path;
 use std::time::Instant;
 
 use crate::calib::CalibSource;
@@ -13,7 +14,7 @@ use crate::eval::ppl::perplexity;
 use crate::eval::tasks::{task, ALL_TASKS};
 use crate::eval::zeroshot::evaluate_task;
 use crate::hub::Hub;
-use crate::model::{self, Loaded};
+use crate::model::{self, Loaded, Streaming};
 use crate::prune::mask::{Group, Pattern};
 use crate::prune::{prune_model, Method};
 use crate::resources::peak_rss_bytes;
@@ -26,6 +27,9 @@ pub struct ModelSpec {
     pub dtype: Option<String>,
     /// Calibration and perplexity window length (default: max_position_embeddings).
     pub seqlen: Option<usize>,
+    /// Whole or block by block; it does not change results, so it is not part of a run's identity.
+    #[serde(skip)]
+    pub streaming: Streaming,
 }
 
 /// How to prune. `calib` is ignored by data-free methods.
@@ -88,22 +92,28 @@ impl Observer for PrintLines {
 pub struct Quiet;
 impl Observer for Quiet {}
 
-/// Loads, prunes (when `prune` is given) and evaluates; returns the model and the result object
-/// that `--json` prints and sweep records store.
+/// Loads, prunes (when `prune` is given), evaluates, and saves the model as a Hugging Face
+/// checkpoint when `save` names a directory; returns the result object that `--json` prints and
+/// sweep records store.
 pub fn run_job(
     hub: &Hub,
     spec: &ModelSpec,
     prune: Option<&PruneSpec>,
     eval: &EvalSpec,
+    save: Option<&Path>,
     obs: &dyn Observer,
-) -> Result<(Loaded, Map<String, Value>)> {
+) -> Result<Map<String, Value>> {
     let start = Instant::now();
     let method = prune.map(PruneSpec::method).transpose()?;
     eval.check()?;
     obs.stage("loading");
     let device = parse_device(&spec.device)?;
     let kind = parse_dtype(spec.dtype.as_deref(), device)?;
-    let mut loaded = model::load(hub, &spec.model, device, kind)?;
+    let mut loaded = model::load(hub, &spec.model, device, kind, spec.streaming)?;
+    if let Some(dir) = save {
+        // A streamed model writes each pruned block straight into the checkpoint.
+        loaded.model.stack_mut().write_blocks_to(dir)?;
+    }
     let info = loaded.model.info();
     let seqlen = spec.seqlen.unwrap_or(info.max_position_embeddings as usize);
     let mut out = Map::new();
@@ -112,6 +122,7 @@ pub fn run_job(
     out.insert("device".into(), json!(device_name(device)));
     out.insert("dtype".into(), json!(dtype_name(kind)));
     out.insert("seqlen".into(), json!(seqlen));
+    out.insert("streamed".into(), json!(loaded.model.stack().is_streamed()));
     out.insert("load_seconds".into(), json!(start.elapsed().as_secs_f64()));
     if let (Some(p), Some(method)) = (prune, method) {
         prune_step(hub, &mut loaded, p, &method, seqlen, obs, &mut out)?;
@@ -119,10 +130,15 @@ pub fn run_job(
     if !eval.names.is_empty() {
         evaluate(hub, &loaded, eval, seqlen, obs, &mut out)?;
     }
+    out.insert("repro_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    if let Some(dir) = save {
+        out.insert("saved_to".into(), json!(dir));
+        crate::checkpoint::save(&mut loaded, dir, &Value::Object(out.clone()))?;
+        obs.line(&format!("saved the model to {}", dir.display()));
+    }
     out.insert("total_seconds".into(), json!(start.elapsed().as_secs_f64()));
     out.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
-    out.insert("repro_version".into(), json!(env!("CARGO_PKG_VERSION")));
-    Ok((loaded, out))
+    Ok(out)
 }
 
 fn prune_step(

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use repro::calib::CalibSource;
 use repro::hub::Hub;
-use repro::model;
+use repro::model::{self, Streaming};
 use repro::prune::mask::Pattern;
 use repro::prune::{prune_model, Method};
 use serde_json::Value;
@@ -41,7 +41,7 @@ fn check_case(file: &str) {
     let g = golden(&goldens().join(format!("{file}.json")));
     let s = &g["settings"];
     let model_name = s["model"].as_str().unwrap();
-    let mut loaded = model::load(&hub(), &fixture_model(model_name), Device::Cpu, Kind::Float).unwrap();
+    let mut loaded = model::load(&hub(), &fixture_model(model_name), Device::Cpu, Kind::Float, Streaming::Off).unwrap();
     let (nsamples, seqlen, seed) = (s["nsamples"].as_u64().unwrap() as usize, s["seqlen"].as_u64().unwrap() as usize, s["seed"].as_u64().unwrap());
     let method_name = s["method"].as_str().unwrap();
     let pattern = Pattern::parse(s["pattern"].as_str().unwrap()).unwrap();
@@ -71,7 +71,8 @@ fn check_case(file: &str) {
     let layers = g["layers"].as_object().unwrap();
     assert_eq!(report.layers.len(), layers.len(), "{file}: number of pruned layers");
     let prefix = loaded.model.info().block_prefix;
-    for (b, block) in loaded.model.blocks().iter().enumerate() {
+    for b in 0..loaded.model.stack().n_blocks() {
+        let block = loaded.model.stack().block(b).unwrap();
         for (name, linear) in block.linears() {
             let full = format!("{prefix}{b}.{name}");
             let want = &layers[&full];
@@ -109,7 +110,8 @@ fn check_mask_agreement(file: &str, masks: &str, model: &dyn model::CausalLm, mi
     let path = goldens().join(std::path::Path::new(masks).file_name().unwrap());
     let packed: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&path).unwrap().into_iter().collect();
     let prefix = model.info().block_prefix;
-    for (b, block) in model.blocks().iter().enumerate() {
+    for b in 0..model.stack().n_blocks() {
+        let block = model.stack().block(b).unwrap();
         for (name, linear) in block.linears() {
             let full = format!("{prefix}{b}.{name}");
             let (rows, cols) = linear.weight.size2().unwrap();
@@ -163,7 +165,7 @@ golden_cases! {
 #[test]
 fn calibration_windows_match_official_sampler() {
     let g = golden(&goldens().join("calib_llama-tiny_n128_seqlen512.json"));
-    let loaded = model::load(&hub(), &fixture_model("llama-tiny"), Device::Cpu, Kind::Float).unwrap();
+    let loaded = model::load(&hub(), &fixture_model("llama-tiny"), Device::Cpu, Kind::Float, Streaming::Off).unwrap();
     for seed in ["0", "1"] {
         let (_, windows) = CalibSource::parse("c4:c4-format-sample")
             .windows(&hub(), &loaded.tokenizer, 128, 512, seed.parse().unwrap())
@@ -179,13 +181,13 @@ fn calibration_windows_match_official_sampler() {
 #[test]
 fn pruning_is_deterministic() {
     let run = || {
-        let mut l = model::load(&hub(), &fixture_model("llama-tiny-random"), Device::Cpu, Kind::Float).unwrap();
+        let mut l = model::load(&hub(), &fixture_model("llama-tiny-random"), Device::Cpu, Kind::Float, Streaming::Off).unwrap();
         let (_, w) = CalibSource::parse("c4:c4-format-sample").windows(&hub(), &l.tokenizer, 8, 64, 3).unwrap();
         let calib = Tensor::from_slice(&w.concat()).view([8, 64]);
         let _g = tch::no_grad_guard();
         let method = Method::parse("sparsegpt", None, false, Pattern::Unstructured).unwrap();
         prune_model(l.model.as_mut(), &method, 0.6, Pattern::Unstructured, Some(&calib), 3).unwrap();
-        l.model.tensors().iter().map(|(n, t)| (n.clone(), t.copy())).collect::<std::collections::BTreeMap<_, _>>()
+        l.model.stack().tensors().iter().map(|(n, t)| (n.clone(), t.copy())).collect::<std::collections::BTreeMap<_, _>>()
     };
     let (a, b) = (run(), run());
     assert_eq!(a.len(), b.len());

@@ -11,7 +11,7 @@ use repro::eval::loglik::loglikelihoods;
 use repro::eval::tasks::{load_docs, task, ALL_TASKS};
 use repro::eval::zeroshot::{evaluate_task, TaskEval};
 use repro::hub::{Hub, RepoKind};
-use repro::model::{self, Loaded};
+use repro::model::{self, Loaded, Streaming};
 use serde_json::Value;
 use std::path::PathBuf;
 use tch::{Device, Kind};
@@ -38,7 +38,7 @@ fn load_model(g: &Value) -> Loaded {
     tch::set_num_threads(1);
     let name = g["settings"]["model"].as_str().unwrap();
     assert_eq!(g["settings"]["dtype"], "float32");
-    model::load(&hub(), &fixture_model(name), Device::Cpu, Kind::Float).unwrap()
+    model::load(&hub(), &fixture_model(name), Device::Cpu, Kind::Float, Streaming::Off).unwrap()
 }
 
 fn opt(v: &Value) -> Option<f64> {

@@ -145,6 +145,8 @@ fn run_ids_change_when_and_only_when_inputs_change() {
     }
     let moved = sb.ids(&BASE.replace("output: OUT", "output: OUT/elsewhere"));
     assert_eq!(a, moved);
+    // Streaming blocks from disk does not change results, so it is not part of the identity.
+    assert_eq!(a, sb.ids(&format!("{BASE}stream: on\n")));
     let weights = sb.model.join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -172,9 +174,9 @@ fn run_ids_change_when_and_only_when_inputs_change() {
     assert!(changed.iter().zip(&a).all(|(x, y)| x.1 != y.1), "{changed:?}");
 }
 
-fn write_config(sb: &Sandbox, name: &str, out: &Path) -> PathBuf {
+fn write_config(sb: &Sandbox, name: &str, out: &Path, extra: &str) -> PathBuf {
     let report = "report:\n  - name: ppl\n    title: t\n    kind: table\n    metric: ppl:wikitext2\n    rows:\n      - {label: dense, where: {method: dense}}\n      - {label: wanda, where: {method: wanda, pattern: unstructured}}\n      - {label: magnitude 2:4, where: {method: magnitude, pattern: \"2:4\"}}\n    columns:\n      - {label: m, where: {}}\n";
-    sb.write(name, &format!("{BASE}{report}").replace("OUT", out.to_str().unwrap()))
+    sb.write(name, &format!("{BASE}{extra}{report}").replace("OUT", out.to_str().unwrap()))
 }
 
 fn records(out: &Path) -> Vec<PathBuf> {
@@ -185,7 +187,7 @@ fn records(out: &Path) -> Vec<PathBuf> {
 fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
     let sb = Sandbox::new();
     let killed_out = sb.out.join("killed");
-    let cfg = write_config(&sb, "k.yaml", &killed_out);
+    let cfg = write_config(&sb, "k.yaml", &killed_out, "");
     let mut child = repro().args(["run", cfg.to_str().unwrap()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let start = Instant::now();
     while records(&killed_out).is_empty() {
@@ -206,10 +208,14 @@ fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
     }
     assert_eq!(records(&killed_out).len(), 7);
 
+    // A clean sweep with every model streamed block by block gives the same table.
     let clean_out = sb.out.join("clean");
-    let clean = write_config(&sb, "c.yaml", &clean_out);
+    let clean = write_config(&sb, "c.yaml", &clean_out, "stream: on\n");
     let out = repro().args(["run", clean.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let streamed = |d: &Path| records(d).iter().map(|p| common::golden(p)["result"]["streamed"].clone()).collect::<Vec<_>>();
+    assert!(streamed(&clean_out).iter().all(|s| *s == true), "{:?}", streamed(&clean_out));
+    assert!(streamed(&killed_out).iter().all(|s| *s == false));
     let table = |d: &Path| std::fs::read_to_string(d.join("report/ppl.md")).unwrap();
     assert_eq!(table(&killed_out), table(&clean_out));
     assert!(!table(&clean_out).contains('–'), "every cell has a value:\n{}", table(&clean_out));

@@ -30,7 +30,7 @@ fn bos_is_prepended_when_the_post_processor_does_not_add_it() {
 #[test]
 fn c4_validation_protocol() {
     let hub = Hub::new(Some(fixtures()));
-    let m = repro::model::load(&hub, "llama-tiny", tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let m = repro::model::load(&hub, "llama-tiny", tch::Device::Cpu, tch::Kind::Float, repro::model::Streaming::Off).unwrap();
     let corpus = repro::data::PplCorpus::parse("c4:c4-format-sample");
     let ids = corpus.token_ids(&hub, 512, &|t| m.tokenizer.encode(t)).unwrap();
     assert_eq!(ids.len(), 256 * 512);

@@ -7,7 +7,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use crate::model::CausalLm;
+use crate::model::{forward_batches, CausalLm};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,17 +54,23 @@ pub fn loglikelihoods(
         items.push(Item { index, cont_len: k.len(), cont: k, input });
     }
     items.sort_by(|a, b| b.input.len().cmp(&a.input.len()).then(a.index.cmp(&b.index)));
+    let chunks: Vec<&[Item]> = items.chunks(batch_size.max(1)).collect();
+    let batches: Vec<Tensor> = chunks
+        .iter()
+        .map(|chunk| {
+            let width = chunk[0].input.len();
+            let mut flat = Vec::with_capacity(chunk.len() * width);
+            for it in chunk.iter() {
+                flat.extend(&it.input);
+                flat.extend(std::iter::repeat(0).take(width - it.input.len()));
+            }
+            Tensor::from_slice(&flat).view([chunk.len() as i64, width as i64])
+        })
+        .collect();
     let mut out = vec![LogLik { logprob: 0.0, is_greedy: true }; requests.len()];
-    for chunk in items.chunks(batch_size.max(1)) {
-        let width = chunk[0].input.len();
-        let mut flat = Vec::with_capacity(chunk.len() * width);
-        for it in chunk {
-            flat.extend(&it.input);
-            flat.extend(std::iter::repeat(0).take(width - it.input.len()));
-        }
-        let ids = Tensor::from_slice(&flat).view([chunk.len() as i64, width as i64]).to_device(model.device());
-        let logp = model.forward(&ids).to_kind(Kind::Float).log_softmax(-1, Kind::Float);
-        for (row, it) in chunk.iter().enumerate() {
+    forward_batches(model, &batches, |i, logits| {
+        let logp = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        for (row, it) in chunks[i].iter().enumerate() {
             let end = it.input.len() as i64;
             // A continuation longer than the model's window keeps only what fits, as lm-eval does.
             let n = (it.cont_len as i64).min(end);
@@ -74,7 +80,8 @@ pub fn loglikelihoods(
             let greedy = lp.argmax(1, false).eq_tensor(&target).all().int64_value(&[]) == 1;
             out[it.index] = LogLik { logprob: picked, is_greedy: greedy };
         }
-        progress.inc(chunk.len() as u64);
-    }
+        progress.inc(chunks[i].len() as u64);
+        Ok(())
+    })?;
     Ok(out)
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use crate::model::CausalLm;
+use crate::model::{forward_batches, CausalLm};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Perplexity {
@@ -18,9 +18,9 @@ pub struct Perplexity {
     pub window_losses: Vec<f64>,
 }
 
-/// Mean next-token cross-entropy of each row of `ids` (B, L), computed in f32 like transformers' loss.
-pub fn window_losses(model: &dyn CausalLm, ids: &Tensor) -> Vec<f64> {
-    let logits = model.forward(ids);
+/// Mean next-token cross-entropy of each row of `ids` (B, L) given its logits, in f32 like
+/// transformers' loss.
+pub fn window_losses(logits: &Tensor, ids: &Tensor) -> Vec<f64> {
     let l = ids.size()[1];
     let logp = logits.narrow(1, 0, l - 1).to_kind(Kind::Float).log_softmax(-1, Kind::Float);
     let target = ids.narrow(1, 1, l - 1).to_device(logp.device()).unsqueeze(-1);
@@ -50,14 +50,17 @@ pub fn perplexity(
         bail!("{label}: {} tokens do not fill one window of seqlen {seqlen}; use a smaller --seqlen", ids.len());
     }
     let windows = Tensor::from_slice(&ids[..n * seqlen]).view([n as i64, seqlen as i64]);
+    let batches: Vec<Tensor> = (0..n)
+        .step_by(batch_size)
+        .map(|start| windows.narrow(0, start as i64, batch_size.min(n - start) as i64))
+        .collect();
     let pb = crate::progress::bar(n as u64, label);
     let mut losses = Vec::with_capacity(n);
-    for start in (0..n).step_by(batch_size) {
-        let b = batch_size.min(n - start);
-        let batch = windows.narrow(0, start as i64, b as i64).to_device(model.device());
-        losses.extend(window_losses(model, &batch));
-        pb.inc(b as u64);
-    }
+    forward_batches(model, &batches, |i, logits| {
+        losses.extend(window_losses(&logits, &batches[i]));
+        pb.inc(batches[i].size()[0] as u64);
+        Ok(())
+    })?;
     pb.finish_and_clear();
     let nll: f64 = losses.iter().map(|l| l * seqlen as f64).sum();
     Ok(Perplexity {

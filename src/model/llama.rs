@@ -188,6 +188,35 @@ impl Attention {
     }
 }
 
+impl Block {
+    /// Block `i`'s tensors, looked up by their hub names.
+    fn load(cfg: &Config, w: &Weights, i: usize) -> Result<Self> {
+        let (h, hd, heads, kv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads());
+        let p = format!("model.layers.{i}");
+        let lin = |name: &str, bias: bool, shape| Linear::load(w, &format!("{p}.{name}"), bias, shape);
+        let ab = cfg.attention_bias;
+        Ok(Block {
+            input_layernorm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
+            post_attention_layernorm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            attn: Attention {
+                q_proj: lin("self_attn.q_proj", ab, (heads * hd, h))?,
+                k_proj: lin("self_attn.k_proj", ab, (kv * hd, h))?,
+                v_proj: lin("self_attn.v_proj", ab, (kv * hd, h))?,
+                o_proj: lin("self_attn.o_proj", ab, (h, heads * hd))?,
+                heads,
+                kv_heads: kv,
+                head_dim: hd,
+            },
+            mlp: Mlp {
+                gate_proj: lin("mlp.gate_proj", cfg.mlp_bias, (cfg.intermediate_size, h))?,
+                up_proj: lin("mlp.up_proj", cfg.mlp_bias, (cfg.intermediate_size, h))?,
+                down_proj: lin("mlp.down_proj", cfg.mlp_bias, (h, cfg.intermediate_size))?,
+            },
+            eps: cfg.rms_norm_eps,
+        })
+    }
+}
+
 impl DecoderBlock for Block {
     fn forward(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor {
         let h = x + self
@@ -238,37 +267,12 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn load(cfg: Config, arch: &str, w: Weights) -> Result<Self> {
+    pub fn load(cfg: Config, arch: &str, w: Weights, streamed: bool) -> Result<Self> {
         cfg.validate()?;
-        let (h, hd, heads, kv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads());
+        let h = cfg.hidden_size;
         let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let device = embed_tokens.device();
         let kind = embed_tokens.kind();
-        let mut blocks: Vec<Box<dyn DecoderBlock>> = Vec::new();
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let lin = |name: &str, bias: bool, shape| Linear::load(&w, &format!("{p}.{name}"), bias, shape);
-            let ab = cfg.attention_bias;
-            blocks.push(Box::new(Block {
-                input_layernorm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                post_attention_layernorm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                attn: Attention {
-                    q_proj: lin("self_attn.q_proj", ab, (heads * hd, h))?,
-                    k_proj: lin("self_attn.k_proj", ab, (kv * hd, h))?,
-                    v_proj: lin("self_attn.v_proj", ab, (kv * hd, h))?,
-                    o_proj: lin("self_attn.o_proj", ab, (h, heads * hd))?,
-                    heads,
-                    kv_heads: kv,
-                    head_dim: hd,
-                },
-                mlp: Mlp {
-                    gate_proj: lin("mlp.gate_proj", cfg.mlp_bias, (cfg.intermediate_size, h))?,
-                    up_proj: lin("mlp.up_proj", cfg.mlp_bias, (cfg.intermediate_size, h))?,
-                    down_proj: lin("mlp.down_proj", cfg.mlp_bias, (h, cfg.intermediate_size))?,
-                },
-                eps: cfg.rms_norm_eps,
-            }));
-        }
         let norm = w.get("model.norm.weight", &[h])?;
         let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
             embed_tokens.shallow_clone()
@@ -289,11 +293,15 @@ impl Llama {
             bos_token_id: cfg.bos_token_id,
             block_prefix: "model.layers.",
         };
+        let inv_freq = cfg.inv_freq()?.to_device(device);
+        let sliding_window = cfg.sliding_window.filter(|_| is_mistral);
+        let eps = cfg.rms_norm_eps;
+        let load_block = move |w: &Weights, i| Ok(Box::new(Block::load(&cfg, w, i)?) as Box<dyn DecoderBlock>);
         Ok(Llama {
-            stack: Stack::new(info, blocks, w, device, kind),
-            inv_freq: cfg.inv_freq()?.to_device(device),
-            sliding_window: cfg.sliding_window.filter(|_| is_mistral),
-            eps: cfg.rms_norm_eps,
+            stack: Stack::new(info, w, Box::new(load_block), streamed, device, kind)?,
+            inv_freq,
+            sliding_window,
+            eps,
             embed_tokens,
             norm,
             lm_head,

@@ -4,10 +4,13 @@
 
 pub mod llama;
 pub mod opt;
+pub mod stream;
 pub mod weights;
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 use crate::hub::{Hub, RepoKind, RepoRef};
@@ -81,20 +84,132 @@ pub struct ModelInfo {
     pub block_prefix: &'static str,
 }
 
-/// What every architecture holds besides its embedding and head: the blocks and the checkpoint.
+/// Builds decoder block `i` from checkpoint tensors; each architecture provides one.
+pub type BlockLoader = Box<dyn Fn(&Weights, usize) -> Result<Box<dyn DecoderBlock>> + Send>;
+
+/// Whether a model's blocks are all held in memory or read from disk one at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Streaming {
+    /// Stream when the weights would not fit comfortably in available host memory (CPU only).
+    #[default]
+    Auto,
+    /// Read one block at a time; pruned blocks are written out and read back from there.
+    On,
+    /// Hold every block in memory.
+    Off,
+}
+
+impl Streaming {
+    /// Streams on CPU when the weights exceed 70% of the memory available now.
+    pub fn decide(self, weights_bytes: u64, device: Device) -> bool {
+        match self {
+            Streaming::On => true,
+            Streaming::Off => false,
+            Streaming::Auto => {
+                device == Device::Cpu
+                    && crate::resources::mem_available_bytes().is_some_and(|avail| weights_bytes as f64 > 0.7 * avail as f64)
+            }
+        }
+    }
+}
+
+/// What every architecture holds besides its embedding and head: the blocks, resident or
+/// streamed, and the checkpoint tensors.
 pub struct Stack {
     pub info: ModelInfo,
-    pub blocks: Vec<Box<dyn DecoderBlock>>,
-    /// Every checkpoint tensor by hub name, sharing storage with the layers (for saving).
-    pub tensors: Vec<(String, Tensor)>,
+    /// All `Some` when resident; `None` while a block is taken out for editing, and always for
+    /// a streamed model.
+    blocks: Vec<Option<Box<dyn DecoderBlock>>>,
+    /// Every checkpoint tensor by hub name, sharing storage with the layers (resident models, for saving).
+    tensors: Vec<(String, Tensor)>,
+    streamed: Option<stream::Streamed>,
     pub device: Device,
     pub kind: Kind,
 }
 
+/// A block to run: borrowed from a resident model or read from disk for a streamed one.
+pub enum BlockRef<'a> {
+    Borrowed(&'a (dyn DecoderBlock + 'static)),
+    Read(Box<dyn DecoderBlock>),
+}
+
+impl std::ops::Deref for BlockRef<'_> {
+    type Target = dyn DecoderBlock;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            BlockRef::Borrowed(b) => *b,
+            BlockRef::Read(b) => b.as_ref(),
+        }
+    }
+}
+
 impl Stack {
-    /// Takes every tensor of the checkpoint, so the layers' storage is also reachable by name.
-    pub fn new(info: ModelInfo, blocks: Vec<Box<dyn DecoderBlock>>, weights: Weights, device: Device, kind: Kind) -> Stack {
-        Stack { info, blocks, tensors: weights.into_named(), device, kind }
+    /// Resident: builds every block now and keeps all checkpoint tensors (sharing storage with
+    /// the layers). Streamed: keeps the checkpoint index and builds blocks when asked for.
+    pub fn new(info: ModelInfo, weights: Weights, load: BlockLoader, streamed: bool, device: Device, kind: Kind) -> Result<Stack> {
+        let n = info.n_layers;
+        if streamed {
+            let streamed = stream::Streamed::new(weights, load, info.block_prefix, n);
+            return Ok(Stack { info, blocks: (0..n).map(|_| None).collect(), tensors: Vec::new(), streamed: Some(streamed), device, kind });
+        }
+        let blocks = (0..n).map(|i| load(&weights, i).map(Some)).collect::<Result<Vec<_>>>()?;
+        Ok(Stack { info, blocks, tensors: weights.into_named(), streamed: None, device, kind })
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_streamed(&self) -> bool {
+        self.streamed.is_some()
+    }
+
+    /// Block `i` for running.
+    pub fn block(&self, i: usize) -> Result<BlockRef<'_>> {
+        match (&self.streamed, &self.blocks[i]) {
+            (Some(s), _) => Ok(BlockRef::Read(s.read(i)?)),
+            (None, Some(b)) => Ok(BlockRef::Borrowed(b.as_ref())),
+            (None, None) => bail!("block {i} is taken out for editing"),
+        }
+    }
+
+    /// Takes block `i` out for editing (reading it from disk when streamed); `put_back` returns it.
+    pub fn take_block(&mut self, i: usize) -> Result<Box<dyn DecoderBlock>> {
+        match &self.streamed {
+            Some(s) => s.read(i),
+            None => self.blocks[i].take().ok_or_else(|| anyhow::anyhow!("block {i} is taken out already")),
+        }
+    }
+
+    /// Returns an edited block. A streamed model writes it to its shard directory (see
+    /// `write_blocks_to`, else a temporary one) and reads it from there from now on.
+    pub fn put_back(&mut self, i: usize, block: Box<dyn DecoderBlock>) -> Result<()> {
+        match &mut self.streamed {
+            Some(s) => s.write(i, block.as_ref()),
+            None => {
+                self.blocks[i] = Some(block);
+                Ok(())
+            }
+        }
+    }
+
+    /// Streamed models: edited blocks go to `dir` as the shards of a Hugging Face checkpoint
+    /// (`save` completes it), so a pruned model is saved block by block.
+    pub fn write_blocks_to(&mut self, dir: &std::path::Path) -> Result<()> {
+        if let Some(s) = &mut self.streamed {
+            s.set_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Every checkpoint tensor by name (resident models).
+    pub fn tensors(&self) -> &[(String, Tensor)] {
+        &self.tensors
+    }
+
+    pub fn streamed_mut(&mut self) -> Option<&mut stream::Streamed> {
+        self.streamed.as_mut()
     }
 }
 
@@ -110,15 +225,6 @@ pub trait CausalLm: Send {
     fn info(&self) -> &ModelInfo {
         &self.stack().info
     }
-    fn blocks(&self) -> &[Box<dyn DecoderBlock>] {
-        &self.stack().blocks
-    }
-    fn blocks_mut(&mut self) -> &mut [Box<dyn DecoderBlock>] {
-        &mut self.stack_mut().blocks
-    }
-    fn tensors(&self) -> &[(String, Tensor)] {
-        &self.stack().tensors
-    }
     fn device(&self) -> Device {
         self.stack().device
     }
@@ -127,14 +233,58 @@ pub trait CausalLm: Send {
     }
 
     /// Full forward pass: ids (B, L) -> logits (B, L, V).
-    fn forward(&self, ids: &Tensor) -> Tensor {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let ctx = self.context(ids.size()[1]);
         let mut h = self.embed(ids);
-        for b in self.blocks() {
-            h = b.forward(&h, &ctx, &mut |_, _| {});
+        for i in 0..self.stack().n_blocks() {
+            h = self.stack().block(i)?.forward(&h, &ctx, &mut |_, _| {});
         }
-        self.head(&h)
+        Ok(self.head(&h))
     }
+}
+
+/// Runs each batch of token ids through the model and hands its logits to `f`, in order.
+/// A streamed model reads each block once per group of batches rather than once per batch (the
+/// results are the same); a group's hidden states take at most a quarter of the available host
+/// memory on CPU, 2 GiB on a GPU.
+pub fn forward_batches(model: &dyn CausalLm, batches: &[Tensor], mut f: impl FnMut(usize, Tensor) -> Result<()>) -> Result<()> {
+    let stack = model.stack();
+    if !stack.is_streamed() {
+        for (i, ids) in batches.iter().enumerate() {
+            f(i, model.forward(&ids.to_device(model.device()))?)?;
+        }
+        return Ok(());
+    }
+    let token_bytes = (model.info().hidden_size as u64 * model.kind().elt_size_in_bytes() as u64).max(1);
+    let budget_bytes = match model.device() {
+        Device::Cpu => crate::resources::mem_available_bytes().unwrap_or(4 << 30).max(1 << 30) / 4,
+        _ => 2 << 30,
+    };
+    let budget = budget_bytes / token_bytes;
+    let mut start = 0;
+    while start < batches.len() {
+        let mut end = start + 1;
+        let mut tokens = batches[start].numel() as u64;
+        while end < batches.len() && tokens + batches[end].numel() as u64 <= budget {
+            tokens += batches[end].numel() as u64;
+            end += 1;
+        }
+        let mut hidden: Vec<Tensor> = batches[start..end].iter().map(|ids| model.embed(&ids.to_device(model.device()))).collect();
+        let mut contexts: HashMap<i64, BlockCtx> = HashMap::new();
+        for b in 0..stack.n_blocks() {
+            let block = stack.block(b)?;
+            for h in hidden.iter_mut() {
+                let len = h.size()[1];
+                let ctx = contexts.entry(len).or_insert_with(|| model.context(len));
+                *h = block.forward(h, ctx, &mut |_, _| {});
+            }
+        }
+        for (k, h) in hidden.into_iter().enumerate() {
+            f(start + k, model.head(&h))?;
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 /// A loaded model with its tokenizer and where it came from.
@@ -146,8 +296,8 @@ pub struct Loaded {
 }
 
 /// Reads config.json and the weights, and the tokenizer of the same repo.
-pub fn load(hub: &Hub, spec: &str, device: Device, kind: Kind) -> Result<Loaded> {
-    let (model, repo, config) = load_model(hub, spec, device, kind)?;
+pub fn load(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: Streaming) -> Result<Loaded> {
+    let (model, repo, config) = load_model(hub, spec, device, kind, streaming)?;
     let info = model.info();
     let tokenizer = Tokenizer::from_repo(&repo, &info.model_type, info.bos_token_id)?;
     Ok(Loaded {
@@ -159,7 +309,7 @@ pub fn load(hub: &Hub, spec: &str, device: Device, kind: Kind) -> Result<Loaded>
 }
 
 /// Reads config.json and dispatches on `architectures[0]` (or `model_type`); no tokenizer needed.
-pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind) -> Result<(Box<dyn CausalLm>, RepoRef, Value)> {
+pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: Streaming) -> Result<(Box<dyn CausalLm>, RepoRef, Value)> {
     let repo = hub.repo(spec, RepoKind::Model);
     let config_path = repo.get("config.json")?;
     let text =
@@ -178,16 +328,27 @@ pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind) -> Result<(
             config_path.display()
         );
     };
-    let weights = Weights::load(&repo, device, kind)?;
+    let mut weights = Weights::open(&repo, device, kind)?;
+    let streamed = streaming.decide(weights.loaded_bytes(), device);
+    if streamed && streaming == Streaming::Auto {
+        eprintln!(
+            "{spec}: {:.1} GiB of weights, {:.1} GiB of memory available: streaming blocks from disk (--stream off to load it whole)",
+            weights.loaded_bytes() as f64 / (1u64 << 30) as f64,
+            crate::resources::mem_available_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64
+        );
+    }
+    if !streamed {
+        weights.read_all()?;
+    }
     let ctx = || format!("{} (architecture {arch})", config_path.display());
     let model: Box<dyn CausalLm> = match arch.as_str() {
         "LlamaForCausalLM" | "MistralForCausalLM" | "llama" | "mistral" => {
             let cfg: llama::Config = serde_json::from_value(config.clone()).with_context(ctx)?;
-            Box::new(llama::Llama::load(cfg, &arch, weights).with_context(ctx)?)
+            Box::new(llama::Llama::load(cfg, &arch, weights, streamed).with_context(ctx)?)
         }
         "OPTForCausalLM" | "opt" => {
             let cfg: opt::Config = serde_json::from_value(config.clone()).with_context(ctx)?;
-            Box::new(opt::Opt::load(cfg, weights).with_context(ctx)?)
+            Box::new(opt::Opt::load(cfg, weights, streamed).with_context(ctx)?)
         }
         other => bail!(
             "{}: field `architectures` = \"{other}\" is not supported (supported: LlamaForCausalLM, \
@@ -196,4 +357,19 @@ pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind) -> Result<(
         ),
     };
     Ok((model, repo, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_streams_only_what_does_not_fit_on_cpu() {
+        let huge = u64::MAX / 2;
+        assert!(Streaming::Auto.decide(huge, Device::Cpu));
+        assert!(!Streaming::Auto.decide(1 << 20, Device::Cpu));
+        assert!(!Streaming::Auto.decide(huge, Device::Cuda(0)), "GPU runs hold the weights on the GPU, not in host memory");
+        assert!(Streaming::On.decide(1, Device::Cpu));
+        assert!(!Streaming::Off.decide(huge, Device::Cpu));
+    }
 }

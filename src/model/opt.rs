@@ -33,6 +33,16 @@ pub struct Config {
     pub bos_token_id: Option<u32>,
 }
 
+impl Config {
+    fn gelu(&self) -> Result<bool> {
+        match self.activation_function.as_str() {
+            "relu" => Ok(false),
+            "gelu" => Ok(true),
+            other => bail!("field `activation_function` = \"{other}\" is not supported (relu, gelu)"),
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -78,6 +88,26 @@ pub struct Block {
 }
 
 impl Block {
+    /// Block `i`'s tensors, looked up by their hub names.
+    fn load(cfg: &Config, w: &Weights, i: usize) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let l = format!("model.decoder.layers.{i}");
+        let lin = |n: &str, shape| Linear::load(w, &format!("{l}.{n}"), cfg.enable_bias, shape);
+        Ok(Block {
+            q_proj: lin("self_attn.q_proj", (h, h))?,
+            k_proj: lin("self_attn.k_proj", (h, h))?,
+            v_proj: lin("self_attn.v_proj", (h, h))?,
+            out_proj: lin("self_attn.out_proj", (h, h))?,
+            fc1: lin("fc1", (cfg.ffn_dim, h))?,
+            fc2: lin("fc2", (h, cfg.ffn_dim))?,
+            self_attn_layer_norm: LayerNorm::load(w, &format!("{l}.self_attn_layer_norm"), h)?,
+            final_layer_norm: LayerNorm::load(w, &format!("{l}.final_layer_norm"), h)?,
+            heads: cfg.num_attention_heads,
+            pre_ln: cfg.do_layer_norm_before,
+            gelu: cfg.gelu()?,
+        })
+    }
+
     fn attention(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor {
         let (b, l, h) = x.size3().expect("hidden states are (B, L, H)");
         let hd = h / self.heads;
@@ -146,12 +176,8 @@ pub struct Opt {
 }
 
 impl Opt {
-    pub fn load(cfg: Config, w: Weights) -> Result<Self> {
-        let gelu = match cfg.activation_function.as_str() {
-            "relu" => false,
-            "gelu" => true,
-            other => bail!("field `activation_function` = \"{other}\" is not supported (relu, gelu)"),
-        };
+    pub fn load(cfg: Config, w: Weights, streamed: bool) -> Result<Self> {
+        cfg.gelu()?;
         let h = cfg.hidden_size;
         if cfg.num_attention_heads <= 0 || h % cfg.num_attention_heads != 0 {
             bail!(
@@ -163,24 +189,6 @@ impl Opt {
         let p = "model.decoder";
         let embed_tokens = w.get(&format!("{p}.embed_tokens.weight"), &[cfg.vocab_size, proj])?;
         let (device, kind) = (embed_tokens.device(), embed_tokens.kind());
-        let mut blocks: Vec<Box<dyn DecoderBlock>> = Vec::new();
-        for i in 0..cfg.num_hidden_layers {
-            let l = format!("{p}.layers.{i}");
-            let lin = |n: &str, shape| Linear::load(&w, &format!("{l}.{n}"), cfg.enable_bias, shape);
-            blocks.push(Box::new(Block {
-                q_proj: lin("self_attn.q_proj", (h, h))?,
-                k_proj: lin("self_attn.k_proj", (h, h))?,
-                v_proj: lin("self_attn.v_proj", (h, h))?,
-                out_proj: lin("self_attn.out_proj", (h, h))?,
-                fc1: lin("fc1", (cfg.ffn_dim, h))?,
-                fc2: lin("fc2", (h, cfg.ffn_dim))?,
-                self_attn_layer_norm: LayerNorm::load(&w, &format!("{l}.self_attn_layer_norm"), h)?,
-                final_layer_norm: LayerNorm::load(&w, &format!("{l}.final_layer_norm"), h)?,
-                heads: cfg.num_attention_heads,
-                pre_ln: cfg.do_layer_norm_before,
-                gelu,
-            }));
-        }
         let (project_in, project_out) = if proj != h {
             (
                 Some(Linear::load(&w, &format!("{p}.project_in"), false, (h, proj))?),
@@ -209,17 +217,17 @@ impl Opt {
             bos_token_id: cfg.bos_token_id,
             block_prefix: "model.decoder.layers.",
         };
+        let embed_positions =
+            w.get(&format!("{p}.embed_positions.weight"), &[cfg.max_position_embeddings + POSITION_OFFSET, h])?;
+        let load_block = move |w: &Weights, i| Ok(Box::new(Block::load(&cfg, w, i)?) as Box<dyn DecoderBlock>);
         Ok(Opt {
-            embed_positions: w.get(
-                &format!("{p}.embed_positions.weight"),
-                &[cfg.max_position_embeddings + POSITION_OFFSET, h],
-            )?,
+            embed_positions,
             embed_tokens,
             project_in,
             project_out,
             final_layer_norm,
             lm_head,
-            stack: Stack::new(info, blocks, w, device, kind),
+            stack: Stack::new(info, w, Box::new(load_block), streamed, device, kind)?,
         })
     }
 }

@@ -1,25 +1,45 @@
 //! Checkpoint tensors from single or sharded safetensors, checked by name and shape on lookup.
+//!
+//! Opening a checkpoint reads only the safetensors headers; tensors are read on demand, each
+//! straight into its own buffer with a positioned read, converted to the run's dtype and moved to
+//! its device before the next is read. A resident model reads them all up front (`load`); a
+//! streamed one reads one block at a time, so models larger than host memory can be pruned.
 
 use anyhow::{bail, Context, Result};
-use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::tensor::Metadata;
 use safetensors::Dtype;
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use crate::hub::RepoRef;
 
+/// Where one tensor lies: its file, byte range (absolute) and layout.
+#[derive(Clone, Debug)]
+struct Location {
+    file: usize,
+    start: u64,
+    end: u64,
+    kind: Kind,
+    shape: Vec<i64>,
+}
+
 pub struct Weights {
-    tensors: HashMap<String, Tensor>,
-    /// Tensor names, sorted (the order checkpoints are saved in).
-    order: Vec<String>,
+    files: Vec<PathBuf>,
+    index: HashMap<String, Location>,
+    /// Tensors already read (all of them for a resident model).
+    resident: HashMap<String, Tensor>,
+    device: Device,
+    kind: Kind,
     source: String,
 }
 
 impl Weights {
-    /// `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
-    pub fn load(repo: &RepoRef, device: Device, kind: Kind) -> Result<Self> {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`,
+    /// reading the headers only; tensors come from disk when asked for (or all at once, `read_all`).
+    pub fn open(repo: &RepoRef, device: Device, kind: Kind) -> Result<Self> {
         let files = if repo.has_local("model.safetensors")
             || (repo.local_dir().is_none()
                 && !repo.has_local("model.safetensors.index.json")
@@ -41,31 +61,91 @@ impl Weights {
             let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
             shards.into_iter().map(|s| repo.get(s)).collect::<Result<Vec<_>>>()?
         };
-        let mut tensors = HashMap::new();
-        for f in &files {
-            read_file(f, device, kind, &mut tensors)?;
-        }
-        // Sorted, so saved checkpoints are reproducible.
-        let mut order: Vec<String> = tensors.keys().cloned().collect();
-        order.sort();
         let source = files.first().map(|f| f.display().to_string()).unwrap_or_default();
-        Ok(Weights { tensors, order, source })
+        let mut w = Weights { files: Vec::new(), index: HashMap::new(), resident: HashMap::new(), device, kind, source };
+        for f in files {
+            w.add_file(&f)?;
+        }
+        Ok(w)
+    }
+
+    /// Indexes one safetensors file; its tensors replace any of the same name (a rewritten block).
+    pub fn add_file(&mut self, path: &Path) -> Result<()> {
+        let bad = |what: String| anyhow::anyhow!("{}: not a valid safetensors file: {what}", path.display());
+        let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file_len = file.metadata()?.len();
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|e| bad(format!("header length: {e}")))?;
+        let header_len = u64::from_le_bytes(len);
+        if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
+            return Err(bad(format!("header length {header_len} for a file of {file_len} bytes")));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header)?;
+        let meta: Metadata = serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+        let data_start = 8 + header_len;
+        let file_no = self.files.len();
+        for (name, info) in meta.tensors() {
+            let kind = tch_kind(info.dtype)
+                .ok_or_else(|| bad(format!("tensor `{name}` has unsupported dtype {:?}", info.dtype)))?;
+            let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+            let bytes = shape.iter().product::<i64>() as u64 * kind.elt_size_in_bytes() as u64;
+            let (start, end) = (data_start + info.data_offsets.0 as u64, data_start + info.data_offsets.1 as u64);
+            if end - start != bytes || end > file_len {
+                return Err(bad(format!(
+                    "tensor `{name}`: offsets {:?} do not fit shape {shape:?} or the file",
+                    info.data_offsets
+                )));
+            }
+            self.resident.remove(&name);
+            self.index.insert(name, Location { file: file_no, start, end, kind, shape });
+        }
+        self.files.push(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Reads every tensor not yet in memory, in file order (one sequential pass per file).
+    pub fn read_all(&mut self) -> Result<()> {
+        let mut todo: Vec<(String, Location)> =
+            self.index.iter().filter(|(n, _)| !self.resident.contains_key(*n)).map(|(n, l)| (n.clone(), l.clone())).collect();
+        todo.sort_by_key(|(_, l)| (l.file, l.start));
+        for (name, loc) in todo {
+            let t = self.read(&name, &loc)?;
+            self.resident.insert(name, t);
+        }
+        Ok(())
+    }
+
+    /// One tensor from disk, in the run's dtype (floating point only) and on its device.
+    fn read(&self, name: &str, loc: &Location) -> Result<Tensor> {
+        let path = &self.files[loc.file];
+        let t = Tensor::empty(&loc.shape, (loc.kind, Device::Cpu));
+        let bytes = (loc.end - loc.start) as usize;
+        // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `bytes` bytes, written only here.
+        let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, bytes) };
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        file.read_exact_at(buf, loc.start).with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+        let t = if t.is_floating_point() { t.to_kind(self.kind) } else { t };
+        Ok(t.to_device(self.device))
     }
 
     /// The tensor `name`, which must have `shape`; errors name the file, the tensor and both shapes.
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
-        let Some(t) = self.lookup(name) else {
+        let Some((key, loc)) = self.lookup(name) else {
             bail!("{}: missing weight tensor `{name}`", self.source);
         };
-        if t.size() != shape {
+        if loc.shape != shape {
             bail!(
                 "{}: tensor `{name}` has shape {:?}, config.json implies {:?}",
-                self.source,
-                t.size(),
+                self.files[loc.file].display(),
+                loc.shape,
                 shape
             );
         }
-        Ok(t.shallow_clone())
+        match self.resident.get(key) {
+            Some(t) => Ok(t.shallow_clone()),
+            None => self.read(key, loc),
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -73,58 +153,44 @@ impl Weights {
     }
 
     /// Older OPT checkpoints store `decoder.*` where transformers names `model.decoder.*`.
-    fn lookup(&self, name: &str) -> Option<&Tensor> {
-        self.tensors
-            .get(name)
-            .or_else(|| name.strip_prefix("model.").and_then(|n| self.tensors.get(n)))
+    fn lookup(&self, name: &str) -> Option<(&str, &Location)> {
+        let hit = |n: &str| self.index.get_key_value(n).map(|(k, l)| (k.as_str(), l));
+        hit(name).or_else(|| name.strip_prefix("model.").and_then(hit))
     }
 
-    /// All tensors by sorted name, sharing storage with what the model uses.
+    /// Every tensor name in the checkpoint, sorted (the order checkpoints are saved in).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.index.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Bytes of all tensors once loaded in the run's dtype.
+    pub fn loaded_bytes(&self) -> u64 {
+        let kind = self.kind;
+        self.index
+            .values()
+            .map(|l| {
+                let elt = if is_float(l.kind) { kind.elt_size_in_bytes() } else { l.kind.elt_size_in_bytes() };
+                l.shape.iter().product::<i64>() as u64 * elt as u64
+            })
+            .sum()
+    }
+
+    /// The tensor under its checkpoint name, without shape check (for copying it as it is).
+    pub fn get_any(&self, name: &str) -> Result<Tensor> {
+        let shape = self.lookup(name).map(|(_, l)| l.shape.clone()).unwrap_or_default();
+        self.get(name, &shape)
+    }
+
+    /// All tensors by sorted name, sharing storage with what the model uses (resident models).
     pub fn into_named(mut self) -> Vec<(String, Tensor)> {
-        self.order
-            .iter()
-            .filter_map(|n| self.tensors.remove(n).map(|t| (n.clone(), t)))
-            .collect()
+        self.names().into_iter().filter_map(|n| self.resident.remove(&n).map(|t| (n, t))).collect()
     }
 }
 
-/// Reads every tensor of one safetensors file straight into its own buffer, converting and
-/// moving each before the next is read. Host memory thus peaks at the loaded weights plus one
-/// tensor (one tensor in all when loading to a GPU), where reading the whole file first would
-/// hold the file and all its tensors at once.
-fn read_file(path: &Path, device: Device, kind: Kind, out: &mut HashMap<String, Tensor>) -> Result<()> {
-    let bad = |what: String| anyhow::anyhow!("{}: not a valid safetensors file: {what}", path.display());
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let file_len = file.metadata()?.len();
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|e| bad(format!("header length: {e}")))?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
-        return Err(bad(format!("header length {header_len} for a file of {file_len} bytes")));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)?;
-    let meta: Metadata = serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
-    let data_start = 8 + header_len;
-    let mut infos: Vec<(String, &TensorInfo)> = meta.tensors().into_iter().collect();
-    infos.sort_by_key(|(_, info)| info.data_offsets.0); // one sequential pass over the file
-    for (name, info) in infos {
-        let (start, end) = info.data_offsets;
-        let file_kind = tch_kind(info.dtype).ok_or_else(|| bad(format!("tensor `{name}` has unsupported dtype {:?}", info.dtype)))?;
-        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        let t = Tensor::empty(&shape, (file_kind, Device::Cpu));
-        let bytes = t.numel() * file_kind.elt_size_in_bytes();
-        if end - start != bytes || data_start + end as u64 > file_len {
-            return Err(bad(format!("tensor `{name}`: offsets {start}..{end} do not fit shape {shape:?} or the file")));
-        }
-        // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `bytes` bytes, written only here.
-        let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, bytes) };
-        file.seek(SeekFrom::Start(data_start + start as u64))?;
-        file.read_exact(buf).with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
-        let t = if t.is_floating_point() { t.to_kind(kind) } else { t };
-        out.insert(name, t.to_device(device));
-    }
-    Ok(())
+fn is_float(kind: Kind) -> bool {
+    matches!(kind, Kind::Half | Kind::Float | Kind::Double | Kind::BFloat16)
 }
 
 fn tch_kind(dtype: Dtype) -> Option<Kind> {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::CausalLm;
+use crate::model::{BlockCtx, CausalLm, DecoderBlock, Tap};
 use mask::{Group, Pattern};
 use metric::Metric;
 use sparsegpt::MaskRule;
@@ -132,10 +132,10 @@ pub fn prune_model(
 ) -> Result<PruneReport> {
     pattern.check_sparsity(sparsity)?;
     let device = model.device();
-    let n_blocks = model.blocks().len();
+    let n_blocks = model.stack().n_blocks();
     let mut prune_seconds = 0.0;
     let mut forward_seconds = 0.0;
-    let mut alphas = HashMap::new();
+    let mut layers = Vec::new();
     let bar = crate::progress::bar(n_blocks as u64, "pruning");
 
     let mut acts = match (method.needs_calibration(), calib) {
@@ -151,6 +151,8 @@ pub fn prune_model(
 
     for b in 0..n_blocks {
         let block_name = format!("{}{b}", model.info().block_prefix);
+        let mut block = model.stack_mut().take_block(b)?;
+        let mut alphas = HashMap::new();
         // Statistics per distinct input, under the first layer's name; `leader` maps every
         // layer to the layer whose statistics it shares (q/k/v, gate/up see the same tensor).
         let mut norms: HashMap<&str, InputNorms> = HashMap::new();
@@ -159,7 +161,6 @@ pub fn prune_model(
         if let Some(a) = &acts {
             bar.set_message(format!("block {b}: calibration statistics"));
             let t = Instant::now();
-            let block = &model.blocks()[b];
             a.run(block.as_ref(), &mut |names, x| {
                 let key = names[0];
                 leader.extend(names.iter().map(|n| (*n, key)));
@@ -178,7 +179,7 @@ pub fn prune_model(
             forward_seconds += t.elapsed().as_secs_f64();
         }
         let mut hessians = SharedHessians::new(hessians, &leader);
-        for (name, linear) in model.blocks_mut()[b].linears_mut() {
+        for (name, linear) in block.linears_mut() {
             bar.set_message(format!("block {b}: {name}"));
             let t = Instant::now();
             let w = &linear.weight;
@@ -192,7 +193,7 @@ pub fn prune_model(
                         Pattern::NM { n, m } => mask::n_m(&score, n, m)?,
                         Pattern::Unstructured if *variant => {
                             let (mask, alpha) = mask::variant(&score, sparsity);
-                            alphas.insert(format!("{block_name}.{name}"), alpha);
+                            alphas.insert(name, alpha);
                             mask
                         }
                         Pattern::Unstructured => mask::unstructured(&score, sparsity, *group),
@@ -222,13 +223,14 @@ pub fn prune_model(
         if let Some(a) = acts.as_mut().filter(|_| b + 1 < n_blocks) {
             bar.set_message(format!("block {b}: pruned outputs"));
             let t = Instant::now();
-            a.advance(model.blocks()[b].as_ref());
+            a.advance(block.as_ref());
             forward_seconds += t.elapsed().as_secs_f64();
         }
+        layers.extend(block_sparsity(&block_name, block.as_ref(), &alphas));
+        model.stack_mut().put_back(b, block)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let layers = sparsity_by_layer(model, &alphas);
     let (zeros, numel) = layers.iter().fold((0, 0), |(z, n), l| (z + l.zeros, n + l.numel));
     Ok(PruneReport {
         sparsity_actual: zeros as f64 / numel.max(1) as f64,
@@ -278,32 +280,30 @@ fn rescore_block(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, col: i
     metric.score(w, &LayerStats { norms: sliced.as_ref(), hessian: None }).expect("statistics were collected for this metric")
 }
 
-/// Zeros per pruned linear layer, by hub name.
-pub fn sparsity_by_layer(model: &dyn CausalLm, alphas: &HashMap<String, f64>) -> Vec<LayerSparsity> {
-    let prefix = model.info().block_prefix;
-    let mut out = Vec::new();
-    for (b, block) in model.blocks().iter().enumerate() {
-        for (name, linear) in block.linears() {
-            let full = format!("{prefix}{b}.{name}");
+/// Zeros per linear layer of one block, by hub name.
+pub fn block_sparsity(block_name: &str, block: &dyn DecoderBlock, alphas: &HashMap<&str, f64>) -> Vec<LayerSparsity> {
+    block
+        .linears()
+        .into_iter()
+        .map(|(name, linear)| {
             let numel = linear.weight.numel() as i64;
             let zeros = linear.weight.eq(0.0).sum(Kind::Int64).int64_value(&[]);
-            out.push(LayerSparsity {
-                alpha: alphas.get(&full).copied(),
-                name: full,
+            LayerSparsity {
+                alpha: alphas.get(name).copied(),
+                name: format!("{block_name}.{name}"),
                 zeros,
                 numel,
                 sparsity: zeros as f64 / numel as f64,
-            });
-        }
-    }
-    out
+            }
+        })
+        .collect()
 }
 
 /// The two calibration activation buffers: inputs of the current block and its outputs.
 struct Activations {
     inps: Tensor,
     outs: Tensor,
-    ctx: crate::model::BlockCtx,
+    ctx: BlockCtx,
     batch: i64,
 }
 
@@ -321,7 +321,7 @@ impl Activations {
     }
 
     /// Runs `block` over all samples with `tap` seeing each linear layer's inputs.
-    fn run(&self, block: &dyn crate::model::DecoderBlock, tap: crate::model::Tap) {
+    fn run(&self, block: &dyn DecoderBlock, tap: Tap) {
         let n = self.inps.size()[0];
         for s in (0..n).step_by(self.batch as usize) {
             let b = self.batch.min(n - s);
@@ -330,7 +330,7 @@ impl Activations {
     }
 
     /// Runs the (pruned) block over all samples; its outputs become the next block's inputs.
-    fn advance(&mut self, block: &dyn crate::model::DecoderBlock) {
+    fn advance(&mut self, block: &dyn DecoderBlock) {
         let n = self.inps.size()[0];
         for s in (0..n).step_by(self.batch as usize) {
             let b = self.batch.min(n - s);

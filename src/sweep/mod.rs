@@ -163,7 +163,7 @@ fn execute(hub: &Hub, p: &Planned, bar: &ProgressBar) -> Record {
     };
     let outcome = match &p.id {
         Err(e) => Err(anyhow::anyhow!("{e}")),
-        Ok(_) => run_job(hub, &p.run.spec.model, p.run.spec.prune.as_ref(), &p.run.spec.eval, &StageOnBar(bar, &p.run.label)).map(|(_, out)| out),
+        Ok(_) => run_job(hub, &p.run.spec.model, p.run.spec.prune.as_ref(), &p.run.spec.eval, None, &StageOnBar(bar, &p.run.label)),
     };
     let (status, error, result) = match outcome {
         Ok(out) => (Status::Ok, None, out),
