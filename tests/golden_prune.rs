@@ -68,6 +68,11 @@ fn check_case(file: &str) {
     let iterative = method_name.ends_with("_iter");
     let min_sample_agreement = if iterative { 0.9 } else { 1.0 };
     let ppl_rel = if iterative { 5e-3 } else { 1e-3 };
+    // SparseGPT and the sequential ablations: Frobenius norms within 1e-5 relative (observed
+    // 1.1e-6), every sampled weight within 1e-4 of max(|w|, rms of the layer) (observed 7.2e-5);
+    // the iterative ablations: within 1e-3 absolute for the share above.
+    let fro_rel = if iterative { 1e-3 } else { 1e-5 };
+    let weight_tolerance = |want: f64, rms: f64| if iterative { 1e-3 } else { 1e-4 * want.abs().max(rms) };
     let layers = g["layers"].as_object().unwrap();
     assert_eq!(report.layers.len(), layers.len(), "{file}: number of pruned layers");
     let prefix = loaded.model.info().block_prefix;
@@ -84,14 +89,20 @@ fn check_case(file: &str) {
                 assert_eq!(mask_sha256(w), want["mask_sha256"].as_str().unwrap(), "{file}: mask of {full}");
             } else if want.get("weight_samples").is_some() {
                 let fro = w.to_kind(Kind::Double).norm().double_value(&[]);
-                assert_close(&format!("{file}: fro norm of {full}"), &[fro], &[want["weight_fro_norm"].as_f64().unwrap()], 1e-3, 0.0);
+                let want_fro = want["weight_fro_norm"].as_f64().unwrap();
+                assert_close(&format!("{file}: fro norm of {full}"), &[fro], &[want_fro], fro_rel, 0.0);
+                // Relative to the weight, or to the layer's scale (rms) for weights near zero.
+                let rms = want_fro / (w.numel() as f64).sqrt();
                 let samples = want["weight_samples"].as_array().unwrap();
                 let close = samples
                     .iter()
-                    .filter(|s| (w.double_value(&[s[0].as_i64().unwrap(), s[1].as_i64().unwrap()]) - s[2].as_f64().unwrap()).abs() <= 1e-3)
+                    .filter(|s| {
+                        let (got, want) = (w.double_value(&[s[0].as_i64().unwrap(), s[1].as_i64().unwrap()]), s[2].as_f64().unwrap());
+                        (got - want).abs() <= weight_tolerance(want, rms)
+                    })
                     .count();
                 let share = close as f64 / samples.len() as f64;
-                assert!(share >= min_sample_agreement, "{file}: {full}: {close}/{} weight samples within 1e-3", samples.len());
+                assert!(share >= min_sample_agreement, "{file}: {full}: {close}/{} weight samples within tolerance", samples.len());
             }
         }
     }
