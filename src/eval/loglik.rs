@@ -62,7 +62,7 @@ pub fn loglikelihoods(
             let mut flat = Vec::with_capacity(chunk.len() * width);
             for it in chunk.iter() {
                 flat.extend(&it.input);
-                flat.extend(std::iter::repeat(0).take(width - it.input.len()));
+                flat.extend(std::iter::repeat_n(0, width - it.input.len()));
             }
             Tensor::from_slice(&flat).view([chunk.len() as i64, width as i64])
         })

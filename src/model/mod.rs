@@ -271,7 +271,10 @@ pub fn forward_batches(model: &dyn CausalLm, batches: &[Tensor], mut f: impl FnM
         }
         let mut hidden: Vec<Tensor> = batches[start..end].iter().map(|ids| model.embed(&ids.to_device(model.device()))).collect();
         let mut contexts: HashMap<i64, BlockCtx> = HashMap::new();
+        let bar = crate::progress::bar(stack.n_blocks() as u64, "blocks");
+        bar.set_message(format!("batches {}..{} of {}", start + 1, end, batches.len()));
         for b in 0..stack.n_blocks() {
+            bar.inc(1);
             let block = stack.block(b)?;
             for h in hidden.iter_mut() {
                 let len = h.size()[1];
@@ -279,6 +282,7 @@ pub fn forward_batches(model: &dyn CausalLm, batches: &[Tensor], mut f: impl FnM
                 *h = block.forward(h, ctx, &mut |_, _| {});
             }
         }
+        bar.finish_and_clear();
         for (k, h) in hidden.into_iter().enumerate() {
             f(start + k, model.head(&h))?;
         }

@@ -213,7 +213,7 @@ pub fn prune_model(
                         }
                         _ => sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Saliency)?,
                     };
-                    let _ = linear.weight.copy_(&new);
+                    linear.weight.copy_(&new);
                 }
             }
             sync(device);
@@ -315,7 +315,7 @@ impl Activations {
         for s in (0..n).step_by(batch as usize) {
             let b = batch.min(n - s);
             let x = model.embed(&ids.narrow(0, s, b).to_device(model.device()));
-            let _ = inps.narrow(0, s, b).copy_(&x);
+            inps.narrow(0, s, b).copy_(&x);
         }
         Activations { outs: inps.zeros_like(), inps, ctx: model.context(l), batch }
     }
@@ -335,7 +335,7 @@ impl Activations {
         for s in (0..n).step_by(self.batch as usize) {
             let b = self.batch.min(n - s);
             let y = block.forward(&self.inps.narrow(0, s, b), &self.ctx, &mut |_, _| {});
-            let _ = self.outs.narrow(0, s, b).copy_(&y);
+            self.outs.narrow(0, s, b).copy_(&y);
         }
         std::mem::swap(&mut self.inps, &mut self.outs);
     }

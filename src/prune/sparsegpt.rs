@@ -69,13 +69,13 @@ pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, 
                 mask1 = mask1.scatter_value(1, &(idx + i), 1).to_kind(Kind::Bool);
             }
             let q = col.masked_fill(&mask1.select(1, i), 0.0);
-            let _ = q1.select(1, i).copy_(&q);
+            q1.select(1, i).copy_(&q);
             let e = (&col - &q) / d;
             // W1[:, i:] -= e ⊗ Hinv1[i, i:], as one rank-1 update.
             let _ = w1.narrow(1, i, count - i).addr_(&(-&e), &hinv1.get(i).narrow(0, i, count - i));
-            let _ = err1.select(1, i).copy_(&e);
+            err1.select(1, i).copy_(&e);
         }
-        let _ = w.narrow(1, i1, count).copy_(&q1);
+        w.narrow(1, i1, count).copy_(&q1);
         if i2 < cols {
             let mut tail = w.narrow(1, i2, cols - i2);
             tail -= err1.matmul(&hinv.narrow(0, i1, count).narrow(1, i2, cols - i2));
