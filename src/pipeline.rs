@@ -1,7 +1,7 @@
 //! One job — load a model, optionally prune it, evaluate it — as a library function, so the
 //! `prune`/`eval` commands and the sweep runner share one code path and one JSON result shape.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -13,7 +13,7 @@ use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
 use crate::eval::ppl::perplexity;
 use crate::eval::tasks::{task, ALL_TASKS};
 use crate::eval::zeroshot::evaluate_task;
-use crate::hub::Hub;
+use crate::hub::{Hub, RepoKind};
 use crate::model::{self, Loaded, Streaming};
 use crate::prune::mask::{Group, Pattern};
 use crate::prune::{prune_model, Method};
@@ -109,6 +109,9 @@ pub fn run_job(
     obs.stage("loading");
     let device = parse_device(&spec.device)?;
     let kind = parse_dtype(spec.dtype.as_deref(), device)?;
+    if let Some(dir) = save {
+        refuse_saving_over_source(hub, &spec.model, dir)?;
+    }
     let mut loaded = model::load(hub, &spec.model, device, kind, spec.streaming)?;
     if let Some(dir) = save {
         // A streamed model writes each pruned block straight into the checkpoint.
@@ -139,6 +142,17 @@ pub fn run_job(
     out.insert("total_seconds".into(), json!(start.elapsed().as_secs_f64()));
     out.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
     Ok(out)
+}
+
+/// Saving into the directory the model is read from would overwrite it (mid-run, for a
+/// streamed model).
+fn refuse_saving_over_source(hub: &Hub, model: &str, dir: &Path) -> Result<()> {
+    let config = hub.repo(model, RepoKind::Model).get("config.json")?;
+    let source = config.parent().and_then(|d| d.canonicalize().ok());
+    if source.is_some() && dir.canonicalize().ok() == source {
+        bail!("--save {}: this is the directory of the model `{model}` itself; choose another directory", dir.display());
+    }
+    Ok(())
 }
 
 fn prune_step(

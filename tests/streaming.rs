@@ -99,3 +99,26 @@ fn streamed_save_refuses_a_stale_single_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("model.safetensors") && err.contains("remove it or save elsewhere"), "{err}");
 }
+
+/// Saving into the model's own directory is refused before anything is loaded or written.
+#[test]
+fn saving_over_the_source_model_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(&fixture_model("llama-tiny-random")).to_path_buf();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let before = std::fs::read(tmp.path().join("model.safetensors")).unwrap();
+    for stream in ["off", "on"] {
+        let out = repro()
+            .args(["prune", "--model", tmp.path().to_str().unwrap(), "--method", "magnitude", "--stream", stream])
+            .args(["--save", tmp.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("directory of the model") && err.contains("choose another directory"), "{err}");
+    }
+    assert_eq!(std::fs::read(tmp.path().join("model.safetensors")).unwrap(), before);
+}
