@@ -50,7 +50,10 @@ pub fn save(loaded: &mut Loaded, dir: &Path, provenance: &serde_json::Value) -> 
     for f in COPIED_FILES {
         if loaded.repo.has_local(f) {
             let src = loaded.repo.get(f)?;
-            std::fs::copy(&src, dir.join(f)).with_context(|| format!("cannot copy {} to {}", src.display(), dir.display()))?;
+            let dest = dir.join(f);
+            // A read-only copy from an earlier save (hub files are read-only) would refuse the new one.
+            let _ = std::fs::remove_file(&dest);
+            std::fs::copy(&src, &dest).with_context(|| format!("cannot copy {} to {}", src.display(), dir.display()))?;
         }
     }
     write(dir, "repro.json", &serde_json::to_string_pretty(provenance)?)
