@@ -4,14 +4,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn run_err(args: &[&str]) -> String {
-    let out = repro().args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "expected a clean failure for {args:?}, stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
-    stderr
-}
-
 /// A copy of llama-tiny-random whose config.json is `edit`ed and whose tensors are filtered by `keep`.
 fn broken_model(dir: &Path, edit: impl Fn(&mut serde_json::Value), keep: impl Fn(&str) -> bool) {
     let src = fixtures().join("models/llama-tiny-random");

@@ -3,12 +3,6 @@
 mod common;
 use common::*;
 
-fn json_of(out: &std::process::Output) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap()
-}
-
 #[test]
 fn prune_reports_saves_and_reloads() {
     let tmp = tempfile::tempdir().unwrap();

@@ -7,12 +7,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Tensor;
 
-fn json_of(out: &std::process::Output) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap()
-}
-
 /// Every tensor of a saved checkpoint, single file or sharded.
 fn checkpoint_tensors(dir: &Path) -> BTreeMap<String, Tensor> {
     let mut out = BTreeMap::new();
@@ -90,13 +84,8 @@ fn streamed_pruning_equals_resident() {
 fn streamed_save_refuses_a_stale_single_file() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("model.safetensors"), b"old").unwrap();
-    let out = repro()
-        .args(["prune", "--model", &fixture_model("llama-tiny-random"), "--method", "magnitude", "--stream", "on"])
-        .args(["--save", tmp.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let model = fixture_model("llama-tiny-random");
+    let err = run_err(&["prune", "--model", &model, "--method", "magnitude", "--stream", "on", "--save", tmp.path().to_str().unwrap()]);
     assert!(err.contains("model.safetensors") && err.contains("remove it or save elsewhere"), "{err}");
 }
 
@@ -111,13 +100,8 @@ fn saving_over_the_source_model_is_refused() {
     }
     let before = std::fs::read(tmp.path().join("model.safetensors")).unwrap();
     for stream in ["off", "on"] {
-        let out = repro()
-            .args(["prune", "--model", tmp.path().to_str().unwrap(), "--method", "magnitude", "--stream", stream])
-            .args(["--save", tmp.path().to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let dir = tmp.path().to_str().unwrap();
+        let err = run_err(&["prune", "--model", dir, "--method", "magnitude", "--stream", stream, "--save", dir]);
         assert!(err.contains("directory of the model") && err.contains("choose another directory"), "{err}");
     }
     assert_eq!(std::fs::read(tmp.path().join("model.safetensors")).unwrap(), before);

@@ -2,7 +2,7 @@
 //!
 //! Opening a checkpoint reads only the safetensors headers; tensors are read on demand, each
 //! straight into its own buffer with a positioned read, converted to the run's dtype and moved to
-//! its device before the next is read. A resident model reads them all up front (`load`); a
+//! its device before the next is read. A resident model reads them all up front (`read_all`); a
 //! streamed one reads one block at a time, so models larger than host memory can be pruned.
 
 use anyhow::{bail, Context, Result};

@@ -33,3 +33,19 @@ pub fn repro() -> std::process::Command {
     c.env("REPRO_HUB_MIRROR", fixtures()).env("HF_HUB_OFFLINE", "1");
     c
 }
+
+/// The JSON object a successful `--json` run prints as its last stdout line.
+pub fn json_of(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap()
+}
+
+/// Runs `repro args`, which must fail cleanly (exit code 1, no panic); returns its stderr.
+pub fn run_err(args: &[&str]) -> String {
+    let out = repro().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "expected a clean failure for {args:?}, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
+    stderr
+}
