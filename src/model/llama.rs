@@ -2,6 +2,7 @@
 //! RMSNorm, rotary positions, grouped-query attention and a SwiGLU MLP.
 
 use anyhow::{bail, Result};
+use std::ops::ControlFlow;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
@@ -158,9 +159,9 @@ fn rotate_half(x: &Tensor) -> Tensor {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor {
+    fn forward(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> ControlFlow<(), Tensor> {
         let (b, l, _) = x.size3().expect("hidden states are (B, L, H)");
-        tap(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], x);
+        tap(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], x)?;
         let q = self.q_proj.forward(x);
         let k = self.k_proj.forward(x);
         let v = self.v_proj.forward(x);
@@ -183,8 +184,8 @@ impl Attention {
         let (k, v) = (expand(k), expand(v));
         let y = ctx.attend(&q, &k, &v);
         let y = y.transpose(1, 2).reshape([b, l, self.heads * self.head_dim]);
-        tap(&["self_attn.o_proj"], &y);
-        self.o_proj.forward(&y)
+        tap(&["self_attn.o_proj"], &y)?;
+        ControlFlow::Continue(self.o_proj.forward(&y))
     }
 }
 
@@ -218,17 +219,17 @@ impl Block {
 }
 
 impl DecoderBlock for Block {
-    fn forward(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor {
+    fn forward_tapped(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> ControlFlow<(), Tensor> {
         let h = x + self
             .attn
-            .forward(&rms_norm(x, &self.input_layernorm, self.eps), ctx, tap);
+            .forward(&rms_norm(x, &self.input_layernorm, self.eps), ctx, tap)?;
         let n = rms_norm(&h, &self.post_attention_layernorm, self.eps);
-        tap(&["mlp.gate_proj", "mlp.up_proj"], &n);
+        tap(&["mlp.gate_proj", "mlp.up_proj"], &n)?;
         let gate = self.mlp.gate_proj.forward(&n).silu();
         let up = self.mlp.up_proj.forward(&n);
         let act = gate * up;
-        tap(&["mlp.down_proj"], &act);
-        h + self.mlp.down_proj.forward(&act)
+        tap(&["mlp.down_proj"], &act)?;
+        ControlFlow::Continue(h + self.mlp.down_proj.forward(&act))
     }
 
     fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 
 use crate::hub::{Hub, RepoKind, RepoRef};
@@ -45,7 +46,8 @@ impl Linear {
 /// Called before the linear layers run with (their names inside the block, their common input):
 /// this is how calibration statistics see each layer's actual inputs. Layers fed the very same
 /// tensor (q/k/v, gate/up) come in one call, so their identical statistics are computed once.
-pub type Tap<'a> = &'a mut dyn FnMut(&[&'static str], &Tensor);
+/// `Break` ends the pass there: the statistics pass needs nothing after the last layer's input.
+pub type Tap<'a> = &'a mut dyn FnMut(&[&'static str], &Tensor) -> ControlFlow<()>;
 
 /// Per-sequence-length tensors that every block needs (rotary tables, attention masks).
 pub struct BlockCtx {
@@ -62,8 +64,17 @@ impl BlockCtx {
 }
 
 pub trait DecoderBlock: Send {
+    /// hidden (B, L, H) -> hidden (B, L, H), showing `tap` each linear layer's input first;
+    /// `Break` when the tap ended the pass early.
+    fn forward_tapped(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> ControlFlow<(), Tensor>;
+
     /// hidden (B, L, H) -> hidden (B, L, H).
-    fn forward(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor;
+    fn forward(&self, x: &Tensor, ctx: &BlockCtx) -> Tensor {
+        match self.forward_tapped(x, ctx, &mut |_, _| ControlFlow::Continue(())) {
+            ControlFlow::Continue(y) => y,
+            ControlFlow::Break(()) => unreachable!("a tap that never breaks lets the block run to its end"),
+        }
+    }
     /// The prunable linear layers, by their hub names inside the block (`self_attn.q_proj`, `mlp.up_proj`, `fc1`),
     /// in the order the forward pass uses them.
     fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)>;
@@ -237,7 +248,7 @@ pub trait CausalLm: Send {
         let ctx = self.context(ids.size()[1]);
         let mut h = self.embed(ids);
         for i in 0..self.stack().n_blocks() {
-            h = self.stack().block(i)?.forward(&h, &ctx, &mut |_, _| {});
+            h = self.stack().block(i)?.forward(&h, &ctx);
         }
         Ok(self.head(&h))
     }
@@ -279,7 +290,7 @@ pub fn forward_batches(model: &dyn CausalLm, batches: &[Tensor], mut f: impl FnM
             for h in hidden.iter_mut() {
                 let len = h.size()[1];
                 let ctx = contexts.entry(len).or_insert_with(|| model.context(len));
-                *h = block.forward(h, ctx, &mut |_, _| {});
+                *h = block.forward(h, ctx);
             }
         }
         bar.finish_and_clear();
@@ -375,5 +386,30 @@ mod tests {
         assert!(!Streaming::Auto.decide(huge, Device::Cuda(0)), "GPU runs hold the weights on the GPU, not in host memory");
         assert!(Streaming::On.decide(1, Device::Cpu));
         assert!(!Streaming::Off.decide(huge, Device::Cpu));
+    }
+
+    /// The statistics pass stops at the input of a block's last linear layer, so every
+    /// architecture must show its layers to the tap in the order `linears()` lists them.
+    #[test]
+    fn taps_see_every_linear_layer_in_listed_order() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let shared = root.join("../shared/fixtures/models");
+        let dirs = ["llama-gqa-llama3rope", "llama-tied", "mistral-tiny", "opt-postln", "opt-proj"]
+            .map(|d| root.join("tests/fixtures/models").join(d))
+            .into_iter()
+            .chain(["llama-tiny-random", "opt-tiny"].map(|d| shared.join(d)));
+        for dir in dirs {
+            let (model, _, _) = load_model(&Hub::new(None), dir.to_str().unwrap(), Device::Cpu, Kind::Float, Streaming::Off).unwrap();
+            let block = model.stack().block(0).unwrap();
+            let mut seen = Vec::new();
+            let ids = Tensor::from_slice(&[1i64, 5, 9, 3]).unsqueeze(0);
+            let flow = block.forward_tapped(&model.embed(&ids), &model.context(4), &mut |names, _| {
+                seen.extend_from_slice(names);
+                ControlFlow::Continue(())
+            });
+            assert!(flow.is_continue());
+            let listed: Vec<&str> = block.linears().into_iter().map(|(name, _)| name).collect();
+            assert_eq!(seen, listed, "{}", dir.display());
+        }
     }
 }

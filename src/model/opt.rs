@@ -2,6 +2,7 @@
 //! opt-350m, after) each sub-block, ReLU MLP, biases everywhere, optional project_in/out.
 
 use anyhow::{bail, Result};
+use std::ops::ControlFlow;
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
@@ -108,38 +109,38 @@ impl Block {
         })
     }
 
-    fn attention(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor {
+    fn attention(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> ControlFlow<(), Tensor> {
         let (b, l, h) = x.size3().expect("hidden states are (B, L, H)");
         let hd = h / self.heads;
         let split = |t: Tensor| t.view([b, l, self.heads, hd]).transpose(1, 2);
-        tap(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], x);
+        tap(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], x)?;
         let q = split(self.q_proj.forward(x));
         let k = split(self.k_proj.forward(x));
         let v = split(self.v_proj.forward(x));
         let y = ctx.attend(&q, &k, &v);
         let y = y.transpose(1, 2).reshape([b, l, h]);
-        tap(&["self_attn.out_proj"], &y);
-        self.out_proj.forward(&y)
+        tap(&["self_attn.out_proj"], &y)?;
+        ControlFlow::Continue(self.out_proj.forward(&y))
     }
 
-    fn mlp(&self, x: &Tensor, tap: Tap) -> Tensor {
-        tap(&["fc1"], x);
+    fn mlp(&self, x: &Tensor, tap: Tap) -> ControlFlow<(), Tensor> {
+        tap(&["fc1"], x)?;
         let a = self.fc1.forward(x);
         let a = if self.gelu { a.gelu("none") } else { a.relu() };
-        tap(&["fc2"], &a);
-        self.fc2.forward(&a)
+        tap(&["fc2"], &a)?;
+        ControlFlow::Continue(self.fc2.forward(&a))
     }
 }
 
 impl DecoderBlock for Block {
-    fn forward(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> Tensor {
-        if self.pre_ln {
-            let h = x + self.attention(&self.self_attn_layer_norm.forward(x), ctx, tap);
-            &h + self.mlp(&self.final_layer_norm.forward(&h), tap)
+    fn forward_tapped(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> ControlFlow<(), Tensor> {
+        ControlFlow::Continue(if self.pre_ln {
+            let h = x + self.attention(&self.self_attn_layer_norm.forward(x), ctx, tap)?;
+            &h + self.mlp(&self.final_layer_norm.forward(&h), tap)?
         } else {
-            let h = self.self_attn_layer_norm.forward(&(x + self.attention(x, ctx, tap)));
-            self.final_layer_norm.forward(&(&h + self.mlp(&h, tap)))
-        }
+            let h = self.self_attn_layer_norm.forward(&(x + self.attention(x, ctx, tap)?));
+            self.final_layer_norm.forward(&(&h + self.mlp(&h, tap)?))
+        })
     }
 
     fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {

@@ -12,10 +12,11 @@ pub mod stats;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{BlockCtx, CausalLm, DecoderBlock, Tap};
+use crate::model::{BlockCtx, CausalLm, DecoderBlock};
 use mask::{Group, Pattern};
 use metric::Metric;
 use sparsegpt::MaskRule;
@@ -161,7 +162,7 @@ pub fn prune_model(
         if let Some(a) = &acts {
             bar.set_message(format!("block {b}: calibration statistics"));
             let t = Instant::now();
-            a.run(block.as_ref(), &mut |names, x| {
+            a.observe(block.as_ref(), &mut |names, x| {
                 let key = names[0];
                 leader.extend(names.iter().map(|n| (*n, key)));
                 let cols = x.size()[2];
@@ -320,12 +321,22 @@ impl Activations {
         Activations { outs: inps.zeros_like(), inps, ctx: model.context(l), batch }
     }
 
-    /// Runs `block` over all samples with `tap` seeing each linear layer's inputs.
-    fn run(&self, block: &dyn DecoderBlock, tap: Tap) {
+    /// Runs `block` over all samples with `see` shown each linear layer's inputs. Each pass
+    /// stops at the last layer's input: its product and the block's output are never read.
+    fn observe(&self, block: &dyn DecoderBlock, see: &mut dyn FnMut(&[&'static str], &Tensor)) {
+        let last = block.linears().last().map(|(name, _)| *name);
+        let mut tap = |names: &[&'static str], x: &Tensor| {
+            see(names, x);
+            if names.iter().any(|n| Some(*n) == last) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
         let n = self.inps.size()[0];
         for s in (0..n).step_by(self.batch as usize) {
             let b = self.batch.min(n - s);
-            let _ = block.forward(&self.inps.narrow(0, s, b), &self.ctx, tap);
+            let _ = block.forward_tapped(&self.inps.narrow(0, s, b), &self.ctx, &mut tap);
         }
     }
 
@@ -334,7 +345,7 @@ impl Activations {
         let n = self.inps.size()[0];
         for s in (0..n).step_by(self.batch as usize) {
             let b = self.batch.min(n - s);
-            let y = block.forward(&self.inps.narrow(0, s, b), &self.ctx, &mut |_, _| {});
+            let y = block.forward(&self.inps.narrow(0, s, b), &self.ctx);
             self.outs.narrow(0, s, b).copy_(&y);
         }
         std::mem::swap(&mut self.inps, &mut self.outs);
