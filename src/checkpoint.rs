@@ -13,7 +13,7 @@ const COPIED_FILES: [&str; 5] =
 /// resident model, one shard per block plus an index for a streamed one), the tokenizer and
 /// generation files of the source repo, and `provenance` as repro.json.
 pub fn save(loaded: &mut Loaded, dir: &Path, provenance: &serde_json::Value) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    check_target(dir, loaded.model.stack().is_streamed())?;
     let mut config = loaded.config.clone();
     let torch_dtype = match dtype_name(loaded.model.kind()) {
         "f16" => "float16",
@@ -30,13 +30,6 @@ pub fn save(loaded: &mut Loaded, dir: &Path, provenance: &serde_json::Value) -> 
     if let Some(streamed) = loaded.model.stack_mut().streamed_mut() {
         streamed.save(dir)?;
     } else {
-        if dir.join("model.safetensors.index.json").exists() {
-            bail!(
-                "{}: holds a model.safetensors.index.json (an earlier sharded save?) that would confuse loaders; \
-                 remove it or save elsewhere",
-                dir.display()
-            );
-        }
         let tensors: Vec<(&str, tch::Tensor)> = loaded
             .model
             .stack()
@@ -57,6 +50,27 @@ pub fn save(loaded: &mut Loaded, dir: &Path, provenance: &serde_json::Value) -> 
         }
     }
     write(dir, "repro.json", &serde_json::to_string_pretty(provenance)?)
+}
+
+/// Creates the save directory, or refuses it, before any work is done: a path that is not a
+/// directory, or weights of the other layout from an earlier save (a resident model writes
+/// model.safetensors, a streamed one shards and an index), which loaders would mix up.
+pub fn check_target(dir: &Path, streamed: bool) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("--save {}: exists and is not a directory", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("--save {}: cannot create the directory", dir.display()))?;
+    let (stale, layout) = match streamed {
+        true => ("model.safetensors", "the sharded checkpoint a streamed model writes"),
+        false => ("model.safetensors.index.json", "the single model.safetensors a resident model writes"),
+    };
+    if dir.join(stale).exists() {
+        bail!(
+            "--save {}: holds a {stale} from an earlier save that would be mixed up with {layout}; remove it or save elsewhere",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<()> {

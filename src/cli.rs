@@ -1,11 +1,11 @@
 //! The `repro` command line: a thin layer over the library.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 
-use crate::eval::tasks::task;
+use crate::eval::tasks::{task, ALL_TASKS};
 use crate::hub::Hub;
 use crate::model::Streaming;
 use crate::pipeline::{run_job, EvalSpec, ModelSpec, Observer, PrintLines, PruneSpec, Quiet};
@@ -201,6 +201,9 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
     }
     for t in &args.tasks {
         task(t)?;
+    }
+    if let Some(t) = args.ppl.iter().find(|p| ALL_TASKS.contains(&p.as_str())) {
+        bail!("--ppl {t}: `{t}` is a zero-shot task; pass it with --tasks");
     }
     let out = run_job(hub, &args.model.spec(), None, &args.ppl_opts.spec(names), None, args.model.observer())?;
     print_json(out, args.model.json);

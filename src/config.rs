@@ -402,6 +402,24 @@ impl SweepConfig {
         if cfg.evaluation.batch_size == 0 || cfg.calibration.batch_size == 0 {
             return Err(bad("batch_size", "must be at least 1"));
         }
+        if cfg.seqlen.is_some_and(|n| n < 2) {
+            return Err(bad("seqlen", "must be at least 2 (leave it out for max_position_embeddings, as the paper)"));
+        }
+        if cfg.evaluation.max_windows == Some(0) {
+            return Err(bad("evaluation.max_windows", "must be at least 1 (leave it out for every window)"));
+        }
+        if cfg.evaluation.limit == Some(0) || cfg.evaluation.model_limits.values().any(|&l| l == 0) {
+            return Err(bad("evaluation.limit", "must be at least 1 (leave it out for every document)"));
+        }
+        let empty = [
+            ("sparsities", cfg.sparsities.is_empty()),
+            ("patterns", cfg.patterns.is_empty()),
+            ("calibration.nsamples", cfg.calibration.nsamples.is_empty()),
+            ("calibration.seeds", cfg.calibration.seeds.is_empty()),
+        ];
+        if let Some((field, _)) = empty.iter().find(|(_, is_empty)| *is_empty) {
+            return Err(bad(field, "is empty, which would drop every pruned run; leave it out for the default"));
+        }
         cfg.expand().map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(cfg)
     }
@@ -512,13 +530,15 @@ impl SweepConfig {
         self.report
             .iter()
             .map(|r| match r {
-                StrOr::Map(a) => Ok(a.clone()),
+                StrOr::Map(a) => a.check().map(|_| a.clone()).map_err(|e| anyhow!("{}: {e}", config_path.display())),
                 StrOr::Str(name) => {
                     let candidates = [dir.join("../experiments").join(format!("{name}.yaml")), PathBuf::from("experiments").join(format!("{name}.yaml"))];
                     let Some(file) = candidates.iter().find(|p| p.is_file()) else {
                         bail!("{}: report entry `{name}`: no {} (nor {})", config_path.display(), candidates[0].display(), candidates[1].display());
                     };
-                    crate::report::Artefact::load(file)
+                    let a = crate::report::Artefact::load(file)?;
+                    a.check().map_err(|e| anyhow!("{}: {e}", file.display()))?;
+                    Ok(a)
                 }
             })
             .collect()

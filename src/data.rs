@@ -91,6 +91,16 @@ impl PplCorpus {
         }
     }
 
+    /// The files this corpus reads (downloaded if need be), so that a wrong name fails before
+    /// any model is loaded or pruned.
+    pub fn locate(&self, hub: &Hub) -> Result<Vec<PathBuf>> {
+        match self {
+            PplCorpus::Wikitext2 { repo } => Ok(vec![hub.repo(repo, RepoKind::Dataset).get(WIKITEXT2_TEST)?]),
+            PplCorpus::C4 { repo } => Ok(vec![hub.repo(repo, RepoKind::Dataset).get(C4_VALIDATION)?]),
+            PplCorpus::Text { spec } => resolve_text_files(hub, spec),
+        }
+    }
+
     /// The token ids to cut into windows. `seqlen` matters only for C4's truncation.
     pub fn token_ids(
         &self,
@@ -98,32 +108,41 @@ impl PplCorpus {
         seqlen: usize,
         encode: &dyn Fn(&str) -> Result<Vec<i64>>,
     ) -> Result<Vec<i64>> {
+        let files = self.locate(hub)?;
+        let first = &files[0];
         match self {
-            PplCorpus::Wikitext2 { repo } => {
-                let path = hub
-                    .repo(repo, RepoKind::Dataset)
-                    .get("wikitext-2-raw-v1/test-00000-of-00001.parquet")?;
-                let rows = read_parquet_strings(&path, "text")?;
-                encode(&non_empty(rows, &path)?.join("\n\n"))
-            }
-            PplCorpus::C4 { repo } => {
-                let path = hub.repo(repo, RepoKind::Dataset).get("en/c4-validation.00000-of-00008.json.gz")?;
-                let docs = read_jsonl_texts(&path, Some(1100))?;
-                let mut ids = encode(&non_empty(docs, &path)?.join(" "))?;
+            PplCorpus::Wikitext2 { .. } => encode(&non_empty(read_parquet_strings(first, "text")?, first)?.join("\n\n")),
+            PplCorpus::C4 { .. } => {
+                let mut ids = encode(&non_empty(read_jsonl_texts(first, Some(1100))?, first)?.join(" "))?;
                 ids.truncate(256 * seqlen);
                 Ok(ids)
             }
-            PplCorpus::Text { spec } => {
-                let files = resolve_text_files(hub, spec)?;
+            PplCorpus::Text { .. } => {
                 let mut rows = Vec::new();
                 for f in &files {
                     rows.extend(read_text_rows(f)?);
                 }
-                let first = files.first().cloned().unwrap_or_default();
-                encode(&non_empty(rows, &first)?.join("\n\n"))
+                encode(&non_empty(rows, first)?.join("\n\n"))
             }
         }
     }
+}
+
+const WIKITEXT2_TEST: &str = "wikitext-2-raw-v1/test-00000-of-00001.parquet";
+const C4_VALIDATION: &str = "en/c4-validation.00000-of-00008.json.gz";
+
+/// Report labels for perplexity specs, in order: [`PplCorpus::label`], or the whole spec where
+/// two different specs would share one (`a/test.txt` and `b/test.txt`).
+pub fn ppl_labels(specs: &[String]) -> Vec<String> {
+    let short: Vec<String> = specs.iter().map(|s| PplCorpus::parse(s).label()).collect();
+    short
+        .iter()
+        .zip(specs)
+        .map(|(label, spec)| match short.iter().filter(|l| *l == label).count() {
+            1 => label.clone(),
+            _ => spec.clone(),
+        })
+        .collect()
 }
 
 fn non_empty(rows: Vec<String>, path: &Path) -> Result<Vec<String>> {
@@ -149,9 +168,16 @@ pub fn read_text_rows(path: &Path) -> Result<Vec<String>> {
 /// Files of a text source: a file, a directory (its parquet files, test split preferred),
 /// or a dataset repo id with an optional `:file` inside it.
 pub fn resolve_text_files(hub: &Hub, spec: &str) -> Result<Vec<PathBuf>> {
+    if spec.trim().is_empty() {
+        bail!("an empty corpus name: use wikitext2, c4, a text file or a dataset repo id");
+    }
     let p = Path::new(spec);
     if p.is_file() {
         return Ok(vec![p.to_path_buf()]);
+    }
+    let looks_like_file = [".txt", ".jsonl", ".json", ".json.gz", ".jsonl.gz", ".parquet"].iter().any(|e| spec.ends_with(e));
+    if looks_like_file && !spec.contains(':') {
+        bail!("{spec}: no such file");
     }
     let (id, file) = match spec.split_once(':') {
         Some((id, f)) => (id, Some(f)),
@@ -162,7 +188,10 @@ pub fn resolve_text_files(hub: &Hub, spec: &str) -> Result<Vec<PathBuf>> {
         return Ok(vec![repo.get(f)?]);
     }
     let Some(dir) = repo.local_dir() else {
-        bail!("dataset `{id}` is not local: name the file inside the repo as `{id}:<path/to/file.parquet>`");
+        bail!(
+            "`{id}` is not a known corpus (wikitext2, c4), a local file or directory, nor a dataset repo found \
+             locally; to read a file of a hub dataset repo, name it as `{id}:<path/to/file.parquet>`"
+        );
     };
     let mut files = Vec::new();
     collect_parquet(dir, &mut files)?;
@@ -201,6 +230,9 @@ mod tests {
         assert_eq!(PplCorpus::parse("c4:/x/y"), PplCorpus::C4 { repo: "/x/y".into() });
         assert_eq!(PplCorpus::parse("books-heldout").label(), "books-heldout");
         assert_eq!(PplCorpus::parse("../d/books-heldout/").label(), "books-heldout");
+        let specs = ["wikitext2", "a/test.txt", "b/test.txt", "books-heldout"].map(String::from);
+        assert_eq!(ppl_labels(&specs), ["wikitext2", "a/test.txt", "b/test.txt", "books-heldout"]);
+        assert_eq!(ppl_labels(&specs[..2]), ["wikitext2", "test.txt"]);
     }
 
     #[test]
@@ -215,5 +247,9 @@ mod tests {
             .token_ids(&hub, 8, &|_| Ok(vec![]))
             .unwrap_err();
         assert!(format!("{e:#}").contains("empty.txt"), "{e:#}");
+        let e = PplCorpus::parse("/nowhere/heldout.txt").locate(&hub).unwrap_err().to_string();
+        assert!(e.contains("/nowhere/heldout.txt: no such file"), "{e}");
+        let e = PplCorpus::parse("").locate(&hub).unwrap_err().to_string();
+        assert!(e.contains("empty corpus name"), "{e}");
     }
 }

@@ -1,14 +1,14 @@
 //! One job — load a model, optionally prune it, evaluate it — as a library function, so the
 //! `prune`/`eval` commands and the sweep runner share one code path and one JSON result shape.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::time::Instant;
 
 use crate::calib::CalibSource;
-use crate::data::PplCorpus;
+use crate::data::{ppl_labels, PplCorpus};
 use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
 use crate::eval::ppl::perplexity;
 use crate::eval::tasks::{task, ALL_TASKS};
@@ -62,13 +62,28 @@ impl PruneSpec {
         let group = self.group.as_deref().map(Group::parse).transpose()?;
         Method::parse(&self.method, group, self.use_variant, self.pattern)
     }
+
+    /// Checks the calibration settings and finds its file before any model is loaded.
+    fn check_calibration(&self, hub: &Hub) -> Result<()> {
+        ensure!(self.nsamples >= 1, "--nsamples must be at least 1 (the paper uses 128)");
+        ensure!(self.calib_batch_size >= 1, "--calib-batch-size must be at least 1");
+        CalibSource::parse(&self.calib).locate(hub).map(|_| ())
+    }
 }
 
 impl EvalSpec {
-    /// Fails on an unknown task name before any model is loaded.
-    pub fn check(&self) -> Result<()> {
-        for n in self.names.iter().filter(|n| ALL_TASKS.contains(&n.as_str())) {
-            task(n)?;
+    /// Fails on unknown tasks, corpora that cannot be found and empty limits before any model
+    /// is loaded or pruned.
+    pub fn check(&self, hub: &Hub) -> Result<()> {
+        ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        ensure!(self.max_windows != Some(0), "--max-windows must be at least 1 (leave it out for every window)");
+        ensure!(self.limit != Some(0), "--limit must be at least 1 (leave it out for every document)");
+        for n in &self.names {
+            if ALL_TASKS.contains(&n.as_str()) {
+                task(n)?;
+            } else {
+                PplCorpus::parse(n).locate(hub)?;
+            }
         }
         Ok(())
     }
@@ -105,7 +120,12 @@ pub fn run_job(
 ) -> Result<Map<String, Value>> {
     let start = Instant::now();
     let method = prune.map(PruneSpec::method).transpose()?;
-    eval.check()?;
+    if let (Some(p), Some(m)) = (prune, &method) {
+        if m.needs_calibration() {
+            p.check_calibration(hub)?;
+        }
+    }
+    eval.check(hub)?;
     obs.stage("loading");
     let device = parse_device(&spec.device)?;
     let kind = parse_dtype(spec.dtype.as_deref(), device)?;
@@ -113,12 +133,13 @@ pub fn run_job(
         refuse_saving_over_source(hub, &spec.model, dir)?;
     }
     let mut loaded = model::load(hub, &spec.model, device, kind, spec.streaming)?;
+    let seqlen = window_length(spec.seqlen, loaded.model.info().max_position_embeddings)?;
     if let Some(dir) = save {
+        crate::checkpoint::check_target(dir, loaded.model.stack().is_streamed())?;
         // A streamed model writes each pruned block straight into the checkpoint.
         loaded.model.stack_mut().write_blocks_to(dir)?;
     }
     let info = loaded.model.info();
-    let seqlen = spec.seqlen.unwrap_or(info.max_position_embeddings as usize);
     let mut out = Map::new();
     out.insert("model".into(), json!(spec.model));
     out.insert("architecture".into(), json!(info.architecture));
@@ -144,6 +165,20 @@ pub fn run_job(
     Ok(out)
 }
 
+/// `--seqlen`, or the model's max_position_embeddings as the official code uses; longer windows
+/// would index past learned position tables (OPT) or leave the range a model was trained on.
+fn window_length(requested: Option<usize>, max_positions: i64) -> Result<usize> {
+    match requested {
+        None if max_positions >= 2 => Ok(max_positions as usize),
+        None => bail!("config.json: max_position_embeddings = {max_positions} is not a usable window length; pass --seqlen"),
+        Some(n) if n < 2 => bail!("--seqlen must be at least 2 (got {n})"),
+        Some(n) if n as i64 > max_positions => {
+            bail!("--seqlen {n} is longer than the model's max_position_embeddings ({max_positions} in config.json); use at most {max_positions}")
+        }
+        Some(n) => Ok(n),
+    }
+}
+
 /// Saving into the directory the model is read from would overwrite it (mid-run, for a
 /// streamed model).
 fn refuse_saving_over_source(hub: &Hub, model: &str, dir: &Path) -> Result<()> {
@@ -165,6 +200,7 @@ fn prune_step(
     out: &mut Map<String, Value>,
 ) -> Result<()> {
     let calib = if method.needs_calibration() {
+        check_calibration_memory(loaded, p.nsamples, seqlen)?;
         obs.stage("calibration data");
         let (file, windows) = CalibSource::parse(&p.calib).windows(hub, &loaded.tokenizer, p.nsamples, seqlen, p.seed)?;
         out.insert(
@@ -193,9 +229,36 @@ fn prune_step(
     Ok(())
 }
 
-/// Splits evaluation names into zero-shot tasks and perplexity corpora, and runs both.
+/// The token ids and the two activation buffers of calibration live in host memory on CPU (the
+/// ids alone on a GPU); refuse sizes that cannot fit rather than abort mid-allocation.
+fn check_calibration_memory(loaded: &Loaded, nsamples: usize, seqlen: usize) -> Result<()> {
+    let tokens = nsamples as u128 * seqlen as u128;
+    let mut bytes = tokens * 8;
+    if loaded.model.device() == tch::Device::Cpu {
+        bytes += 2 * tokens * loaded.model.info().hidden_size as u128 * loaded.model.kind().elt_size_in_bytes() as u128;
+    }
+    if let Some(avail) = crate::resources::mem_available_bytes() {
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        ensure!(
+            bytes <= avail as u128,
+            "calibration with --nsamples {nsamples} x seqlen {seqlen} needs {:.1} GiB of memory for its token ids and \
+             activations, more than the {:.1} GiB available; use a smaller --nsamples or --seqlen",
+            gib(bytes),
+            gib(avail as u128)
+        );
+    }
+    Ok(())
+}
+
+/// Splits evaluation names into zero-shot tasks and perplexity corpora (each once, in order), and runs both.
 fn evaluate(hub: &Hub, loaded: &Loaded, eval: &EvalSpec, seqlen: usize, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
-    let (tasks, corpora): (Vec<String>, Vec<String>) = eval.names.iter().cloned().partition(|n| ALL_TASKS.contains(&n.as_str()));
+    let mut names: Vec<String> = Vec::new();
+    for n in &eval.names {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let (tasks, corpora): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| ALL_TASKS.contains(&n.as_str()));
     if !corpora.is_empty() {
         eval_ppl(hub, loaded, &corpora, seqlen, eval, obs, out)?;
     }
@@ -235,9 +298,8 @@ fn eval_ppl(hub: &Hub, loaded: &Loaded, specs: &[String], seqlen: usize, eval: &
     let mut details = Map::new();
     let start = Instant::now();
     let mut tokens = 0usize;
-    for spec in specs {
+    for (spec, label) in specs.iter().zip(ppl_labels(specs)) {
         let corpus = PplCorpus::parse(spec);
-        let label = corpus.label();
         obs.stage(&label);
         let ids = corpus.token_ids(hub, seqlen, &|t| loaded.tokenizer.encode(t))?;
         let r = perplexity(loaded.model.as_ref(), &ids, seqlen, eval.batch_size, eval.max_windows, &label)?;

@@ -69,6 +69,11 @@ impl Tokenizer {
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
+    /// Number of token ids the tokenizer can produce, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
     /// Token ids as `tokenizer(text).input_ids` gives them in transformers (with BOS).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
         let mut ids = self.raw_encode(text)?;

@@ -88,3 +88,60 @@ fn offline_unknown_hub_id_names_where_it_looked() {
     let e = run_err(&["eval", "--model", "nobody/no-such-model"]);
     assert!(e.contains("nobody/no-such-model") && e.contains("config.json") && e.contains("HF_HUB_OFFLINE"), "{e}");
 }
+
+/// Settings that cannot work are refused with the flag and the fix before a model is loaded
+/// or pruned, rather than after hours of work or as a libtorch panic.
+#[test]
+fn impossible_settings_are_refused_up_front() {
+    let m = fixture_model("llama-tiny-random");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let calib = ["--calib", "c4:c4-format-sample", "--seqlen", "64"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["eval", "--seqlen", "1000"], "--seqlen 1000 is longer than the model's max_position_embeddings (128 in config.json)"),
+        (vec!["eval", "--ppl", "arc_easy"], "`arc_easy` is a zero-shot task; pass it with --tasks"),
+        (vec!["eval", "--ppl", "/nowhere/held-out.txt"], "/nowhere/held-out.txt: no such file"),
+        (vec!["eval", "--ppl", "wikitxt2"], "`wikitxt2` is not a known corpus (wikitext2, c4)"),
+        (vec!["eval", "--max-windows", "0"], "--max-windows must be at least 1"),
+        (vec!["eval", "--tasks", "rte", "--limit", "0"], "--limit must be at least 1"),
+        (vec!["eval", "--batch-size", "0"], "--batch-size must be at least 1"),
+        ([&["prune", "--method", "sparsegpt", "--nsamples", "0"][..], &calib].concat(), "--nsamples must be at least 1"),
+        ([&["prune", "--method", "wanda", "--calib-batch-size", "0"][..], &calib].concat(), "--calib-batch-size must be at least 1"),
+        ([&["prune", "--method", "wanda", "--nsamples", "100000000000"][..], &calib].concat(), "use a smaller --nsamples or --seqlen"),
+        (vec!["prune", "--method", "wanda", "--calib", "/nowhere/calib.jsonl"], "--calib /nowhere/calib.jsonl: no such file"),
+        (vec!["prune", "--method", "magnitude", "--eval", "wikitext2,wikitxt2"], "`wikitxt2` is not a known corpus"),
+        (vec!["prune", "--method", "magnitude", "--pattern", "2:3", "--sparsity", "0.6666666666666666"], "layer `self_attn.q_proj` has 64 inputs, not a multiple of M = 3"),
+        (vec!["prune", "--method", "magnitude", "--save", file.to_str().unwrap()], "exists and is not a directory"),
+    ];
+    for (args, msg) in cases {
+        let out = repro().args([args[0], "--model", &m]).args(&args[1..]).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(msg) && !stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: refused only after pruning or evaluating: {stdout}");
+    }
+}
+
+/// A tokenizer with ids beyond the model's embedding table is refused at load time.
+#[test]
+fn tokenizer_larger_than_the_embedding_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    broken_model(&dir, |_| {}, |_| true);
+    std::fs::copy(fixtures().join("tokenizers/llama-2/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let e = run_err(&["eval", "--model", dir.to_str().unwrap()]);
+    assert!(e.contains("tokenizer.json has 32000 tokens but config.json's `vocab_size` is 4096"), "{e}");
+}
+
+/// A config.json naming fewer blocks than the checkpoint holds runs (as transformers does) but says so.
+#[test]
+fn blocks_beyond_num_hidden_layers_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    broken_model(&dir, |c| c["num_hidden_layers"] = serde_json::json!(1), |_| true);
+    let out = repro().args(["eval", "--model", dir.to_str().unwrap(), "--seqlen", "32", "--max-windows", "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("more blocks than config.json's `num_hidden_layers` = 1; only the first 1 are used"), "{stderr}");
+}

@@ -48,7 +48,7 @@ fn invalid_combinations_are_refused() {
         (vec!["--method", "wanda", "--pattern", "2:4", "--sparsity", "0.6"], "use --sparsity 0.5"),
         (vec!["--method", "wanda", "--pattern", "2:4", "--use-variant"], "unstructured sparsity only"),
         (vec!["--method", "sparsegpt", "--group", "per-layer"], "--group applies to metric methods"),
-        (vec!["--method", "obs"], "unknown pruning metric `obs`"),
+        (vec!["--method", "obs"], "unknown method `obs`"),
         (vec!["--method", "wanda", "--sparsity", "1.0"], "must be in [0, 1)"),
     ] {
         let out = repro().args(["prune", "--model", &m]).args(&args).output().unwrap();

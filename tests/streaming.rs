@@ -78,15 +78,23 @@ fn streamed_pruning_equals_resident() {
     }
 }
 
-/// A streamed save refuses a directory holding a single-file checkpoint, which loaders would
-/// pick over the shards, and says what to do.
+/// A save refuses a directory holding the other layout's weights from an earlier save (a
+/// single file beside shards, or an index beside a single file: loaders would mix them up),
+/// says what to do, and does so before any work, leaving the directory as it was.
 #[test]
-fn streamed_save_refuses_a_stale_single_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("model.safetensors"), b"old").unwrap();
+fn save_refuses_weights_of_the_other_layout() {
     let model = fixture_model("llama-tiny-random");
-    let err = run_err(&["prune", "--model", &model, "--method", "magnitude", "--stream", "on", "--save", tmp.path().to_str().unwrap()]);
-    assert!(err.contains("model.safetensors") && err.contains("remove it or save elsewhere"), "{err}");
+    for (stale, stream) in [("model.safetensors", "on"), ("model.safetensors.index.json", "off")] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(stale), b"old").unwrap();
+        std::fs::write(tmp.path().join("config.json"), b"{}").unwrap();
+        let dir = tmp.path().to_str().unwrap();
+        let err = run_err(&["prune", "--model", &model, "--method", "magnitude", "--stream", stream, "--save", dir]);
+        assert!(err.contains(stale) && err.contains("remove it or save elsewhere"), "{err}");
+        assert!(!err.contains("sparsity"), "refused only after pruning: {err}");
+        assert_eq!(std::fs::read(tmp.path().join("config.json")).unwrap(), b"{}");
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2, "{stream}: files were written");
+    }
 }
 
 /// Saving into the model's own directory is refused before anything is loaded or written.

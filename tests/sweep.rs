@@ -38,7 +38,7 @@ fn config_errors_name_file_line_column_and_allowed_values() {
     let e = err(&BASE.replace("sparsities: [0.5]", "sparsities: [1.5]"));
     assert!(e.contains("configs/t.yaml:5:") && e.contains("sparsity 1.5 must be in [0, 1)"), "{e}");
     let e = err(&BASE.replace("wanda,", "wandaa,"));
-    assert!(e.contains("configs/t.yaml:4:") && e.contains("unknown pruning metric `wandaa`") && e.contains("dense"), "{e}");
+    assert!(e.contains("configs/t.yaml:4:") && e.contains("unknown method `wandaa`") && e.contains("dense"), "{e}");
     let e = err(&BASE.replace("max_windows: 4", "max_windows: 4, tasks: [boolqq]"));
     assert!(e.contains("configs/t.yaml:9:") && e.contains("boolqq"), "{e}");
     let e = err(&BASE.replace("seeds: [0]", "seeds: [0], nsample: [3]"));
@@ -51,6 +51,19 @@ fn config_errors_name_file_line_column_and_allowed_values() {
     assert!(e.contains("`evaluation` names nothing to measure"), "{e}");
     let e = err(&BASE.replace("max_windows: 4}", "max_windows: 4, model_limits: {MODLE: 20}}"));
     assert!(e.contains("configs/t.yaml") && e.contains("`evaluation.model_limits`") && e.contains("`MODLE`"), "{e}");
+    // Values that would silently drop runs or fail every one of them.
+    let e = err(&BASE.replace("sparsities: [0.5]", "sparsities: []"));
+    assert!(e.contains("configs/t.yaml") && e.contains("`sparsities` is empty"), "{e}");
+    let e = err(&BASE.replace("seqlen: 64", "seqlen: 0"));
+    assert!(e.contains("`seqlen` must be at least 2"), "{e}");
+    let e = err(&BASE.replace("max_windows: 4}", "max_windows: 0}"));
+    assert!(e.contains("`evaluation.max_windows` must be at least 1"), "{e}");
+    let e = err(&BASE.replace("max_windows: 4}", "max_windows: 4, limit: 0}"));
+    assert!(e.contains("`evaluation.limit` must be at least 1"), "{e}");
+    // An artefact missing a part its kind needs is refused with the config, not after the runs.
+    let chart = "report:\n  - {name: c, title: t, kind: line, metric: \"ppl:wikitext2\", series: [{label: w, where: {method: wanda}}]}\n";
+    let e = parse(&format!("{BASE}{chart}")).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
+    assert!(e.contains("configs/t.yaml") && e.contains("report `c`: a line chart needs `x`"), "{e}");
 }
 
 #[test]
@@ -123,7 +136,7 @@ impl Sandbox {
         let cfg = self.config(text);
         let store = Store::open(&cfg.output);
         let hub = Hub::new(Some(fixtures()));
-        plan(&cfg, &hub, &store, None, false).unwrap().iter().map(|p| (p.run.label.replace(self.model.to_str().unwrap(), "M"), p.id().to_string())).collect()
+        plan(&cfg, &hub, &store, false).unwrap().iter().map(|p| (p.run.label.replace(self.model.to_str().unwrap(), "M"), p.id().to_string())).collect()
     }
 }
 
@@ -258,6 +271,14 @@ fn dry_run_only_and_fail_fast() {
     assert_eq!(failed.len(), 1);
     assert!(failed[0]["error"].as_str().unwrap().contains("multiple of M = 7") && failed[0]["label"].as_str().unwrap().contains("3:7"));
     assert!(sb.out.join("results.csv").is_file(), "the report is written despite the failure");
+
+    // `--only` reruns a subset; the report still holds every finished run.
+    let (ok, text) = run(&["--only", "*dense", "--force"]);
+    assert!(ok && text.contains("1 runs, 0 cached, 1 to run") && text.contains("3 of 3 planned runs"), "{text}");
+    let csv = std::fs::read_to_string(sb.out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    let (ok, text) = run(&["--only", "no-such-run"]);
+    assert!(!ok && text.contains("--only `no-such-run` matches none of the 3 runs"), "{text}");
 }
 
 /// Every shipped config loads, renders only artefacts that exist, and builds the paper's grid

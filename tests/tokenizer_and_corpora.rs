@@ -39,3 +39,29 @@ fn c4_validation_protocol() {
     assert_eq!(short.len(), 256 * 128);
     assert_eq!(&short[short.len() - 3..], &[2053, 1310, 265]);
 }
+
+/// Two files with one name keep separate results (labelled by their paths), and a corpus or
+/// task named twice is evaluated once, so the zero-shot mean is not skewed.
+#[test]
+fn same_named_corpora_stay_apart_and_repeats_run_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut specs = Vec::new();
+    for (dir, text) in [("a", "The quick brown fox jumps over the lazy dog. "), ("b", "It was the best of times, it was the worst of times. ")] {
+        std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+        let path = tmp.path().join(dir).join("test.txt");
+        std::fs::write(&path, text.repeat(40)).unwrap();
+        specs.push(path.to_str().unwrap().to_string());
+    }
+    let ppl = format!("{},{},{}", specs[0], specs[1], specs[0]);
+    let out = repro()
+        .args(["eval", "--model", &fixture_model("llama-tiny-random"), "--seqlen", "32", "--max-windows", "2", "--json"])
+        .args(["--ppl", &ppl, "--tasks", "rte,rte", "--limit", "4"])
+        .output()
+        .unwrap();
+    let r = json_of(&out);
+    let ppl = r["ppl"].as_object().unwrap();
+    assert_eq!(ppl.keys().cloned().collect::<Vec<_>>(), { let mut s = specs.clone(); s.sort(); s });
+    assert_ne!(ppl[&specs[0]], ppl[&specs[1]]);
+    assert_eq!(r["zero_shot"].as_object().unwrap().len(), 1);
+    assert_eq!(r["zero_shot_mean_acc"], r["zero_shot"]["rte"]["acc"]);
+}

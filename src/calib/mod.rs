@@ -4,7 +4,7 @@
 pub mod pyrandom;
 pub mod sample;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 use crate::data::{read_jsonl_texts, read_parquet_strings, read_text_rows};
@@ -37,7 +37,21 @@ impl CalibSource {
         }
     }
 
-    /// The files read (for run identity) and `nsamples` windows of `seqlen` token ids.
+    /// The file the windows are drawn from (downloaded if need be), so that a wrong name fails
+    /// before any model is loaded.
+    pub fn locate(&self, hub: &Hub) -> Result<PathBuf> {
+        match self {
+            CalibSource::C4 { repo } => hub.repo(repo, RepoKind::Dataset).get(C4_TRAIN_SHARD),
+            CalibSource::Wikitext2 { repo } => hub.repo(repo, RepoKind::Dataset).get(WIKITEXT2_TRAIN),
+            CalibSource::File { path } if path.is_file() => Ok(path.clone()),
+            CalibSource::File { path } => bail!(
+                "--calib {}: no such file (use c4, c4:<dir|repo>, wikitext2, wikitext2:<dir|repo> or a text/jsonl/parquet file)",
+                path.display()
+            ),
+        }
+    }
+
+    /// The file read (for run identity) and `nsamples` windows of `seqlen` token ids.
     pub fn windows(
         &self,
         hub: &Hub,
@@ -46,23 +60,21 @@ impl CalibSource {
         seqlen: usize,
         seed: u64,
     ) -> Result<(PathBuf, Vec<Vec<i64>>)> {
-        match self {
-            CalibSource::C4 { repo } => {
-                let path = hub.repo(repo, RepoKind::Dataset).get(C4_TRAIN_SHARD)?;
-                let docs = read_jsonl_texts(&path, None)?;
-                let w = sample::c4_windows(docs.len(), |i| tokenizer.encode(&docs[i]), nsamples, seqlen, seed)?;
-                Ok((path, w))
-            }
-            CalibSource::Wikitext2 { repo } => {
-                let path = hub.repo(repo, RepoKind::Dataset).get(WIKITEXT2_TRAIN)?;
+        let path = self.locate(hub)?;
+        let windows = match self {
+            CalibSource::Wikitext2 { .. } => {
                 let ids = tokenizer.encode(&read_parquet_strings(&path, "text")?.join(" "))?;
-                Ok((path.clone(), sample::text_windows(&ids, nsamples, seqlen, seed)?))
+                sample::text_windows(&ids, nsamples, seqlen, seed)
             }
-            CalibSource::File { path } => {
-                let docs = read_text_rows(path)?;
-                let w = sample::c4_windows(docs.len(), |i| tokenizer.encode(&docs[i]), nsamples, seqlen, seed)?;
-                Ok((path.clone(), w))
+            CalibSource::C4 { .. } | CalibSource::File { .. } => {
+                let docs = match self {
+                    CalibSource::C4 { .. } => read_jsonl_texts(&path, None)?,
+                    _ => read_text_rows(&path)?,
+                };
+                sample::c4_windows(docs.len(), |i| tokenizer.encode(&docs[i]), nsamples, seqlen, seed)
             }
-        }
+        };
+        let windows = windows.with_context(|| format!("calibration data {}", path.display()))?;
+        Ok((path, windows))
     }
 }

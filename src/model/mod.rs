@@ -315,6 +315,13 @@ pub fn load(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: Stream
     let (model, repo, config) = load_model(hub, spec, device, kind, streaming)?;
     let info = model.info();
     let tokenizer = Tokenizer::from_repo(&repo, &info.model_type, info.bos_token_id)?;
+    if tokenizer.vocab_size() as i64 > info.vocab_size {
+        bail!(
+            "{spec}: tokenizer.json has {} tokens but config.json's `vocab_size` is {}: the tokenizer does not belong to this model",
+            tokenizer.vocab_size(),
+            info.vocab_size
+        );
+    }
     Ok(Loaded {
         model,
         tokenizer,
@@ -344,6 +351,11 @@ pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: 
         );
     };
     let mut weights = Weights::open(&repo, device, kind)?;
+    if let Some(n) = config.get("num_hidden_layers").and_then(Value::as_u64) {
+        if weights.names().iter().any(|t| t.contains(&format!("layers.{n}."))) {
+            eprintln!("{spec}: the checkpoint has more blocks than config.json's `num_hidden_layers` = {n}; only the first {n} are used");
+        }
+    }
     let streamed = streaming.decide(weights.loaded_bytes(), device);
     if streamed && streaming == Streaming::Auto {
         eprintln!(

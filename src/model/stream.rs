@@ -3,7 +3,7 @@
 //! Face sharded checkpoint and read back from there, so pruning, saving and evaluating never
 //! hold more than one block's weights.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
@@ -32,16 +32,9 @@ impl Streamed {
         (self.load)(&self.weights, i)
     }
 
-    /// Shards written from now on go to `dir`.
+    /// Shards written from now on go to `dir` (checked by `checkpoint::check_target`).
     pub fn set_dir(&mut self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        if dir.join("model.safetensors").exists() {
-            bail!(
-                "{}: holds a model.safetensors (an earlier save?) that would shadow the sharded checkpoint a \
-                 streamed model writes; remove it or save elsewhere",
-                dir.display()
-            );
-        }
         if self.dir.as_deref() != Some(dir) {
             self.dir = Some(dir.to_path_buf());
             self.written.clear();

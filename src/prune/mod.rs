@@ -9,7 +9,7 @@ pub mod ria;
 pub mod sparsegpt;
 pub mod stats;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -49,7 +49,13 @@ impl Method {
                 Method::Ablate { metric: metric::by_name(metric)?, iterative: mode }
             }
             _ => {
-                let metric = metric::by_name(name).map_err(|e| anyhow::anyhow!("{e}, sparsegpt, ablate_mag_seq, ablate_mag_iter, ablate_wanda_seq, ablate_wanda_iter"))?;
+                let metric = metric::by_name(name).map_err(|_| {
+                    let metrics: Vec<&str> = metric::registry().iter().map(|m| m.name()).collect();
+                    anyhow::anyhow!(
+                        "unknown method `{name}` (known: {}, sparsegpt, ablate_mag_seq, ablate_mag_iter, ablate_wanda_seq, ablate_wanda_iter)",
+                        metrics.join(", ")
+                    )
+                })?;
                 Method::Metric { metric, group: group.unwrap_or(metric.default_group()), variant }
             }
         };
@@ -132,6 +138,16 @@ pub fn prune_model(
     batch_size: usize,
 ) -> Result<PruneReport> {
     pattern.check_sparsity(sparsity)?;
+    if let Pattern::NM { m, .. } = pattern {
+        // Every block has the same shapes: check block 0's layers before any work.
+        for (name, linear) in model.stack().block(0)?.linears() {
+            let cols = linear.weight.size()[1];
+            ensure!(
+                cols % m == 0,
+                "--pattern {pattern}: layer `{name}` has {cols} inputs, not a multiple of M = {m}; choose an M that divides every layer's input size"
+            );
+        }
+    }
     let device = model.device();
     let n_blocks = model.stack().n_blocks();
     let mut prune_seconds = 0.0;

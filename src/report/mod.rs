@@ -180,6 +180,40 @@ impl Artefact {
             anyhow!("{}{at}: {e}", path.display())
         })
     }
+
+    /// The parts each kind needs, checked when the sweep is read rather than after its runs.
+    pub fn check(&self) -> Result<()> {
+        let kind = match self.kind {
+            ArtefactKind::Table => "table",
+            ArtefactKind::Line => "line chart",
+            ArtefactKind::Bars => "bar chart",
+        };
+        let need = |ok: bool, what: &str| if ok { Ok(()) } else { Err(anyhow!("report `{}`: a {kind} needs {what}", self.name)) };
+        match self.kind {
+            ArtefactKind::Table => need(!self.rows.is_empty() && !self.columns.is_empty(), "`rows` and `columns`"),
+            ArtefactKind::Line => need(self.x.is_some() && !self.series.is_empty(), "`x` and `series`"),
+            ArtefactKind::Bars => need(!self.columns.is_empty() && !self.series.is_empty(), "`columns` (groups) and `series` (bars)"),
+        }
+    }
+
+    /// Labels of rows, columns and series whose selector and metric match no successful record:
+    /// a misspelt model, method or corpus name renders as empty cells otherwise.
+    fn unmatched_slots(&self, records: &[Record]) -> Vec<String> {
+        let ok: Vec<&Record> = records.iter().filter(|r| r.status == Status::Ok).collect();
+        if ok.is_empty() {
+            return Vec::new();
+        }
+        self.rows
+            .iter()
+            .chain(&self.columns)
+            .chain(&self.series)
+            .filter(|slot| {
+                let metric = slot.metric.as_ref().unwrap_or(&self.metric);
+                !ok.iter().any(|r| slot.select.matches(&r.settings, &r.method_label) && metric.value(r).is_some())
+            })
+            .map(|slot| slot.label.joined())
+            .collect()
+    }
 }
 
 /// Mean and sample standard deviation (None for a single value) of `metric` over the successful
@@ -221,14 +255,24 @@ pub fn report(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let store = Store::open(run_dir);
     let mut records = Vec::new();
     for entry in &sweep.runs {
-        if let Some(r) = store.get(&entry.id)? {
-            records.push(r);
+        match store.get(&entry.id) {
+            Ok(Some(r)) => records.push(r),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: {e:#}; left out of the report (`repro run` redoes that run)"),
         }
     }
     let mut written = frame::write(&records, run_dir)?;
     let out = run_dir.join("report");
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     for a in &sweep.artefacts {
+        let unmatched = a.unmatched_slots(&records);
+        if !unmatched.is_empty() {
+            eprintln!(
+                "warning: report `{}`: no successful run for {} (not run yet, or a misspelt model, method or metric name)",
+                a.name,
+                unmatched.join(", ")
+            );
+        }
         match a.kind {
             ArtefactKind::Table => written.extend(tables::write(a, &records, &out)?),
             ArtefactKind::Line | ArtefactKind::Bars => written.extend(charts::write(a, &records, &out)?),

@@ -110,11 +110,15 @@ impl Fingerprinter {
         // Not on disk yet: the hub's current commit is what the run will download.
         match hub.repo(id, kind).hub_revision() {
             Ok(rev) => Ok(json!({"id": id, "revision": rev})),
-            Err(e) => anyhow::bail!(
-                "{} `{id}` is neither a local directory, in the hub mirror, nor in the Hugging Face cache, and its hub revision is unknown ({e:#}); \
-                 download it first (e.g. `repro eval --model {id}` with network access) or point to a directory",
-                if kind == RepoKind::Model { "model" } else { "dataset" }
-            ),
+            Err(e) => {
+                let (what, fix) = match kind {
+                    RepoKind::Model => ("model", format!("download it first (e.g. `repro eval --model {id}` with network access) or point to a directory")),
+                    RepoKind::Dataset => ("dataset", "check the name (wikitext2, c4, a local file, or a dataset repo id) or download it first with network access".into()),
+                };
+                anyhow::bail!(
+                    "{what} `{id}` is neither a local directory, in the hub mirror, nor in the Hugging Face cache, and its hub revision is unknown ({e:#}); {fix}"
+                )
+            }
         }
     }
 

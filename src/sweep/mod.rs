@@ -7,6 +7,7 @@ pub mod store;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
+use std::panic::AssertUnwindSafe;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cli::RunArgs;
@@ -46,25 +47,38 @@ impl Planned {
     }
 }
 
-/// Expands the config, resolves every run's id and marks those with a successful record.
-pub fn plan(cfg: &SweepConfig, hub: &Hub, store: &Store, only: Option<&str>, force: bool) -> Result<Vec<Planned>> {
+/// Expands the config, resolves every run's id and marks those with a successful record. An
+/// unreadable record (a disk fault, a hand edit) is not a result: its run is redone.
+pub fn plan(cfg: &SweepConfig, hub: &Hub, store: &Store, force: bool) -> Result<Vec<Planned>> {
     let mut fp = Fingerprinter::open(store.dir.join(".fingerprints.json"));
     let mut out: Vec<Planned> = Vec::new();
     for run in cfg.expand()? {
         let id = fp.run(hub, &run.spec).map(|(m, d)| (run_id(&run.spec, &m, &d), m, d)).map_err(|e| format!("{e:#}"));
-        let p = Planned { run, id, cached: false };
-        if only.is_some_and(|pat| !glob(pat, &p.run.label) && !p.id().starts_with(pat)) {
-            continue;
-        }
-        out.push(p);
+        out.push(Planned { run, id, cached: false });
     }
     if store.dir.is_dir() {
         fp.save()?; // a dry run leaves no trace
     }
-    for p in &mut out {
-        p.cached = !force && p.id.is_ok() && store.get(p.id())?.is_some_and(|r| r.status == Status::Ok);
+    for p in out.iter_mut().filter(|p| p.id.is_ok() && !force) {
+        p.cached = match store.get(p.id()) {
+            Ok(record) => record.is_some_and(|r| r.status == Status::Ok),
+            Err(e) => {
+                eprintln!("warning: {e:#}; the run will be redone");
+                false
+            }
+        };
     }
     Ok(out)
+}
+
+/// The runs `--only` picks by label (`*` globs) or id prefix; all of them without it.
+fn select<'a>(planned: &'a [Planned], only: Option<&str>) -> Result<Vec<&'a Planned>> {
+    let picked: Vec<&Planned> = planned.iter().filter(|p| only.is_none_or(|pat| glob(pat, &p.run.label) || p.id().starts_with(pat))).collect();
+    if let (Some(pat), true) = (only, picked.is_empty()) {
+        let labels: Vec<&str> = planned.iter().take(5).map(|p| p.run.label.as_str()).collect();
+        bail!("--only `{pat}` matches none of the {} runs (labels look like: {})", planned.len(), labels.join("; "));
+    }
+    Ok(picked)
 }
 
 /// `*` matches any run of characters; everything else literally.
@@ -93,11 +107,16 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     if !args.dry_run {
         std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create the sweep's output {}", cfg.output.display()))?;
     }
-    let planned = plan(&cfg, hub, &store, args.only.as_deref(), args.force)?;
-    print_plan(&cfg, &planned, &store)?;
+    let planned = plan(&cfg, hub, &store, args.force)?;
+    if planned.is_empty() {
+        bail!("{}: the sweep plans no runs (does `exclude` drop every grid point?)", args.config.display());
+    }
+    let selected = select(&planned, args.only.as_deref())?;
+    print_plan(&cfg, &selected, &store)?;
     if args.dry_run {
         return Ok(());
     }
+    // The whole plan, so that a report after `--only` still shows every finished run.
     let sweep = SweepFile {
         name: cfg.name.clone(),
         config: args.config.display().to_string(),
@@ -106,7 +125,7 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     };
     store::write_atomic(&cfg.output.join("sweep.json"), &serde_json::to_vec_pretty(&sweep)?)?;
 
-    let todo: Vec<&Planned> = planned.iter().filter(|p| !p.cached).collect();
+    let todo: Vec<&Planned> = selected.into_iter().filter(|p| !p.cached).collect();
     let bar = crate::progress::bar(todo.len() as u64, "sweep");
     let mut failed = 0;
     for p in todo {
@@ -153,6 +172,15 @@ fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Turns a panic in `job` (a bug, or a libtorch error that tch raises as a panic) into an
+/// error, so that it fails one run and not the whole sweep.
+fn catch_panic<T>(job: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|panic| {
+        let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        Err(anyhow::anyhow!("internal error (panic): {}", msg.unwrap_or_default()))
+    })
+}
+
 /// Runs one job and turns its outcome, success or error, into a record.
 fn execute(hub: &Hub, p: &Planned, bar: &ProgressBar) -> Record {
     crate::resources::reset_peak_rss();
@@ -163,7 +191,9 @@ fn execute(hub: &Hub, p: &Planned, bar: &ProgressBar) -> Record {
     };
     let outcome = match &p.id {
         Err(e) => Err(anyhow::anyhow!("{e}")),
-        Ok(_) => run_job(hub, &p.run.spec.model, p.run.spec.prune.as_ref(), &p.run.spec.eval, None, &StageOnBar(bar, &p.run.label)),
+        Ok(_) => catch_panic(|| {
+            run_job(hub, &p.run.spec.model, p.run.spec.prune.as_ref(), &p.run.spec.eval, None, &StageOnBar(bar, &p.run.label))
+        }),
     };
     let (status, error, result) = match outcome {
         Ok(out) => (Status::Ok, None, out),
@@ -188,7 +218,7 @@ fn execute(hub: &Hub, p: &Planned, bar: &ProgressBar) -> Record {
 
 /// The plan: one line per run, cached or not, and a rough cost from finished runs of the same
 /// model and method.
-fn print_plan(cfg: &SweepConfig, planned: &[Planned], store: &Store) -> Result<()> {
+fn print_plan(cfg: &SweepConfig, planned: &[&Planned], store: &Store) -> Result<()> {
     let cached = planned.iter().filter(|p| p.cached).count();
     println!("sweep `{}`: {} runs, {} cached, {} to run -> {}", cfg.name, planned.len(), cached, planned.len() - cached, cfg.output.display());
     let mut known: Vec<(String, String, f64)> = Vec::new();
@@ -224,4 +254,16 @@ fn print_plan(cfg: &SweepConfig, planned: &[Planned], store: &Store) -> Result<(
     }
     println!("estimated time: ~{total:.0} s for runs like finished ones, {unknown} run(s) without a timing yet");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_job_becomes_an_error() {
+        let e = catch_panic(|| -> Result<()> { panic!("index {} out of range", 7) }).unwrap_err();
+        assert_eq!(e.to_string(), "internal error (panic): index 7 out of range");
+        assert_eq!(catch_panic(|| Ok(3)).unwrap(), 3);
+    }
 }
