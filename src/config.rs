@@ -55,7 +55,7 @@ pub struct SweepConfig {
 }
 
 /// An `include` entry: any subset of the grid's lists plus calibration sizes and seeds.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GridPatch {
     pub models: Option<Vec<String>>,
@@ -421,6 +421,12 @@ impl SweepConfig {
             return Err(bad(field, "is empty, which would drop every pruned run; leave it out for the default"));
         }
         cfg.expand().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        if let Some(i) = cfg.unmatched_exclude().map_err(|e| anyhow!("{}: {e}", path.display()))? {
+            return Err(bad(
+                &format!("exclude[{i}]"),
+                "matches no run of the grid, so it drops nothing: check its model, method and pattern names",
+            ));
+        }
         Ok(cfg)
     }
 
@@ -448,6 +454,12 @@ impl SweepConfig {
             }
         }
         Ok(runs)
+    }
+
+    /// The first `exclude` entry that matches no point of the main grid (a misspelt name).
+    fn unmatched_exclude(&self) -> Result<Option<usize>> {
+        let grid = self.expand_one(&GridPatch::default())?;
+        Ok(self.exclude.iter().position(|s| !grid.iter().any(|r| s.matches(&r.spec, &r.method_label))))
     }
 
     fn expand_one(&self, patch: &GridPatch) -> Result<Vec<PlannedRun>> {

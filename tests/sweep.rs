@@ -60,6 +60,8 @@ fn config_errors_name_file_line_column_and_allowed_values() {
     assert!(e.contains("`evaluation.max_windows` must be at least 1"), "{e}");
     let e = err(&BASE.replace("max_windows: 4}", "max_windows: 4, limit: 0}"));
     assert!(e.contains("`evaluation.limit` must be at least 1"), "{e}");
+    let e = err(&format!("{BASE}exclude: [{{method: wanda}}, {{method: wandaa}}]\n"));
+    assert!(e.contains("configs/t.yaml") && e.contains("`exclude[1]` matches no run of the grid"), "{e}");
     // An artefact missing a part its kind needs is refused with the config, not after the runs.
     let chart = "report:\n  - {name: c, title: t, kind: line, metric: \"ppl:wikitext2\", series: [{label: w, where: {method: wanda}}]}\n";
     let e = parse(&format!("{BASE}{chart}")).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
