@@ -133,11 +133,22 @@ pub fn run_job(
         refuse_saving_over_source(hub, &spec.model, dir)?;
     }
     let mut loaded = model::load(hub, &spec.model, device, kind, spec.streaming)?;
+    let load_seconds = start.elapsed().as_secs_f64();
     let seqlen = window_length(spec.seqlen, loaded.model.info().max_position_embeddings)?;
+    if let (Some(p), Some(m)) = (prune, &method) {
+        if m.needs_calibration() {
+            check_calibration_memory(&loaded, p.nsamples, seqlen)?;
+        }
+    }
+    let evaluations = Evaluations::prepare(hub, &loaded, eval, seqlen, obs)?;
     if let Some(dir) = save {
-        crate::checkpoint::check_target(dir, loaded.model.stack().is_streamed())?;
-        // A streamed model writes each pruned block straight into the checkpoint.
-        loaded.model.stack_mut().write_blocks_to(dir)?;
+        if loaded.model.stack().is_streamed() {
+            // A streamed model writes each pruned block straight into the checkpoint.
+            crate::checkpoint::begin_streamed_save(dir)?;
+            loaded.model.stack_mut().write_blocks_to(dir)?;
+        } else {
+            crate::checkpoint::check_target(dir, false)?;
+        }
     }
     let info = loaded.model.info();
     let mut out = Map::new();
@@ -147,13 +158,11 @@ pub fn run_job(
     out.insert("dtype".into(), json!(dtype_name(kind)));
     out.insert("seqlen".into(), json!(seqlen));
     out.insert("streamed".into(), json!(loaded.model.stack().is_streamed()));
-    out.insert("load_seconds".into(), json!(start.elapsed().as_secs_f64()));
+    out.insert("load_seconds".into(), json!(load_seconds));
     if let (Some(p), Some(method)) = (prune, method) {
         prune_step(hub, &mut loaded, p, &method, seqlen, obs, &mut out)?;
     }
-    if !eval.names.is_empty() {
-        evaluate(hub, &loaded, eval, seqlen, obs, &mut out)?;
-    }
+    evaluations.run(hub, &loaded, eval, seqlen, obs, &mut out)?;
     out.insert("repro_version".into(), json!(env!("CARGO_PKG_VERSION")));
     if let Some(dir) = save {
         out.insert("saved_to".into(), json!(dir));
@@ -200,7 +209,6 @@ fn prune_step(
     out: &mut Map<String, Value>,
 ) -> Result<()> {
     let calib = if method.needs_calibration() {
-        check_calibration_memory(loaded, p.nsamples, seqlen)?;
         obs.stage("calibration data");
         let (file, windows) = CalibSource::parse(&p.calib).windows(hub, &loaded.tokenizer, p.nsamples, seqlen, p.seed)?;
         out.insert(
@@ -250,22 +258,51 @@ fn check_calibration_memory(loaded: &Loaded, nsamples: usize, seqlen: usize) -> 
     Ok(())
 }
 
-/// Splits evaluation names into zero-shot tasks and perplexity corpora (each once, in order), and runs both.
-fn evaluate(hub: &Hub, loaded: &Loaded, eval: &EvalSpec, seqlen: usize, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
-    let mut names: Vec<String> = Vec::new();
-    for n in &eval.names {
-        if !names.contains(n) {
-            names.push(n.clone());
+/// Evaluation names split into zero-shot tasks and tokenized perplexity corpora, each once, in
+/// order; made before pruning so that a corpus too short for one window fails before the work.
+struct Evaluations {
+    tasks: Vec<String>,
+    corpora: Vec<Corpus>,
+}
+
+struct Corpus {
+    spec: String,
+    label: String,
+    ids: Vec<i64>,
+}
+
+impl Evaluations {
+    fn prepare(hub: &Hub, loaded: &Loaded, eval: &EvalSpec, seqlen: usize, obs: &dyn Observer) -> Result<Self> {
+        let mut names: Vec<String> = Vec::new();
+        for n in &eval.names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
         }
+        let (tasks, specs): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| ALL_TASKS.contains(&n.as_str()));
+        let mut corpora = Vec::new();
+        for (spec, label) in specs.iter().zip(ppl_labels(&specs)) {
+            obs.stage(&format!("tokenizing {label}"));
+            let ids = PplCorpus::parse(spec).token_ids(hub, seqlen, &|t| loaded.tokenizer.encode(t))?;
+            ensure!(
+                ids.len() >= seqlen,
+                "{label}: {} tokens do not fill one window of seqlen {seqlen}; use a smaller --seqlen or a longer text",
+                ids.len()
+            );
+            corpora.push(Corpus { spec: spec.clone(), label, ids });
+        }
+        Ok(Evaluations { tasks, corpora })
     }
-    let (tasks, corpora): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| ALL_TASKS.contains(&n.as_str()));
-    if !corpora.is_empty() {
-        eval_ppl(hub, loaded, &corpora, seqlen, eval, obs, out)?;
+
+    fn run(&self, hub: &Hub, loaded: &Loaded, eval: &EvalSpec, seqlen: usize, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
+        if !self.corpora.is_empty() {
+            eval_ppl(loaded, &self.corpora, seqlen, eval, obs, out)?;
+        }
+        if !self.tasks.is_empty() {
+            eval_tasks(hub, loaded, &self.tasks, eval, obs, out)?;
+        }
+        Ok(())
     }
-    if !tasks.is_empty() {
-        eval_tasks(hub, loaded, &tasks, eval, obs, out)?;
-    }
-    Ok(())
 }
 
 /// Zero-shot accuracy per task; fills `zero_shot` with lm-eval's metric names and the mean acc.
@@ -293,22 +330,20 @@ fn eval_tasks(hub: &Hub, loaded: &Loaded, tasks: &[String], eval: &EvalSpec, obs
 }
 
 /// Perplexity on each corpus; fills `ppl`, `n_tokens`, `ppl_details`.
-fn eval_ppl(hub: &Hub, loaded: &Loaded, specs: &[String], seqlen: usize, eval: &EvalSpec, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
+fn eval_ppl(loaded: &Loaded, corpora: &[Corpus], seqlen: usize, eval: &EvalSpec, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
     let mut ppl = Map::new();
     let mut details = Map::new();
     let start = Instant::now();
     let mut tokens = 0usize;
-    for (spec, label) in specs.iter().zip(ppl_labels(specs)) {
-        let corpus = PplCorpus::parse(spec);
-        obs.stage(&label);
-        let ids = corpus.token_ids(hub, seqlen, &|t| loaded.tokenizer.encode(t))?;
-        let r = perplexity(loaded.model.as_ref(), &ids, seqlen, eval.batch_size, eval.max_windows, &label)?;
+    for Corpus { spec, label, ids } in corpora {
+        obs.stage(label);
+        let r = perplexity(loaded.model.as_ref(), ids, seqlen, eval.batch_size, eval.max_windows, label)?;
         obs.line(&format!("{label:<16} ppl {:>10.4}   ({} windows x {seqlen} tokens of {})", r.ppl, r.windows, r.n_tokens));
         out.entry("n_tokens").or_insert(json!(r.n_tokens));
         tokens += r.windows * seqlen;
         ppl.insert(label.clone(), json!(r.ppl));
         details.insert(
-            label,
+            label.clone(),
             json!({"source": spec, "n_tokens": r.n_tokens, "windows": r.windows, "seqlen": seqlen, "batch_size": eval.batch_size, "max_windows": eval.max_windows}),
         );
     }

@@ -114,3 +114,35 @@ fn saving_over_the_source_model_is_refused() {
     }
     assert_eq!(std::fs::read(tmp.path().join("model.safetensors")).unwrap(), before);
 }
+
+/// A streamed save over an earlier save removes that save's repro.json, index and shards before
+/// writing its own, so a run killed half way never leaves what looks like a complete checkpoint
+/// mixing two models: loading the directory fails instead.
+#[test]
+fn an_interrupted_streamed_save_never_looks_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("saved");
+    let d = dir.to_str().unwrap();
+    let model = fixture_model("llama-tiny");
+    let out = repro().args(["prune", "--model", &model, "--method", "magnitude", "--stream", "on", "--seqlen", "64", "--save", d]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join("repro.json").is_file() && dir.join("model.safetensors.index.json").is_file());
+
+    let mut child = repro()
+        .args(["prune", "--model", &model, "--method", "wanda", "--stream", "on", "--save", d])
+        .args(["--calib", "c4:c4-format-sample", "--nsamples", "32", "--seqlen", "256"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while dir.join("repro.json").exists() {
+        assert!(start.elapsed().as_secs() < 60, "the earlier save was never invalidated");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL, mid-run
+    child.wait().unwrap();
+    assert!(!dir.join("repro.json").exists() && !dir.join("model.safetensors.index.json").exists());
+    let e = run_err(&["eval", "--model", d, "--seqlen", "64", "--max-windows", "1"]);
+    assert!(e.contains("model.safetensors"), "{e}");
+}

@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+use super::NON_FINITE_HINT;
 use crate::model::{forward_batches, CausalLm};
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +63,10 @@ pub fn perplexity(
         Ok(())
     })?;
     pb.finish_and_clear();
+    let non_finite = losses.iter().filter(|l| !l.is_finite()).count();
+    if non_finite > 0 {
+        bail!("{label}: {non_finite} of {n} windows have a non-finite loss: {NON_FINITE_HINT}");
+    }
     let nll: f64 = losses.iter().map(|l| l * seqlen as f64).sum();
     Ok(Perplexity {
         ppl: (nll / (n * seqlen) as f64).exp(),

@@ -1,13 +1,14 @@
 //! Zero-shot accuracy on lm-eval tasks: documents from the task's hub dataset, loglikelihood
 //! requests scored by the model, metrics aggregated as lm-eval does.
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use serde::Serialize;
 
 use super::loglik::loglikelihoods;
 use super::tasks::{aggregate, argmax, load_docs, task, TaskResult};
 use crate::hub::{Hub, RepoKind};
 use crate::model::CausalLm;
+use super::NON_FINITE_HINT;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +43,8 @@ pub fn evaluate_task(
     let max_length = model.info().max_position_embeddings as usize;
     let lls = loglikelihoods(model, tok, &requests, max_length, batch_size, &bar)?;
     bar.finish_and_clear();
+    let non_finite = lls.iter().filter(|l| !l.logprob.is_finite()).count();
+    ensure!(non_finite == 0, "{name}: {non_finite} of {} log-likelihoods are not finite: {NON_FINITE_HINT}", lls.len());
     let mut scores = Vec::with_capacity(docs.len());
     let mut per_doc = Vec::with_capacity(docs.len());
     let mut predictions = Vec::with_capacity(docs.len());

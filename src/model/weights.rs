@@ -129,19 +129,29 @@ impl Weights {
         Ok(t.to_device(self.device))
     }
 
-    /// The tensor `name`, which must have `shape`; errors name the file, the tensor and both shapes.
+    /// The tensor `name`, which must have `shape` and a floating-point dtype; errors name the
+    /// file, the tensor and what is wrong.
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
-        let Some((key, loc)) = self.lookup(name) else {
-            bail!("{}: missing weight tensor `{name}`", self.source);
-        };
+        let (key, loc) = self.location(name)?;
+        let file = self.files[loc.file].display();
         if loc.shape != shape {
+            bail!("{file}: tensor `{name}` has shape {:?}, config.json implies {shape:?}", loc.shape);
+        }
+        if !is_float(loc.kind) {
             bail!(
-                "{}: tensor `{name}` has shape {:?}, config.json implies {:?}",
-                self.files[loc.file].display(),
-                loc.shape,
-                shape
+                "{file}: tensor `{name}` is stored as {:?}; repro needs floating-point weights (f32, f16, bf16), \
+                 quantized checkpoints are not supported",
+                loc.kind
             );
         }
+        self.fetch(key, loc)
+    }
+
+    fn location(&self, name: &str) -> Result<(&str, &Location)> {
+        self.lookup(name).ok_or_else(|| anyhow::anyhow!("{}: missing weight tensor `{name}`", self.source))
+    }
+
+    fn fetch(&self, key: &str, loc: &Location) -> Result<Tensor> {
         match self.resident.get(key) {
             Some(t) => Ok(t.shallow_clone()),
             None => self.read(key, loc),
@@ -177,10 +187,10 @@ impl Weights {
             .sum()
     }
 
-    /// The tensor under its checkpoint name, without shape check (for copying it as it is).
+    /// The tensor under its checkpoint name, whatever its shape and dtype (for copying it as it is).
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
-        let shape = self.lookup(name).map(|(_, l)| l.shape.clone()).unwrap_or_default();
-        self.get(name, &shape)
+        let (key, loc) = self.location(name)?;
+        self.fetch(key, loc)
     }
 
     /// All tensors by sorted name, sharing storage with what the model uses (resident models).

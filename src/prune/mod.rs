@@ -9,14 +9,14 @@ pub mod ria;
 pub mod sparsegpt;
 pub mod stats;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{BlockCtx, CausalLm, DecoderBlock};
+use crate::model::{BlockCtx, CausalLm, DecoderBlock, Linear};
 use mask::{Group, Pattern};
 use metric::Metric;
 use sparsegpt::MaskRule;
@@ -199,39 +199,11 @@ pub fn prune_model(
         for (name, linear) in block.linears_mut() {
             bar.set_message(format!("block {b}: {name}"));
             let t = Instant::now();
-            let w = &linear.weight;
             let key = leader.get(name).copied().unwrap_or(name);
-            let n = norms.get(key);
-            let h = hessians.take(key);
-            match method {
-                Method::Metric { metric, group, variant } => {
-                    let score = metric.score(w, &LayerStats { norms: n, hessian: h.as_ref() })?;
-                    let mask = match pattern {
-                        Pattern::NM { n, m } => mask::n_m(&score, n, m)?,
-                        Pattern::Unstructured if *variant => {
-                            let (mask, alpha) = mask::variant(&score, sparsity);
-                            alphas.insert(name, alpha);
-                            mask
-                        }
-                        Pattern::Unstructured => mask::unstructured(&score, sparsity, *group),
-                    };
-                    let _ = linear.weight.masked_fill_(&mask, 0.0);
-                }
-                Method::SparseGpt | Method::Ablate { .. } => {
-                    let h = h.expect("every linear layer saw calibration inputs");
-                    let new = match method {
-                        Method::Ablate { metric, iterative: false } => {
-                            let mask = ablation_mask(*metric, w, n, sparsity, pattern)?;
-                            sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Fixed(&mask))?
-                        }
-                        Method::Ablate { metric, iterative: true } => {
-                            let rescore = |wb: &Tensor, col: i64| rescore_block(*metric, wb, n, col);
-                            sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Rescore(&rescore))?
-                        }
-                        _ => sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Saliency)?,
-                    };
-                    linear.weight.copy_(&new);
-                }
+            let alpha = prune_layer(linear, method, sparsity, pattern, norms.get(key), hessians.take(key))
+                .with_context(|| format!("pruning {block_name}.{name}"))?;
+            if let Some(alpha) = alpha {
+                alphas.insert(name, alpha);
             }
             sync(device);
             prune_seconds += t.elapsed().as_secs_f64();
@@ -297,6 +269,52 @@ fn rescore_block(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, col: i
     metric.score(w, &LayerStats { norms: sliced.as_ref(), hessian: None }).expect("statistics were collected for this metric")
 }
 
+/// Prunes one linear layer in place from its statistics (`hessian` when the method needs it);
+/// returns the Wanda variant's alpha when it searched one.
+fn prune_layer(
+    linear: &mut Linear,
+    method: &Method,
+    sparsity: f64,
+    pattern: Pattern,
+    norms: Option<&InputNorms>,
+    hessian: Option<Tensor>,
+) -> Result<Option<f64>> {
+    let w = &linear.weight;
+    let mut alpha = None;
+    match method {
+        Method::Metric { metric, group, variant } => {
+            let score = metric.score(w, &LayerStats { norms, hessian: hessian.as_ref() })?;
+            let mask = match pattern {
+                Pattern::NM { n, m } => mask::n_m(&score, n, m)?,
+                Pattern::Unstructured if *variant => {
+                    let (mask, a) = mask::variant(&score, sparsity);
+                    alpha = Some(a);
+                    mask
+                }
+                Pattern::Unstructured => mask::unstructured(&score, sparsity, *group),
+            };
+            let _ = linear.weight.masked_fill_(&mask, 0.0);
+        }
+        Method::SparseGpt | Method::Ablate { .. } => {
+            let h = hessian.expect("every linear layer saw calibration inputs");
+            let n = norms;
+            let new = match method {
+                Method::Ablate { metric, iterative: false } => {
+                    let mask = ablation_mask(*metric, w, n, sparsity, pattern)?;
+                    sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Fixed(&mask))?
+                }
+                Method::Ablate { metric, iterative: true } => {
+                    let rescore = |wb: &Tensor, col: i64| rescore_block(*metric, wb, n, col);
+                    sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Rescore(&rescore))?
+                }
+                _ => sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Saliency)?,
+            };
+            linear.weight.copy_(&new);
+        }
+    }
+    Ok(alpha)
+}
+
 /// Zeros per linear layer of one block, by hub name.
 pub fn block_sparsity(block_name: &str, block: &dyn DecoderBlock, alphas: &HashMap<&str, f64>) -> Vec<LayerSparsity> {
     block
@@ -328,7 +346,7 @@ impl Activations {
     fn capture(model: &dyn CausalLm, ids: &Tensor, batch: usize) -> Self {
         let (n, l) = ids.size2().expect("calibration ids are (nsamples, seqlen)");
         let inps = Tensor::zeros([n, l, model.info().hidden_size], (model.kind(), model.device()));
-        let batch = batch as i64;
+        let batch = batch.min(n as usize) as i64; // no wider than the samples (and no i64 overflow)
         for s in (0..n).step_by(batch as usize) {
             let b = batch.min(n - s);
             let x = model.embed(&ids.narrow(0, s, b).to_device(model.device()));

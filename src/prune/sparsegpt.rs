@@ -95,10 +95,13 @@ fn inverse_hessian_upper(h: Tensor, dead: &Tensor) -> Result<Tensor> {
     let _ = h.diagonal(0, 0, 1).masked_fill_(dead, 1.0);
     let damp = PERCDAMP * h.diagonal(0, 0, 1).mean(Kind::Float).double_value(&[]);
     let _ = h.diagonal(0, 0, 1).g_add_scalar_(damp);
-    let l = h.f_linalg_cholesky(false).map_err(|e| anyhow::anyhow!("Cholesky of the damped Hessian failed: {e}"))?;
-    l.cholesky_inverse(false).f_linalg_cholesky(true).map_err(|e| {
-        anyhow::anyhow!("Cholesky of the inverse Hessian failed ({e}); the calibration data may be degenerate")
-    })
+    // libtorch's message runs on with its C++ stack; its first line says what failed.
+    let first_line = |e: tch::TchError| e.to_string().lines().next().unwrap_or_default().to_string();
+    let hint = "non-finite or degenerate calibration activations (in f16, try --dtype f32 or bf16)";
+    let l = h.f_linalg_cholesky(false).map_err(|e| anyhow::anyhow!("Cholesky of the damped Hessian failed ({}): {hint}", first_line(e)))?;
+    l.cholesky_inverse(false)
+        .f_linalg_cholesky(true)
+        .map_err(|e| anyhow::anyhow!("Cholesky of the inverse Hessian failed ({}): {hint}", first_line(e)))
 }
 
 /// SparseGPT's saliency w²/[H⁻¹]²_jj used as a plain metric, with no weight update (the paper's
