@@ -389,8 +389,11 @@ impl SweepConfig {
         if cfg.methods.is_empty() {
             return Err(bad("methods", "is empty: name at least one method (dense, magnitude, wanda, sparsegpt, ...)"));
         }
-        if cfg.calibration.nsamples.contains(&0) {
-            return Err(bad("calibration.nsamples", "contains 0: every run needs at least one sample"));
+        if cfg.calibration.nsamples.contains(&0) || cfg.include.iter().any(|p| p.nsamples.as_ref().is_some_and(|n| n.contains(&0))) {
+            return Err(bad("nsamples", "contains 0: every run needs at least one sample"));
+        }
+        if let Some(p) = cfg.evaluation.ppl.iter().find(|p| p.trim().is_empty() || crate::eval::tasks::ALL_TASKS.contains(&p.as_str())) {
+            return Err(bad("evaluation.ppl", &format!("names `{p}`, which is not a perplexity corpus (zero-shot tasks go under `tasks`)")));
         }
         if cfg.evaluation.ppl.is_empty() && cfg.evaluation.tasks.is_empty() {
             return Err(bad("evaluation", "names nothing to measure: set `ppl` and/or `tasks`"));
@@ -419,6 +422,19 @@ impl SweepConfig {
         ];
         if let Some((field, _)) = empty.iter().find(|(_, is_empty)| *is_empty) {
             return Err(bad(field, "is empty, which would drop every pruned run; leave it out for the default"));
+        }
+        for (i, p) in cfg.include.iter().enumerate() {
+            let lists = [
+                ("models", p.models.as_ref().map(Vec::len)),
+                ("methods", p.methods.as_ref().map(Vec::len)),
+                ("sparsities", p.sparsities.as_ref().map(Vec::len)),
+                ("patterns", p.patterns.as_ref().map(Vec::len)),
+                ("nsamples", p.nsamples.as_ref().map(Vec::len)),
+                ("seeds", p.seeds.as_ref().map(Vec::len)),
+            ];
+            if let Some((field, _)) = lists.iter().find(|(_, len)| *len == Some(0)) {
+                return Err(bad(&format!("include[{i}].{field}"), "is empty, so the entry adds nothing; leave the field out to use the top-level list"));
+            }
         }
         cfg.expand().map_err(|e| anyhow!("{}: {e}", path.display()))?;
         if let Some(i) = cfg.unmatched_exclude().map_err(|e| anyhow!("{}: {e}", path.display()))? {
@@ -539,7 +555,8 @@ impl SweepConfig {
     /// The artefacts to render, with names resolved to `experiments/<name>.yaml` beside the config's folder.
     pub fn artefacts(&self, config_path: &Path) -> Result<Vec<crate::report::Artefact>> {
         let dir = config_path.parent().unwrap_or(Path::new("."));
-        self.report
+        let artefacts: Vec<crate::report::Artefact> = self
+            .report
             .iter()
             .map(|r| match r {
                 StrOr::Map(a) => a.check().map(|_| a.clone()).map_err(|e| anyhow!("{}: {e}", config_path.display())),
@@ -553,6 +570,13 @@ impl SweepConfig {
                     Ok(a)
                 }
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        // Names are file names in report/: two alike would overwrite each other.
+        for (i, a) in artefacts.iter().enumerate() {
+            if artefacts[..i].iter().any(|b| b.name == a.name) {
+                bail!("{}: two report entries are named `{}`; their files would overwrite each other", config_path.display(), a.name);
+            }
+        }
+        Ok(artefacts)
     }
 }

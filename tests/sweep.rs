@@ -60,12 +60,23 @@ fn config_errors_name_file_line_column_and_allowed_values() {
     assert!(e.contains("`evaluation.max_windows` must be at least 1"), "{e}");
     let e = err(&BASE.replace("max_windows: 4}", "max_windows: 4, limit: 0}"));
     assert!(e.contains("`evaluation.limit` must be at least 1"), "{e}");
+    let e = err(&format!("{BASE}include: [{{methods: [wanda], sparsities: []}}]\n"));
+    assert!(e.contains("`include[0].sparsities` is empty"), "{e}");
+    let e = err(&format!("{BASE}include: [{{methods: [wanda], nsamples: [0]}}]\n"));
+    assert!(e.contains("`nsamples` contains 0"), "{e}");
+    let e = err(&BASE.replace("ppl: [wikitext2]", "ppl: [wikitext2, boolq]"));
+    assert!(e.contains("`evaluation.ppl` names `boolq`") && e.contains("go under `tasks`"), "{e}");
     let e = err(&format!("{BASE}exclude: [{{method: wanda}}, {{method: wandaa}}]\n"));
     assert!(e.contains("configs/t.yaml") && e.contains("`exclude[1]` matches no run of the grid"), "{e}");
     // An artefact missing a part its kind needs is refused with the config, not after the runs.
     let chart = "report:\n  - {name: c, title: t, kind: line, metric: \"ppl:wikitext2\", series: [{label: w, where: {method: wanda}}]}\n";
     let e = parse(&format!("{BASE}{chart}")).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
     assert!(e.contains("configs/t.yaml") && e.contains("report `c`: a line chart needs `x`"), "{e}");
+    let table = |name: &str| format!("  - {{name: \"{name}\", title: t, kind: table, metric: \"ppl:wikitext2\", rows: [{{label: r}}], columns: [{{label: c}}]}}\n");
+    let e = parse(&format!("{BASE}report:\n{}", table("../../elsewhere"))).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
+    assert!(e.contains("becomes the file name in report/"), "{e}");
+    let e = parse(&format!("{BASE}report:\n{}{}", table("t"), table("t"))).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
+    assert!(e.contains("two report entries are named `t`"), "{e}");
 }
 
 #[test]
@@ -209,6 +220,10 @@ fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
         assert!(start.elapsed() < Duration::from_secs(120), "no record appeared");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // A second sweep on the same directory meanwhile is refused rather than racing the first.
+    let out = repro().args(["run", cfg.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("another `repro run` is writing to this directory"), "{stderr}");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let done: Vec<(PathBuf, String)> = records(&killed_out).into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect();
@@ -281,6 +296,37 @@ fn dry_run_only_and_fail_fast() {
     assert_eq!(csv.lines().count(), 4, "{csv}");
     let (ok, text) = run(&["--only", "no-such-run"]);
     assert!(!ok && text.contains("--only `no-such-run` matches none of the 3 runs"), "{text}");
+}
+
+/// Records are only trusted when they are what they claim, and a forced rerun that fails does
+/// not throw away a successful record.
+#[test]
+fn records_are_checked_and_never_replaced_by_failures() {
+    let sb = Sandbox::new();
+    let text = BASE.replace("[dense, magnitude, wanda, sparsegpt]", "[dense, magnitude]").replace("[unstructured, \"2:4\"]", "[unstructured]");
+    let cfg = sb.write("r.yaml", &format!("{text}stream: on\n"));
+    let run = |tmpdir: &str, extra: &[&str]| {
+        let out = repro().env("TMPDIR", tmpdir).arg("run").arg(&cfg).args(extra).output().unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let tmp = std::env::temp_dir();
+    let (ok, text) = run(tmp.to_str().unwrap(), &[]);
+    assert!(ok, "{text}");
+    let before: Vec<String> = records(&sb.out).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+
+    // With no temporary directory the streamed pruned run fails; its good record stays.
+    let (ok, text) = run("/nonexistent", &["--force"]);
+    assert!(!ok && text.contains("its earlier successful record is kept"), "{text}");
+    let after: Vec<String> = records(&sb.out).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    let statuses = |rs: &[String]| rs.iter().map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["status"].clone()).collect::<Vec<_>>();
+    assert_eq!(statuses(&after), statuses(&before));
+    assert!(statuses(&after).iter().all(|s| s == "ok"));
+
+    // A record whose id or schema is not what its file name claims is redone, with a warning.
+    let path = &records(&sb.out)[0];
+    std::fs::write(path, std::fs::read_to_string(path).unwrap().replacen("\"schema\": 1", "\"schema\": 99", 1)).unwrap();
+    let (ok, text) = run(tmp.to_str().unwrap(), &[]);
+    assert!(ok && text.contains("2 runs, 1 cached, 1 to run") && text.contains("not schema 1"), "{text}");
 }
 
 /// Every shipped config loads, renders only artefacts that exist, and builds the paper's grid

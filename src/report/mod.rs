@@ -188,6 +188,12 @@ impl Artefact {
             ArtefactKind::Line => "line chart",
             ArtefactKind::Bars => "bar chart",
         };
+        let file_safe = !self.name.is_empty()
+            && !self.name.starts_with('.')
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !file_safe {
+            bail!("report `{}`: `name` becomes the file name in report/; use letters, digits, '.', '_' and '-'", self.name);
+        }
         let need = |ok: bool, what: &str| if ok { Ok(()) } else { Err(anyhow!("report `{}`: a {kind} needs {what}", self.name)) };
         match self.kind {
             ArtefactKind::Table => need(!self.rows.is_empty() && !self.columns.is_empty(), "`rows` and `columns`"),

@@ -13,22 +13,22 @@ struct Cell {
     paper: Option<(f64, Option<f64>)>,
 }
 
-/// Paper style: large values as `9e3`, others with `decimals` places.
+/// `decimals` places below 1000; whole numbers up to 10^4 and three significant digits above
+/// (`3.72e4`), where the paper writes one (`4e4`), which would hide the difference between
+/// 3721.8 and 3708.1.
 pub fn num(v: f64, decimals: usize) -> String {
-    if v.is_nan() {
-        "nan".into()
-    } else if v.abs() >= 1000.0 {
-        format!("{v:.0e}")
-    } else {
-        format!("{v:.decimals$}")
+    match v.abs() {
+        a if a.is_nan() => "nan".into(),
+        a if a >= 1e4 => format!("{v:.2e}"),
+        a if a >= 1000.0 => format!("{v:.0}"),
+        _ => format!("{v:.decimals$}"),
     }
 }
 
 fn signed(v: f64, decimals: usize) -> String {
-    if v.abs() >= 1000.0 {
-        format!("{v:+.0e}")
-    } else {
-        format!("{v:+.decimals$}")
+    match num(v, decimals) {
+        s if s.starts_with('-') => s,
+        s => format!("+{s}"),
     }
 }
 
@@ -167,6 +167,16 @@ pub fn write(a: &Artefact, records: &[Record], dir: &Path) -> Result<Vec<PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_values_keep_three_significant_digits() {
+        assert_eq!(num(3721.8, 2), "3722");
+        assert_eq!(num(37218.0, 2), "3.72e4");
+        assert_eq!(num(12.345, 2), "12.35");
+        assert_eq!(signed(-13.7, 2), "-13.70");
+        assert_eq!(signed(13.7, 2), "+13.70");
+        assert_eq!(signed(25000.0, 2), "+2.50e4");
+    }
 
     #[test]
     fn labels_with_table_and_tex_syntax_are_escaped() {

@@ -103,10 +103,17 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         cfg.output = out.clone();
     }
     let artefacts = cfg.artefacts(&args.config)?;
-    let store = Store::open(&cfg.output);
-    if !args.dry_run {
-        std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create the sweep's output {}", cfg.output.display()))?;
+    if cfg.output.as_os_str().is_empty() {
+        bail!("{}: `output` is empty: name the directory for the sweep's records and report", args.config.display());
     }
+    let store = Store::open(&cfg.output);
+    let _lock = match args.dry_run {
+        true => None,
+        false => {
+            std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create the sweep's output {}", cfg.output.display()))?;
+            Some(store.lock()?)
+        }
+    };
     let planned = plan(&cfg, hub, &store, args.force)?;
     if planned.is_empty() {
         bail!("{}: the sweep plans no runs (does `exclude` drop every grid point?)", args.config.display());
@@ -116,6 +123,8 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     if args.dry_run {
         return Ok(());
     }
+    // A device that is not there fails the sweep once, not each of its runs.
+    crate::device::parse_device(&cfg.device.0).with_context(|| format!("{}: `device`", args.config.display()))?;
     // The whole plan, so that a report after `--only` still shows every finished run.
     let sweep = SweepFile {
         name: cfg.name.clone(),
@@ -131,12 +140,15 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     for p in todo {
         bar.set_message(p.run.label.clone());
         let record = execute(hub, p, &bar);
+        // A forced rerun that fails keeps the earlier successful record.
+        let keeps_earlier = record.status == Status::Failed && store.get(&record.id).is_ok_and(|r| r.is_some_and(|r| r.status == Status::Ok));
         let line = match &record.error {
             None => format!("done   {} ({:.1}s) {}", record.id, record.finished_at - record.started_at, record.label),
+            Some(e) if keeps_earlier => format!("FAILED {} {}: {e} (its earlier successful record is kept)", record.id, record.label),
             Some(e) => format!("FAILED {} {}: {e}", record.id, record.label),
         };
         // An unresolvable model has no id to file a record under; its error is reported only.
-        if p.id.is_ok() {
+        if p.id.is_ok() && !keeps_earlier {
             store.put(&record)?;
         }
         if bar.is_hidden() {
@@ -155,7 +167,7 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     bar.finish_and_clear();
     crate::report::report(&cfg.output)?;
     if failed > 0 {
-        bail!("{failed} run(s) failed; their records in {} hold the errors", cfg.output.join("runs").display());
+        bail!("{failed} run(s) failed; see the errors above (and their records in {})", cfg.output.join("runs").display());
     }
     Ok(())
 }

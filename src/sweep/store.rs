@@ -84,6 +84,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(bytes)?;
+    // Readable like the results and report files beside it (temporary files start private).
+    tmp.as_file().set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(())
@@ -110,7 +112,34 @@ impl Store {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).map(Some).with_context(|| format!("{}: not a run record", path.display()))
+        let record: Record = serde_json::from_str(&text).with_context(|| format!("{}: not a run record", path.display()))?;
+        if record.schema != RECORD_SCHEMA || record.id != id {
+            anyhow::bail!(
+                "{}: a record of schema {} for run `{}`, not schema {RECORD_SCHEMA} for run `{id}`",
+                path.display(),
+                record.schema,
+                record.id
+            );
+        }
+        Ok(Some(record))
+    }
+
+    /// Creates `runs/` and makes sure records can be written there, and that no other `repro
+    /// run` writes to this directory, before any run starts; the lock lasts as long as the
+    /// returned file is open.
+    pub fn lock(&self) -> Result<std::fs::File> {
+        let runs = self.dir.join("runs");
+        std::fs::create_dir_all(&runs).with_context(|| format!("cannot create {}", runs.display()))?;
+        tempfile::NamedTempFile::new_in(&runs).with_context(|| format!("cannot write records in {}", runs.display()))?;
+        let path = self.dir.join(".lock");
+        let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                anyhow::bail!("{}: another `repro run` is writing to this directory; wait for it or use another --output", self.dir.display())
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
     }
 
     pub fn put(&self, record: &Record) -> Result<()> {
