@@ -231,6 +231,12 @@ impl From<DeviceName> for String {
     }
 }
 
+/// The dtype a run on `device` gets when none is named (f32 on CPU, f16 on CUDA).
+fn default_dtype(device: &str) -> String {
+    let device = if device == "cpu" { tch::Device::Cpu } else { tch::Device::Cuda(0) };
+    crate::device::parse_dtype(None, device).map(crate::device::dtype_name).unwrap_or("f32").into()
+}
+
 /// `f32`, `f16` or `bf16`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(try_from = "String", into = "String")]
@@ -239,7 +245,8 @@ pub struct DtypeName(pub String);
 impl TryFrom<String> for DtypeName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        crate::device::parse_dtype(Some(&s), tch::Device::Cpu).map(|_| DtypeName(s)).map_err(|e| e.to_string())
+        // One spelling per dtype (`float32` is `f32`), so that it cannot change a run's id.
+        crate::device::parse_dtype(Some(&s), tch::Device::Cpu).map(|k| DtypeName(crate::device::dtype_name(k).into())).map_err(|e| e.to_string())
     }
 }
 
@@ -496,7 +503,8 @@ impl SweepConfig {
             let model_spec = ModelSpec {
                 model: model.clone(),
                 device: self.device.0.clone(),
-                dtype: self.dtype.as_ref().map(|d| d.0.clone()),
+                // The default written out, so that naming it does not change the run's id.
+                dtype: Some(self.dtype.as_ref().map_or_else(|| default_dtype(&self.device.0), |d| d.0.clone())),
                 seqlen: self.seqlen,
                 streaming: self.stream,
             };

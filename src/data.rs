@@ -24,8 +24,21 @@ pub fn read_parquet_strings(path: &Path, column: &str) -> Result<Vec<String>> {
     Ok(ca.iter().map(|s| s.unwrap_or("").to_string()).collect())
 }
 
-/// The `text` field of every line of a (gzipped) JSON-lines file, as C4 shards store documents.
+/// The `text` field of every line of a (gzipped) JSON-lines file, as C4 shards store documents;
+/// a `.json` file may also be one array of such objects.
 pub fn read_jsonl_texts(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
+    if path.extension().is_some_and(|e| e == "json") {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if text.trim_start_matches('\u{feff}').trim_start().starts_with('[') {
+            let rows: Vec<serde_json::Value> =
+                serde_json::from_str(text.trim_start_matches('\u{feff}')).with_context(|| format!("{}: not a JSON array", path.display()))?;
+            let texts = rows.iter().enumerate().map(|(i, v)| match v.get("text").and_then(|t| t.as_str()) {
+                Some(t) => Ok(t.to_string()),
+                None => bail!("{}: element {i} has no string field `text`", path.display()),
+            });
+            return texts.take(limit.unwrap_or(usize::MAX)).collect();
+        }
+    }
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file)))
@@ -38,6 +51,7 @@ pub fn read_jsonl_texts(path: &Path, limit: Option<usize>) -> Result<Vec<String>
             break;
         }
         let line = line.with_context(|| format!("{}: read error at line {}", path.display(), n + 1))?;
+        let line = if n == 0 { line.trim_start_matches('\u{feff}').to_string() } else { line }; // a byte-order mark
         if line.trim().is_empty() {
             continue;
         }
@@ -157,7 +171,7 @@ pub fn read_text_rows(path: &Path) -> Result<Vec<String>> {
     let name = path.to_string_lossy();
     if name.ends_with(".parquet") {
         read_parquet_strings(path, "text")
-    } else if name.ends_with(".jsonl") || name.ends_with(".json.gz") || name.ends_with(".jsonl.gz") {
+    } else if [".jsonl", ".json", ".json.gz", ".jsonl.gz"].iter().any(|e| name.ends_with(e)) {
         read_jsonl_texts(path, None)
     } else {
         Ok(vec![std::fs::read_to_string(path)
@@ -247,6 +261,13 @@ mod tests {
             .token_ids(&hub, 8, &|_| Ok(vec![]))
             .unwrap_err();
         assert!(format!("{e:#}").contains("empty.txt"), "{e:#}");
+        // JSON lines saved as .json (with a byte-order mark), or one JSON array, read as documents.
+        let lines = tmp.path().join("lines.json");
+        std::fs::write(&lines, "\u{feff}{\"text\": \"a\"}\r\n{\"text\": \"b\"}\n").unwrap();
+        assert_eq!(read_text_rows(&lines).unwrap(), ["a", "b"]);
+        let array = tmp.path().join("array.json");
+        std::fs::write(&array, "[{\"text\": \"a\"}, {\"text\": \"b\"}]").unwrap();
+        assert_eq!(read_text_rows(&array).unwrap(), ["a", "b"]);
         let e = PplCorpus::parse("/nowhere/heldout.txt").locate(&hub).unwrap_err().to_string();
         assert!(e.contains("/nowhere/heldout.txt: no such file"), "{e}");
         let e = PplCorpus::parse("").locate(&hub).unwrap_err().to_string();

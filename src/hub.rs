@@ -45,9 +45,9 @@ pub struct RepoRef {
 }
 
 impl Hub {
-    /// `--hub-mirror` wins over `REPRO_HUB_MIRROR`.
+    /// `--hub-mirror` wins over `REPRO_HUB_MIRROR`; an empty value means none (not the current directory).
     pub fn new(mirror: Option<PathBuf>) -> Self {
-        let mirror = mirror.or_else(|| std::env::var_os("REPRO_HUB_MIRROR").map(PathBuf::from));
+        let mirror = mirror.or_else(|| std::env::var_os("REPRO_HUB_MIRROR").map(PathBuf::from)).filter(|m| !m.as_os_str().is_empty());
         Hub { mirror }
     }
 

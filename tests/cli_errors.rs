@@ -44,6 +44,10 @@ fn missing_field_and_unsupported_architecture() {
     broken_model(&b, |c| c["architectures"] = serde_json::json!(["GPT2LMHeadModel"]), |_| true);
     let e = run_err(&["eval", "--model", b.to_str().unwrap()]);
     assert!(e.contains("`architectures` = \"GPT2LMHeadModel\" is not supported"), "{e}");
+    let c = tmp.path().join("c");
+    broken_model(&c, |c| c["rope_scaling"] = serde_json::json!({"factor": 4.0}), |_| true);
+    let e = run_err(&["eval", "--model", c.to_str().unwrap()]);
+    assert!(e.contains("config.json") && e.contains("`rope_scaling` names no `rope_type`"), "{e}");
 }
 
 #[test]

@@ -146,3 +146,23 @@ fn an_interrupted_streamed_save_never_looks_complete() {
     let e = run_err(&["eval", "--model", d, "--seqlen", "64", "--max-windows", "1"]);
     assert!(e.contains("model.safetensors"), "{e}");
 }
+
+/// Temporary blocks of a run killed by a signal are removed by the next streamed run, while
+/// those of a live process are left alone.
+#[test]
+fn orphaned_temporary_blocks_are_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let orphan = tmp.path().join("repro-blocks-999999999-abc"); // above Linux's largest pid
+    let live = tmp.path().join(format!("repro-blocks-{}-abc", std::process::id()));
+    for d in [&orphan, &live] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("model-00001-of-00005.safetensors"), b"old").unwrap();
+    }
+    let out = repro()
+        .env("TMPDIR", tmp.path())
+        .args(["prune", "--model", &fixture_model("llama-tiny-random"), "--method", "magnitude", "--stream", "on"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!orphan.exists() && live.exists());
+}

@@ -173,6 +173,10 @@ fn run_ids_change_when_and_only_when_inputs_change() {
     assert_eq!(a, moved);
     // Streaming blocks from disk does not change results, so it is not part of the identity.
     assert_eq!(a, sb.ids(&format!("{BASE}stream: on\n")));
+    // Nor does naming the default dtype, in any spelling; another dtype does change it.
+    assert_eq!(a, sb.ids(&format!("{BASE}dtype: f32\n")));
+    assert_eq!(a, sb.ids(&format!("{BASE}dtype: float32\n")));
+    assert!(sb.ids(&format!("{BASE}dtype: bf16\n")).iter().zip(&a).all(|(x, y)| x.1 != y.1));
     let weights = sb.model.join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::thread::sleep(Duration::from_millis(20));

@@ -86,9 +86,11 @@ impl Config {
                 self.kv_heads()
             );
         }
-        match self.rope().and_then(|r| r.rope_type.as_deref()) {
-            None | Some("default") | Some("llama3") | Some("linear") => Ok(()),
-            Some(t) => bail!("field `rope_scaling.rope_type` = \"{t}\" is not supported (default, linear, llama3)"),
+        let field = if self.rope_scaling.is_some() { "rope_scaling" } else { "rope_parameters" };
+        match self.rope().map(|r| r.rope_type.as_deref()) {
+            None | Some(Some("default" | "llama3" | "linear")) => Ok(()),
+            Some(None) => bail!("field `{field}` names no `rope_type` (or `type`); transformers needs one of default, linear, llama3"),
+            Some(Some(t)) => bail!("field `{field}.rope_type` = \"{t}\" is not supported (default, linear, llama3)"),
         }
     }
 

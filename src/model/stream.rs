@@ -64,8 +64,9 @@ impl Streamed {
     /// atomically, and reads the block from there from now on.
     pub fn write(&mut self, i: usize, block: &dyn DecoderBlock) -> Result<()> {
         if self.dir.is_none() {
+            remove_orphaned_block_dirs();
             let temp = tempfile::Builder::new()
-                .prefix("repro-blocks-")
+                .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
                 .tempdir()
                 .context("cannot create a temporary directory for streamed blocks (set TMPDIR to a disk with room for the model)")?;
             self.dir = Some(temp.path().to_path_buf());
@@ -127,5 +128,22 @@ impl Streamed {
         let path = dir.join("model.safetensors.index.json");
         std::fs::write(&path, serde_json::to_string_pretty(&index)?).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
+    }
+}
+
+const TEMP_PREFIX: &str = "repro-blocks-";
+
+/// A run killed by a signal leaves its temporary blocks behind (as much as the whole pruned
+/// model); the next streamed run removes those whose process (the pid in the name) is gone.
+fn remove_orphaned_block_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for path in entries.flatten().map(|e| e.path()) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let pid = name.strip_prefix(TEMP_PREFIX).and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
     }
 }
