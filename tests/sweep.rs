@@ -331,7 +331,14 @@ fn records_are_checked_and_never_replaced_by_failures() {
     std::fs::write(path, std::fs::read_to_string(path).unwrap().replacen("\"schema\": 1", "\"schema\": 99", 1)).unwrap();
     let (ok, text) = run(tmp.to_str().unwrap(), &[]);
     assert!(ok && text.contains("2 runs, 1 cached, 1 to run") && text.contains("not schema 1"), "{text}");
+
+    // Another sweep pointed at this output would hide these records from its report: refused.
+    let other = sb.write("o.yaml", &BASE.replace("name: t", "name: other").replace("[dense, magnitude, wanda, sparsegpt]", "[dense]"));
+    let out = repro().arg("run").arg(&other).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("holds the records of sweep `t`"), "{stderr}");
 }
+
 
 /// Every shipped config loads, renders only artefacts that exist, and builds the paper's grid
 /// (Table 2: 7 models x (dense + 3 methods x 3 patterns) = 70; Table 7: 3 metrics x 5 groups).

@@ -125,6 +125,20 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     }
     // A device that is not there fails the sweep once, not each of its runs.
     crate::device::parse_device(&cfg.device.0).with_context(|| format!("{}: `device`", args.config.display()))?;
+    // Records of another sweep would vanish from this one's report; refuse to mix them.
+    if let Ok(text) = std::fs::read_to_string(cfg.output.join("sweep.json")) {
+        if let Ok(earlier) = serde_json::from_str::<SweepFile>(&text) {
+            if earlier.name != cfg.name {
+                bail!(
+                    "{} holds the records of sweep `{}` (from {}); give sweep `{}` its own `output` (or --output)",
+                    cfg.output.display(),
+                    earlier.name,
+                    earlier.config,
+                    cfg.name
+                );
+            }
+        }
+    }
     // The whole plan, so that a report after `--only` still shows every finished run.
     let sweep = SweepFile {
         name: cfg.name.clone(),
