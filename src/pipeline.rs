@@ -1,7 +1,7 @@
 //! One job — load a model, optionally prune it, evaluate it — as a library function, so the
 //! `prune`/`eval` commands and the sweep runner share one code path and one JSON result shape.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -12,7 +12,7 @@ use crate::data::{ppl_labels, PplCorpus};
 use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
 use crate::eval::ppl::perplexity;
 use crate::eval::tasks::{task, ALL_TASKS};
-use crate::eval::zeroshot::evaluate_task;
+use crate::eval::zeroshot::{evaluate_docs, TaskDocs};
 use crate::hub::{Hub, RepoKind};
 use crate::model::{self, Loaded, Streaming};
 use crate::prune::mask::{Group, Pattern};
@@ -80,7 +80,8 @@ impl EvalSpec {
         ensure!(self.limit != Some(0), "--limit must be at least 1 (leave it out for every document)");
         for n in &self.names {
             if ALL_TASKS.contains(&n.as_str()) {
-                task(n)?;
+                let t = task(n)?;
+                hub.repo(t.hub_id, RepoKind::Dataset).get(t.file).with_context(|| format!("task {n}"))?;
             } else {
                 PplCorpus::parse(n).locate(hub)?;
             }
@@ -162,7 +163,7 @@ pub fn run_job(
     if let (Some(p), Some(method)) = (prune, method) {
         prune_step(hub, &mut loaded, p, &method, seqlen, obs, &mut out)?;
     }
-    evaluations.run(hub, &loaded, eval, seqlen, obs, &mut out)?;
+    evaluations.run(&loaded, eval, seqlen, obs, &mut out)?;
     out.insert("repro_version".into(), json!(env!("CARGO_PKG_VERSION")));
     if let Some(dir) = save {
         out.insert("saved_to".into(), json!(dir));
@@ -261,7 +262,7 @@ fn check_calibration_memory(loaded: &Loaded, nsamples: usize, seqlen: usize) -> 
 /// Evaluation names split into zero-shot tasks and tokenized perplexity corpora, each once, in
 /// order; made before pruning so that a corpus too short for one window fails before the work.
 struct Evaluations {
-    tasks: Vec<String>,
+    tasks: Vec<TaskDocs>,
     corpora: Vec<Corpus>,
 }
 
@@ -280,6 +281,7 @@ impl Evaluations {
             }
         }
         let (tasks, specs): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| ALL_TASKS.contains(&n.as_str()));
+        let tasks = tasks.iter().map(|t| TaskDocs::load(hub, t, eval.limit)).collect::<Result<Vec<_>>>()?;
         let mut corpora = Vec::new();
         for (spec, label) in specs.iter().zip(ppl_labels(&specs)) {
             obs.stage(&format!("tokenizing {label}"));
@@ -294,29 +296,30 @@ impl Evaluations {
         Ok(Evaluations { tasks, corpora })
     }
 
-    fn run(&self, hub: &Hub, loaded: &Loaded, eval: &EvalSpec, seqlen: usize, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
+    fn run(&self, loaded: &Loaded, eval: &EvalSpec, seqlen: usize, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
         if !self.corpora.is_empty() {
             eval_ppl(loaded, &self.corpora, seqlen, eval, obs, out)?;
         }
         if !self.tasks.is_empty() {
-            eval_tasks(hub, loaded, &self.tasks, eval, obs, out)?;
+            eval_tasks(loaded, &self.tasks, eval, obs, out)?;
         }
         Ok(())
     }
 }
 
 /// Zero-shot accuracy per task; fills `zero_shot` with lm-eval's metric names and the mean acc.
-fn eval_tasks(hub: &Hub, loaded: &Loaded, tasks: &[String], eval: &EvalSpec, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
+fn eval_tasks(loaded: &Loaded, tasks: &[TaskDocs], eval: &EvalSpec, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
     let start = Instant::now();
     let mut results = Map::new();
     let mut accs = Vec::new();
-    for name in tasks {
+    for td in tasks {
+        let name = td.task.name;
         obs.stage(name);
-        let r = evaluate_task(loaded.model.as_ref(), &loaded.tokenizer, hub, name, eval.limit, eval.batch_size)?.result;
+        let r = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?.result;
         let norm = r.acc_norm.map(|a| format!(", acc_norm {:.4}", a)).unwrap_or_default();
         obs.line(&format!("{name:<16} acc {:.4} ± {:.4}{norm}   ({} documents)", r.acc, r.acc_stderr.unwrap_or(f64::NAN), r.n));
         accs.push(r.acc);
-        results.insert(name.clone(), serde_json::to_value(r)?);
+        results.insert(name.to_string(), serde_json::to_value(r)?);
     }
     let mean = accs.iter().sum::<f64>() / accs.len() as f64;
     if accs.len() > 1 {

@@ -149,3 +149,22 @@ fn blocks_beyond_num_hidden_layers_are_reported() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("more blocks than config.json's `num_hidden_layers` = 1; only the first 1 are used"), "{stderr}");
 }
+
+/// A zero-shot task whose data cannot be found fails before the model is pruned.
+#[test]
+fn missing_task_data_fails_before_pruning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = tmp.path().join("mirror");
+    std::fs::create_dir_all(mirror.join("models")).unwrap();
+    std::fs::create_dir_all(mirror.join("datasets")).unwrap();
+    std::os::unix::fs::symlink(fixtures().join("models/llama-tiny-random"), mirror.join("models/llama-tiny-random")).unwrap();
+    let out = repro()
+        .env("HF_HUB_CACHE", tmp.path().join("empty-cache"))
+        .args(["--hub-mirror", mirror.to_str().unwrap(), "prune", "--model", "llama-tiny-random", "--method", "magnitude", "--eval", "boolq"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("task boolq") && stderr.contains("boolq/validation-00000-of-00001.parquet"), "{stderr}");
+    assert!(out.stdout.is_empty(), "pruned before failing: {}", String::from_utf8_lossy(&out.stdout));
+}

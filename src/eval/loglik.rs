@@ -7,6 +7,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use super::tasks::py_isspace;
 use crate::model::{forward_batches, CausalLm};
 use crate::tokenizer::Tokenizer;
 
@@ -18,7 +19,7 @@ pub struct LogLik {
 
 /// Token ids of (context, continuation) as lm-eval's `_encode_pair` builds them.
 pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str) -> Result<(Vec<i64>, Vec<i64>)> {
-    let trimmed = context.trim_end();
+    let trimmed = context.trim_end_matches(py_isspace); // Python's rstrip()
     let moved = &context[trimmed.len()..];
     let continuation = format!("{moved}{continuation}");
     // lm-eval 0.4.13's HF backend encodes with the tokenizer's default special tokens, so LLaMA
@@ -84,4 +85,19 @@ pub fn loglikelihoods(
         Ok(())
     })?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// lm-eval moves what Python's `rstrip()` removes, U+001C..U+001F included, to the continuation.
+    #[test]
+    fn trailing_whitespace_moves_to_the_continuation_as_python_strips_it() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/models/llama-tiny");
+        let tok = Tokenizer::from_files(&dir.join("tokenizer.json"), Some(&dir.join("tokenizer_config.json")), "llama", Some(1)).unwrap();
+        let (ctx, cont) = encode_pair(&tok, "Question:\u{1f} ", "yes").unwrap();
+        assert_eq!(ctx, tok.encode("Question:").unwrap());
+        assert_eq!([ctx, cont].concat(), tok.encode("Question:\u{1f} yes").unwrap());
+    }
 }

@@ -457,7 +457,7 @@ fn hellaswag_preprocess(text: &str) -> String {
 }
 
 /// Python's `str.isspace`: Rust's White_Space plus the separators U+001C..U+001F.
-fn py_isspace(c: char) -> bool {
+pub(crate) fn py_isspace(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 

@@ -1,11 +1,11 @@
 //! Zero-shot accuracy on lm-eval tasks: documents from the task's hub dataset, loglikelihood
 //! requests scored by the model, metrics aggregated as lm-eval does.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
 use super::loglik::loglikelihoods;
-use super::tasks::{aggregate, argmax, load_docs, task, TaskResult};
+use super::tasks::{aggregate, argmax, load_docs, task, Doc, Task, TaskResult};
 use crate::hub::{Hub, RepoKind};
 use crate::model::CausalLm;
 use super::NON_FINITE_HINT;
@@ -32,12 +32,32 @@ pub fn evaluate_task(
     limit: Option<usize>,
     batch_size: usize,
 ) -> Result<TaskEval> {
-    let t = task(name)?;
-    let path = hub.repo(t.hub_id, RepoKind::Dataset).get(t.file)?;
-    let mut docs = load_docs(&t, &path)?;
-    if let Some(l) = limit {
-        docs.truncate(l);
+    evaluate_docs(model, tok, &TaskDocs::load(hub, name, limit)?, batch_size)
+}
+
+/// A task with its documents, read (and checked) before any model work.
+pub struct TaskDocs {
+    pub task: Task,
+    pub docs: Vec<Doc>,
+}
+
+impl TaskDocs {
+    /// The first `limit` documents of task `name` (all when `None`); errors name the file.
+    pub fn load(hub: &Hub, name: &str, limit: Option<usize>) -> Result<TaskDocs> {
+        let task = task(name)?;
+        let path = hub.repo(task.hub_id, RepoKind::Dataset).get(task.file)?;
+        let mut docs = load_docs(&task, &path).with_context(|| format!("task {name}: {}", path.display()))?;
+        ensure!(!docs.is_empty(), "task {name}: {} holds no documents", path.display());
+        if let Some(l) = limit {
+            docs.truncate(l);
+        }
+        Ok(TaskDocs { task, docs })
     }
+}
+
+/// Scores every document's choices with the model and aggregates lm-eval's metrics.
+pub fn evaluate_docs(model: &dyn CausalLm, tok: &Tokenizer, td: &TaskDocs, batch_size: usize) -> Result<TaskEval> {
+    let (t, docs, name) = (&td.task, &td.docs, td.task.name);
     let requests: Vec<(String, String)> = docs.iter().flat_map(|d| d.requests()).collect();
     let bar = crate::progress::bar(requests.len() as u64, name);
     let max_length = model.info().max_position_embeddings as usize;
@@ -49,7 +69,7 @@ pub fn evaluate_task(
     let mut per_doc = Vec::with_capacity(docs.len());
     let mut predictions = Vec::with_capacity(docs.len());
     let mut next = 0;
-    for d in &docs {
+    for d in docs {
         let k = d.requests().len();
         let ll: Vec<f64> = lls[next..next + k].iter().map(|l| l.logprob).collect();
         next += k;
