@@ -72,7 +72,8 @@ pub struct ModelArgs {
     /// f32, f16 or bf16 (default: f32 on CPU, f16 on CUDA).
     #[arg(long)]
     pub dtype: Option<String>,
-    /// Sequence length for calibration and perplexity windows (default: max_position_embeddings, as the official code).
+    /// Window length: perplexity windows, and calibration samples when pruning (default:
+    /// max_position_embeddings, as the official code; longer is refused).
     #[arg(long)]
     pub seqlen: Option<usize>,
     /// Print one JSON object as the last line of stdout.
@@ -86,7 +87,7 @@ pub struct ModelArgs {
 
 #[derive(Args, Clone)]
 pub struct PplArgs {
-    /// Windows per forward pass; does not change the result beyond float tolerance.
+    /// Perplexity windows / zero-shot requests per forward pass; changes speed, not results (beyond float rounding).
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
     /// Evaluate only the first K windows (quick checks).
@@ -103,6 +104,7 @@ pub struct EvalArgs {
     pub model: ModelArgs,
     /// Perplexity corpora, comma separated: wikitext2, c4, wikitext2:<dir|repo>, c4:<dir|repo>,
     /// or any text source (parquet/txt/jsonl file, directory, dataset repo id[:file]).
+    /// With neither --ppl nor --tasks: wikitext2.
     #[arg(long, value_delimiter = ',')]
     pub ppl: Vec<String>,
     /// Zero-shot tasks, comma separated: boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa.
@@ -134,8 +136,10 @@ pub struct PruneArgs {
     /// Calibration data: c4, c4:<dir|repo>, wikitext2, wikitext2:<dir|repo>, or a local file.
     #[arg(long, default_value = "c4")]
     pub calib: String,
+    /// Calibration samples (windows of --seqlen tokens), as the paper's 128.
     #[arg(long, default_value_t = 128)]
     pub nsamples: usize,
+    /// Seed of the calibration draws (Python's `random`, as the official code seeds it).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Calibration samples per forward pass (results do not depend on it beyond float tolerance).

@@ -77,6 +77,9 @@ fn config_errors_name_file_line_column_and_allowed_values() {
     assert!(e.contains("becomes the file name in report/"), "{e}");
     let e = parse(&format!("{BASE}report:\n{}{}", table("t"), table("t"))).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
     assert!(e.contains("two report entries are named `t`"), "{e}");
+    let long_paper = table("t").replace("rows: [{label: r}]", "rows: [{label: r, paper: [1.0, 2.0]}]");
+    let e = parse(&format!("{BASE}report:\n{long_paper}")).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
+    assert!(e.contains("`r` lists 2 paper values for 1 places"), "{e}");
 }
 
 #[test]

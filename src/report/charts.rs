@@ -87,7 +87,9 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing the chart: {e:?}")
 }
 
-fn draw_lines<DB: DrawingBackend, Y>(root: &DrawingArea<DB, Shift>, a: &Artefact, xs: &[String], series: &[Series], y: Y) -> Result<()>
+/// `positive_only` on a log axis, where values <= 0 have no place (they are left out, not
+/// drawn at the bottom edge).
+fn draw_lines<DB: DrawingBackend, Y>(root: &DrawingArea<DB, Shift>, a: &Artefact, xs: &[String], series: &[Series], y: Y, positive_only: bool) -> Result<()>
 where
     Y: AsRangedCoord<Value = f64>,
     Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
@@ -118,7 +120,7 @@ where
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(if s.paper { i - ours } else { i }).to_rgba();
         let pts: Vec<(SegmentValue<i32>, f64)> =
-            s.values.iter().enumerate().filter_map(|(k, v)| v.filter(|v| v.is_finite()).map(|v| (SegmentValue::CenterOf(k as i32), v))).collect();
+            s.values.iter().enumerate().filter_map(|(k, v)| v.filter(|v| v.is_finite() && (!positive_only || *v > 0.0)).map(|v| (SegmentValue::CenterOf(k as i32), v))).collect();
         let style = color.stroke_width(2);
         let anno = if s.paper {
             chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)).map_err(plot_err)?;
@@ -196,10 +198,11 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, a: &Artefact, records:
             let (lo, hi) = if vals.is_empty() { (1.0, 10.0) } else { (lo, hi) };
             // A log axis within one decade would show no tick labels; it is linear there.
             if a.log_y && hi / lo > 10.0 {
-                draw_lines(&root, a, &xs, &series, (lo / 1.2..hi * 1.2).log_scale())?;
+                draw_lines(&root, a, &xs, &series, (lo / 1.2..hi * 1.2).log_scale(), true)?;
             } else {
-                let pad = ((hi - lo) * 0.1).max(1e-6);
-                draw_lines(&root, a, &xs, &series, lo - pad..hi + pad)?;
+                // Equal values still get a readable range around them.
+                let pad = ((hi - lo) * 0.1).max(hi.abs() * 0.05).max(1e-6);
+                draw_lines(&root, a, &xs, &series, lo - pad..hi + pad, a.log_y)?;
             }
         }
         ArtefactKind::Bars => {

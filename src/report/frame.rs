@@ -49,7 +49,7 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
     ];
     for corpus in keys(records, "ppl") {
         cols.push(float(&format!("ppl_{corpus}"), records, |r| r.result.get("ppl")?.get(&corpus)?.as_f64()));
-        cols.push(float(&format!("ppl_{corpus}_windows"), records, |r| r.result.get("ppl_details")?.get(&corpus)?.get("windows")?.as_f64()));
+        cols.push(float(&format!("windows_{corpus}"), records, |r| r.result.get("ppl_details")?.get(&corpus)?.get("windows")?.as_f64()));
     }
     for task in keys(records, "zero_shot") {
         cols.push(float(&format!("acc_{task}"), records, |r| r.result.get("zero_shot")?.get(&task)?.get("acc")?.as_f64()));

@@ -194,10 +194,27 @@ impl Artefact {
         if !file_safe {
             bail!("report `{}`: `name` becomes the file name in report/; use letters, digits, '.', '_' and '-'", self.name);
         }
+        let slots = || self.rows.iter().chain(&self.columns).chain(&self.series);
+        if self.title.contains('\n') || slots().any(|s| s.label.parts().iter().any(|l| l.contains('\n'))) {
+            bail!("report `{}`: a title or label holds a line break, which would split table rows", self.name);
+        }
+        // Paper values run along the other axis: a row's over the columns, a series' over x (line) or the groups (bars).
+        let along = match self.kind {
+            ArtefactKind::Table => self.columns.len(),
+            ArtefactKind::Line => self.x.as_ref().map_or(0, |x| x.values.len()),
+            ArtefactKind::Bars => self.columns.len(),
+        };
+        let paper_slots = match self.kind {
+            ArtefactKind::Table => &self.rows,
+            _ => &self.series,
+        };
+        if let Some(s) = paper_slots.iter().find(|s| s.paper.len() > along || s.paper_std.len() > along) {
+            bail!("report `{}`: `{}` lists {} paper values for {along} places", self.name, s.label.joined(), s.paper.len().max(s.paper_std.len()));
+        }
         let need = |ok: bool, what: &str| if ok { Ok(()) } else { Err(anyhow!("report `{}`: a {kind} needs {what}", self.name)) };
         match self.kind {
             ArtefactKind::Table => need(!self.rows.is_empty() && !self.columns.is_empty(), "`rows` and `columns`"),
-            ArtefactKind::Line => need(self.x.is_some() && !self.series.is_empty(), "`x` and `series`"),
+            ArtefactKind::Line => need(self.x.as_ref().is_some_and(|x| !x.values.is_empty()) && !self.series.is_empty(), "`x` (with values) and `series`"),
             ArtefactKind::Bars => need(!self.columns.is_empty() && !self.series.is_empty(), "`columns` (groups) and `series` (bars)"),
         }
     }

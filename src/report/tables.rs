@@ -90,7 +90,7 @@ pub fn markdown(a: &Artefact, records: &[Record]) -> String {
     let width = head.len() - a.columns.len();
     let mut s = format!("### {}\n\n", a.title);
     match a.columns.iter().any(|c| c.metric.is_some()) {
-        true => s += "Metric: per column (accuracy in %)",
+        true => s += "Metric: per column (see its header)",
         false => s += &format!("Metric: {}", a.metric.axis_label()),
     }
     if a.rows.iter().any(|r| r.paper.iter().any(Option::is_some)) {
