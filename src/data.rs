@@ -24,14 +24,19 @@ pub fn read_parquet_strings(path: &Path, column: &str) -> Result<Vec<String>> {
     Ok(ca.iter().map(|s| s.unwrap_or("").to_string()).collect())
 }
 
+const BYTE_ORDER_MARK: char = '\u{feff}';
+
+/// Endings of the files read as JSON lines (a `text` field per line).
+const JSON_LINES: [&str; 4] = [".jsonl", ".json", ".json.gz", ".jsonl.gz"];
+
 /// The `text` field of every line of a (gzipped) JSON-lines file, as C4 shards store documents;
 /// a `.json` file may also be one array of such objects.
 pub fn read_jsonl_texts(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
     if path.extension().is_some_and(|e| e == "json") {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        if text.trim_start_matches('\u{feff}').trim_start().starts_with('[') {
-            let rows: Vec<serde_json::Value> =
-                serde_json::from_str(text.trim_start_matches('\u{feff}')).with_context(|| format!("{}: not a JSON array", path.display()))?;
+        let body = text.trim_start_matches(BYTE_ORDER_MARK);
+        if body.trim_start().starts_with('[') {
+            let rows: Vec<serde_json::Value> = serde_json::from_str(body).with_context(|| format!("{}: not a JSON array", path.display()))?;
             let texts = rows.iter().enumerate().map(|(i, v)| match v.get("text").and_then(|t| t.as_str()) {
                 Some(t) => Ok(t.to_string()),
                 None => bail!("{}: element {i} has no string field `text`", path.display()),
@@ -51,7 +56,7 @@ pub fn read_jsonl_texts(path: &Path, limit: Option<usize>) -> Result<Vec<String>
             break;
         }
         let line = line.with_context(|| format!("{}: read error at line {}", path.display(), n + 1))?;
-        let line = if n == 0 { line.trim_start_matches('\u{feff}').to_string() } else { line }; // a byte-order mark
+        let line = if n == 0 { line.trim_start_matches(BYTE_ORDER_MARK).to_string() } else { line };
         if line.trim().is_empty() {
             continue;
         }
@@ -171,7 +176,7 @@ pub fn read_text_rows(path: &Path) -> Result<Vec<String>> {
     let name = path.to_string_lossy();
     if name.ends_with(".parquet") {
         read_parquet_strings(path, "text")
-    } else if [".jsonl", ".json", ".json.gz", ".jsonl.gz"].iter().any(|e| name.ends_with(e)) {
+    } else if JSON_LINES.iter().any(|e| name.ends_with(e)) {
         read_jsonl_texts(path, None)
     } else {
         Ok(vec![std::fs::read_to_string(path)
@@ -189,7 +194,7 @@ pub fn resolve_text_files(hub: &Hub, spec: &str) -> Result<Vec<PathBuf>> {
     if p.is_file() {
         return Ok(vec![p.to_path_buf()]);
     }
-    let looks_like_file = [".txt", ".jsonl", ".json", ".json.gz", ".jsonl.gz", ".parquet"].iter().any(|e| spec.ends_with(e));
+    let looks_like_file = JSON_LINES.iter().chain(&[".txt", ".parquet"]).any(|e| spec.ends_with(e));
     if looks_like_file && !spec.contains(':') {
         bail!("{spec}: no such file");
     }

@@ -61,18 +61,14 @@ impl CalibSource {
         seed: u64,
     ) -> Result<(PathBuf, Vec<Vec<i64>>)> {
         let path = self.locate(hub)?;
+        let from_docs = |docs: Vec<String>| sample::c4_windows(docs.len(), |i| tokenizer.encode(&docs[i]), nsamples, seqlen, seed);
         let windows = match self {
             CalibSource::Wikitext2 { .. } => {
                 let ids = tokenizer.encode(&read_parquet_strings(&path, "text")?.join(" "))?;
                 sample::text_windows(&ids, nsamples, seqlen, seed)
             }
-            CalibSource::C4 { .. } | CalibSource::File { .. } => {
-                let docs = match self {
-                    CalibSource::C4 { .. } => read_jsonl_texts(&path, None)?,
-                    _ => read_text_rows(&path)?,
-                };
-                sample::c4_windows(docs.len(), |i| tokenizer.encode(&docs[i]), nsamples, seqlen, seed)
-            }
+            CalibSource::C4 { .. } => from_docs(read_jsonl_texts(&path, None)?),
+            CalibSource::File { .. } => from_docs(read_text_rows(&path)?),
         };
         let windows = windows.with_context(|| format!("calibration data {}", path.display()))?;
         Ok((path, windows))
