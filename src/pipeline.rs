@@ -121,10 +121,10 @@ pub fn run_job(
 ) -> Result<Map<String, Value>> {
     let start = Instant::now();
     let method = prune.map(PruneSpec::method).transpose()?;
-    if let (Some(p), Some(m)) = (prune, &method) {
-        if m.needs_calibration() {
-            p.check_calibration(hub)?;
-        }
+    // The pruning settings when the method draws calibration data.
+    let calibrated = prune.filter(|_| method.as_ref().is_some_and(Method::needs_calibration));
+    if let Some(p) = calibrated {
+        p.check_calibration(hub)?;
     }
     eval.check(hub)?;
     obs.stage("loading");
@@ -136,10 +136,8 @@ pub fn run_job(
     let mut loaded = model::load(hub, &spec.model, device, kind, spec.streaming)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let seqlen = window_length(spec.seqlen, loaded.model.info().max_position_embeddings)?;
-    if let (Some(p), Some(m)) = (prune, &method) {
-        if m.needs_calibration() {
-            check_calibration_memory(&loaded, p.nsamples, seqlen)?;
-        }
+    if let Some(p) = calibrated {
+        check_calibration_memory(&loaded, p.nsamples, seqlen)?;
     }
     let evaluations = Evaluations::prepare(hub, &loaded, eval, seqlen, obs)?;
     if let Some(dir) = save {
