@@ -297,14 +297,13 @@ fn prune_layer(
         }
         Method::SparseGpt | Method::Ablate { .. } => {
             let h = hessian.expect("every linear layer saw calibration inputs");
-            let n = norms;
             let new = match method {
                 Method::Ablate { metric, iterative: false } => {
-                    let mask = ablation_mask(*metric, w, n, sparsity, pattern)?;
+                    let mask = ablation_mask(*metric, w, norms, sparsity, pattern)?;
                     sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Fixed(&mask))?
                 }
                 Method::Ablate { metric, iterative: true } => {
-                    let rescore = |wb: &Tensor, col: i64| rescore_block(*metric, wb, n, col);
+                    let rescore = |wb: &Tensor, col: i64| rescore_block(*metric, wb, norms, col);
                     sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Rescore(&rescore))?
                 }
                 _ => sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Saliency)?,

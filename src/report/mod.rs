@@ -194,15 +194,13 @@ impl Artefact {
         if !file_safe {
             bail!("report `{}`: `name` becomes the file name in report/; use letters, digits, '.', '_' and '-'", self.name);
         }
-        let slots = || self.rows.iter().chain(&self.columns).chain(&self.series);
-        if self.title.contains('\n') || slots().any(|s| s.label.parts().iter().any(|l| l.contains('\n'))) {
+        if self.title.contains('\n') || self.slots().any(|s| s.label.parts().iter().any(|l| l.contains('\n'))) {
             bail!("report `{}`: a title or label holds a line break, which would split table rows", self.name);
         }
         // Paper values run along the other axis: a row's over the columns, a series' over x (line) or the groups (bars).
         let along = match self.kind {
-            ArtefactKind::Table => self.columns.len(),
             ArtefactKind::Line => self.x.as_ref().map_or(0, |x| x.values.len()),
-            ArtefactKind::Bars => self.columns.len(),
+            ArtefactKind::Table | ArtefactKind::Bars => self.columns.len(),
         };
         let paper_slots = match self.kind {
             ArtefactKind::Table => &self.rows,
@@ -219,6 +217,10 @@ impl Artefact {
         }
     }
 
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.rows.iter().chain(&self.columns).chain(&self.series)
+    }
+
     /// Labels of rows, columns and series whose selector and metric match no successful record:
     /// a misspelt model, method or corpus name renders as empty cells otherwise.
     fn unmatched_slots(&self, records: &[Record]) -> Vec<String> {
@@ -226,10 +228,7 @@ impl Artefact {
         if ok.is_empty() {
             return Vec::new();
         }
-        self.rows
-            .iter()
-            .chain(&self.columns)
-            .chain(&self.series)
+        self.slots()
             .filter(|slot| {
                 let metric = slot.metric.as_ref().unwrap_or(&self.metric);
                 !ok.iter().any(|r| slot.select.matches(&r.settings, &r.method_label) && metric.value(r).is_some())
