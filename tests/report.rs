@@ -2,7 +2,7 @@
 //! the paper's numbers and differences, and PNG/SVG charts that decode and are not blank.
 
 use polars::prelude::*;
-use repro::config::SweepConfig;
+use repro::config::{RunSpec, SweepConfig};
 use repro::report::{report, Artefact};
 use repro::sweep::store::{write_atomic, Environment, Record, Status, Store, RECORD_SCHEMA};
 use repro::sweep::{PlanEntry, SweepFile};
@@ -40,6 +40,15 @@ const ARTEFACTS: &str = "
   series:
     - {label: Magnitude, where: {method: magnitude}}
     - {label: Wanda, where: {method: wanda}, paper: [5.68, null, 7.26]}
+- name: loose
+  title: A row that takes two sparsities
+  kind: table
+  metric: ppl:wikitext2
+  rows:
+    - {label: Magnitude, where: {method: magnitude}}
+    - {label: Wanda 50%, where: {method: wanda, sparsity: 0.5}}
+  columns:
+    - {label: m, where: {model: m}}
 - name: bars
   title: Zero-shot
   kind: bars
@@ -51,6 +60,24 @@ const ARTEFACTS: &str = "
     - {label: Magnitude, where: {method: magnitude}}
     - {label: Wanda, where: {method: wanda}}
 ";
+
+fn record(id: String, label: String, method_label: String, settings: RunSpec, result: serde_json::Value) -> Record {
+    Record {
+        schema: RECORD_SCHEMA,
+        id,
+        label,
+        method_label,
+        status: Status::Ok,
+        error: None,
+        settings,
+        model_identity: json!({"sha256": "x"}),
+        data_identity: Default::default(),
+        environment: Environment::current(),
+        started_at: 0.0,
+        finished_at: 1.0,
+        result: result.as_object().unwrap().clone(),
+    }
+}
 
 /// One record per planned run, with ppl = 5 + 10·sparsity (+ 0.1·seed) and acc = 0.6 − sparsity.
 fn fixture(dir: &Path) -> usize {
@@ -69,22 +96,7 @@ fn fixture(dir: &Path) -> usize {
             "zero_shot_mean_acc": 0.6 - s,
             "seqlen": 64, "device": "cpu", "dtype": "f32", "total_seconds": 1.5, "peak_rss_bytes": 1000
         });
-        let record = Record {
-            schema: RECORD_SCHEMA,
-            id: id.clone(),
-            label: run.label.clone(),
-            method_label: run.method_label,
-            status: Status::Ok,
-            error: None,
-            settings: run.spec,
-            model_identity: json!({"sha256": "x"}),
-            data_identity: Default::default(),
-            environment: Environment::current(),
-            started_at: 0.0,
-            finished_at: 1.0,
-            result: result.as_object().unwrap().clone(),
-        };
-        store.put(&record).unwrap();
+        store.put(&record(id.clone(), run.label.clone(), run.method_label, run.spec, result)).unwrap();
         plan.push(PlanEntry { id, label: run.label });
     }
     let n = plan.len();
@@ -100,7 +112,7 @@ fn report_writes_frames_tables_and_charts() {
     let n = fixture(dir);
     assert_eq!(n, 1 + 2 + 2 * 2, "dense, magnitude x 2 sparsities, wanda x 2 sparsities x 2 seeds");
     let files = report(dir).unwrap();
-    assert_eq!(files.len(), 2 + 2 * 3);
+    assert_eq!(files.len(), 2 + 2 * 4);
 
     let df = ParquetReader::new(std::fs::File::open(dir.join("results.parquet")).unwrap()).finish().unwrap();
     assert_eq!(df.height(), n);
@@ -138,6 +150,58 @@ fn report_writes_frames_tables_and_charts() {
     }
     let svg = std::fs::read_to_string(dir.join("report/line.svg")).unwrap();
     assert!(svg.contains("Wanda (paper)") && svg.contains("sparsity") && svg.contains("wikitext2 perplexity"), "line chart labels");
+}
+
+#[test]
+fn cells_mixing_more_than_seeds_are_marked_and_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    fixture(tmp.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_repro")).arg("report").arg(tmp.path()).output().unwrap();
+    assert!(out.status.success());
+    let md = std::fs::read_to_string(tmp.path().join("report/loose.md")).unwrap();
+    // Magnitude at 0.3 and 0.5 (ppl 8 and 10): marked, with the differing setting named below.
+    assert!(md.contains("| Magnitude | 9.00 ± 1.41* |"), "{md}");
+    assert!(md.contains("\\* averages runs that differ in sparsity, not only in the seed."), "{md}");
+    // Two seeds of one setting: a seed spread, not marked.
+    assert!(md.contains("| Wanda 50% | 10.05 ± 0.07 |"), "{md}");
+    let tex = std::fs::read_to_string(tmp.path().join("report/loose.tex")).unwrap();
+    assert!(tex.contains("9.00 $\\pm$ 1.41*") && tex.contains("\\footnotesize * averages runs"), "{tex}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("report `loose`: one cell averages runs"), "{stderr}");
+    assert!(stderr.contains("Magnitude / m (differ in sparsity)"), "{stderr}");
+    // The well-specified artefacts draw no such warning.
+    for name in ["`tab`", "`line`", "`bars`"] {
+        assert!(!stderr.contains(&format!("report {name}: ")), "{stderr}");
+    }
+}
+
+/// Every shipped sweep, with a stand-in record per planned run: each report slot finds its runs
+/// and no cell mixes settings (Table 9's Wanda row once averaged per-output and per-layer Wanda).
+#[test]
+fn paper_configs_take_one_setting_per_cell() {
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        let cfg = SweepConfig::load(&path).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path());
+        let mut plan = Vec::new();
+        for (i, run) in cfg.expand().unwrap().into_iter().enumerate() {
+            let names = &run.spec.eval.names;
+            let result = json!({
+                "ppl": names.iter().map(|n| (n.clone(), json!(10.0))).collect::<serde_json::Map<_, _>>(),
+                "zero_shot": names.iter().map(|n| (n.clone(), json!({"acc": 0.5}))).collect::<serde_json::Map<_, _>>(),
+                "zero_shot_mean_acc": 0.5, "prune_seconds": 1.0, "total_seconds": 2.0
+            });
+            let id = format!("{i:016x}");
+            store.put(&record(id.clone(), run.label.clone(), run.method_label, run.spec, result)).unwrap();
+            plan.push(PlanEntry { id, label: run.label });
+        }
+        let sweep = SweepFile { name: cfg.name.clone(), config: path.display().to_string(), runs: plan, artefacts: cfg.artefacts(&path).unwrap() };
+        write_atomic(&tmp.path().join("sweep.json"), &serde_json::to_vec(&sweep).unwrap()).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_repro")).arg("report").arg(tmp.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("warning"), "{}: {stderr}", path.display());
+    }
 }
 
 #[test]

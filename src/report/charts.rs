@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use super::{cell, Artefact, ArtefactKind, XField};
+use super::{cell, warn_mixed, Artefact, ArtefactKind, XField};
 use crate::config::{Selector, DENSE};
 use crate::sweep::store::Record;
 
@@ -44,20 +44,20 @@ fn line_series(a: &Artefact, records: &[Record]) -> Result<(Vec<String>, Vec<Ser
             XField::Sparsity => format!("{}%", (v * 100.0).round()),
             XField::Nsamples => format!("{v}"),
         })
-        .collect();
-    let mut out = Vec::new();
+        .collect::<Vec<String>>();
+    let (mut out, mut points) = (Vec::new(), Vec::new());
     for s in &a.series {
         let dense = Selector { model: s.select.model.clone(), method: Some(DENSE.into()), ..Selector::default() };
-        let values = x
-            .values
-            .iter()
-            .map(|&v| {
-                let sel = if x.field == XField::Sparsity && v == 0.0 { &dense } else { &s.select };
-                cell(records, &a.metric, &[sel], Some((x.field, v))).map(|c| c.0)
-            })
-            .collect();
+        let mut values = Vec::new();
+        for (&v, at) in x.values.iter().zip(&labels) {
+            let sel = if x.field == XField::Sparsity && v == 0.0 { &dense } else { &s.select };
+            let point = cell(records, &a.metric, &[sel], Some((x.field, v)));
+            values.push(point.as_ref().map(|p| p.mean));
+            points.extend(point.map(|p| (format!("{} at {at}", s.label.joined()), p)));
+        }
         out.push(Series { label: s.label.joined(), values, paper: false });
     }
+    warn_mixed(a, points.iter().map(|(at, p)| (at.clone(), p)));
     for s in a.series.iter().filter(|s| !s.paper.is_empty()) {
         out.push(Series { label: format!("{} (paper)", s.label.joined()), values: s.paper.clone(), paper: true });
     }
@@ -67,15 +67,21 @@ fn line_series(a: &Artefact, records: &[Record]) -> Result<(Vec<String>, Vec<Ser
 /// Bars: one group per column, one bar per series within it.
 fn bar_series(a: &Artefact, records: &[Record]) -> (Vec<String>, Vec<Series>) {
     let labels = a.columns.iter().map(|c| c.label.joined()).collect();
+    let mut bars = Vec::new();
     let series = a
         .series
         .iter()
-        .map(|s| Series {
-            label: s.label.joined(),
-            values: a.columns.iter().map(|c| cell(records, &a.metric, &[&s.select, &c.select], None).map(|c| c.0)).collect(),
-            paper: false,
+        .map(|s| {
+            let values = a.columns.iter().map(|c| {
+                let bar = cell(records, &a.metric, &[&s.select, &c.select], None);
+                let mean = bar.as_ref().map(|b| b.mean);
+                bars.extend(bar.map(|b| (format!("{} / {}", c.label.joined(), s.label.joined()), b)));
+                mean
+            });
+            Series { label: s.label.joined(), values: values.collect(), paper: false }
         })
         .collect();
+    warn_mixed(a, bars.iter().map(|(at, b)| (at.clone(), b)));
     (labels, series)
 }
 
@@ -188,28 +194,33 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, a: &Artefact, gr
     draw_legend(&mut chart)
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, a: &Artefact, records: &[Record]) -> Result<()> {
+/// The chart's categories (x values or bar groups) and series, computed once for both formats.
+fn layout(a: &Artefact, records: &[Record]) -> Result<(Vec<String>, Vec<Series>)> {
+    match a.kind {
+        ArtefactKind::Line => line_series(a, records),
+        ArtefactKind::Bars => Ok(bar_series(a, records)),
+        ArtefactKind::Table => bail!("`{}` is a table, not a chart", a.name),
+    }
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, a: &Artefact, (xs, series): &(Vec<String>, Vec<Series>)) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err)?;
     match a.kind {
         ArtefactKind::Line => {
-            let (xs, series) = line_series(a, records)?;
-            let vals = finite(&series, a.log_y);
+            let vals = finite(series, a.log_y);
             let (lo, hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
             let (lo, hi) = if vals.is_empty() { (1.0, 10.0) } else { (lo, hi) };
             // A log axis within one decade would show no tick labels; it is linear there.
             if a.log_y && hi / lo > 10.0 {
-                draw_lines(&root, a, &xs, &series, (lo / 1.2..hi * 1.2).log_scale(), true)?;
+                draw_lines(&root, a, xs, series, (lo / 1.2..hi * 1.2).log_scale(), true)?;
             } else {
                 // Equal values still get a readable range around them.
                 let pad = ((hi - lo) * 0.1).max(hi.abs() * 0.05).max(1e-6);
-                draw_lines(&root, a, &xs, &series, lo - pad..hi + pad, a.log_y)?;
+                draw_lines(&root, a, xs, series, lo - pad..hi + pad, a.log_y)?;
             }
         }
-        ArtefactKind::Bars => {
-            let (groups, series) = bar_series(a, records);
-            draw_bars(&root, a, &groups, &series)?;
-        }
-        ArtefactKind::Table => bail!("`{}` is a table, not a chart", a.name),
+        // `layout` has refused tables.
+        ArtefactKind::Bars | ArtefactKind::Table => draw_bars(&root, a, xs, series)?,
     }
     root.present().map_err(plot_err)
 }
@@ -219,7 +230,8 @@ pub fn write(a: &Artefact, records: &[Record], dir: &Path) -> Result<Vec<PathBuf
     register_font()?;
     let png = dir.join(format!("{}.png", a.name));
     let svg = dir.join(format!("{}.svg", a.name));
-    draw(BitMapBackend::new(&png, SIZE).into_drawing_area(), a, records).with_context(|| format!("rendering {}", png.display()))?;
-    draw(SVGBackend::new(&svg, SIZE).into_drawing_area(), a, records).with_context(|| format!("rendering {}", svg.display()))?;
+    let chart = layout(a, records)?;
+    draw(BitMapBackend::new(&png, SIZE).into_drawing_area(), a, &chart).with_context(|| format!("rendering {}", png.display()))?;
+    draw(SVGBackend::new(&svg, SIZE).into_drawing_area(), a, &chart).with_context(|| format!("rendering {}", svg.display()))?;
     Ok(vec![png, svg])
 }

@@ -9,7 +9,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::config::Selector;
+use crate::config::{RunSpec, Selector};
+use crate::pipeline::PruneSpec;
 use crate::sweep::store::{Record, Status, Store};
 use crate::sweep::SweepFile;
 
@@ -238,10 +239,42 @@ impl Artefact {
     }
 }
 
-/// Mean and sample standard deviation (None for a single value) of `metric` over the successful
-/// records matched by all `selectors`.
-pub fn cell(records: &[Record], metric: &Metric, selectors: &[&Selector], x: Option<(XField, f64)>) -> Option<(f64, Option<f64>)> {
-    let vals: Vec<f64> = records
+/// What one table cell or chart point shows: the metric over the successful runs it takes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregate {
+    pub mean: f64,
+    /// Sample standard deviation; None for a single run.
+    pub std: Option<f64>,
+    /// Settings other than the seed in which those runs differ. Non-empty means the spread is not
+    /// a seed spread: a row's or column's `where` is looser than meant.
+    pub mixed: Vec<&'static str>,
+}
+
+/// The settings that change a run's numbers, besides the seed. Batch sizes (float noise only)
+/// and the list of evaluations (which metrics exist, not their values) are left out.
+fn protocol(s: &RunSpec) -> [(&'static str, String); 13] {
+    let p = s.prune.as_ref();
+    let prune = |f: &dyn Fn(&PruneSpec) -> String| p.map(f).unwrap_or_default();
+    [
+        ("model", s.model.model.clone()),
+        ("device", s.model.device.clone()),
+        ("dtype", format!("{:?}", s.model.dtype)),
+        ("seqlen", format!("{:?}", s.model.seqlen)),
+        ("method", s.method_name().to_string()),
+        ("sparsity", prune(&|p| p.sparsity.to_string())),
+        ("pattern", prune(&|p| p.pattern.to_string())),
+        ("group", prune(&|p| format!("{:?}", p.group))),
+        ("use_variant", prune(&|p| p.use_variant.to_string())),
+        ("calibration", prune(&|p| p.calib.clone())),
+        ("nsamples", prune(&|p| p.nsamples.to_string())),
+        ("max_windows", format!("{:?}", s.eval.max_windows)),
+        ("limit", format!("{:?}", s.eval.limit)),
+    ]
+}
+
+/// `metric` over the successful records matched by all `selectors` (and at `x`, on a line chart).
+pub fn cell(records: &[Record], metric: &Metric, selectors: &[&Selector], x: Option<(XField, f64)>) -> Option<Aggregate> {
+    let runs: Vec<(&Record, f64)> = records
         .iter()
         .filter(|r| r.status == Status::Ok && selectors.iter().all(|s| s.matches(&r.settings, &r.method_label)))
         .filter(|r| {
@@ -254,15 +287,38 @@ pub fn cell(records: &[Record], metric: &Metric, selectors: &[&Selector], x: Opt
                 (got - v).abs() < 1e-9
             })
         })
-        .filter_map(|r| metric.value(r))
+        .filter_map(|r| Some((r, metric.value(r)?)))
         .collect();
-    if vals.is_empty() {
-        return None;
+    let (first, _) = runs.first()?;
+    let n = runs.len() as f64;
+    let mean = runs.iter().map(|(_, v)| v).sum::<f64>() / n;
+    let std = (runs.len() > 1).then(|| (runs.iter().map(|(_, v)| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+    let settings: Vec<_> = runs.iter().map(|(r, _)| protocol(&r.settings)).collect();
+    let mixed = protocol(&first.settings)
+        .iter()
+        .enumerate()
+        .filter(|(k, (_, v))| settings.iter().any(|s| s[*k].1 != *v))
+        .map(|(_, (name, _))| *name)
+        .collect();
+    Some(Aggregate { mean, std, mixed })
+}
+
+/// One warning for all cells of an artefact (labelled by `at`) whose runs differ in more than the seed.
+pub(crate) fn warn_mixed<'a>(a: &Artefact, cells: impl IntoIterator<Item = (String, &'a Aggregate)>) {
+    let mixed: Vec<String> = cells
+        .into_iter()
+        .filter(|(_, c)| !c.mixed.is_empty())
+        .map(|(at, c)| format!("{at} (differ in {})", c.mixed.join(", ")))
+        .collect();
+    if !mixed.is_empty() {
+        eprintln!(
+            "warning: report `{}`: {} runs that differ in more than the seed, so their ± is not a seed spread: {}; \
+             narrow the row's, column's or series' `where`",
+            a.name,
+            if mixed.len() == 1 { "one cell averages".to_string() } else { format!("{} cells average", mixed.len()) },
+            mixed.join("; ")
+        );
     }
-    let n = vals.len() as f64;
-    let mean = vals.iter().sum::<f64>() / n;
-    let std = (vals.len() > 1).then(|| (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
-    Some((mean, std))
 }
 
 /// Reads `RUN_DIR/sweep.json` and the records of its latest plan; writes results.parquet,

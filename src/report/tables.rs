@@ -4,12 +4,12 @@
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-use super::{cell, Artefact};
+use super::{cell, warn_mixed, Aggregate, Artefact};
 use crate::sweep::store::Record;
 
 /// One rendered cell's parts, shared by both output formats.
 struct Cell {
-    ours: Option<(f64, Option<f64>)>,
+    ours: Option<Aggregate>,
     paper: Option<(f64, Option<f64>)>,
 }
 
@@ -48,15 +48,29 @@ fn grid(a: &Artefact, records: &[Record]) -> Vec<Vec<Cell>> {
         .collect()
 }
 
-/// Our value, and the paper's value with our difference (empty when we have no value).
+/// Our value (marked `*` when its runs differ in more than the seed), and the paper's value with
+/// our difference (empty when we have no value).
 fn render_cell(c: &Cell, d: usize) -> (String, Option<(String, String)>) {
     let mean_std = |(m, s): (f64, Option<f64>)| match s {
         Some(s) => format!("{} ± {}", num(m, d), num(s, d)),
         None => num(m, d),
     };
-    let ours = c.ours.map(mean_std).unwrap_or_else(|| "–".into());
-    let paper = c.paper.map(|p| (mean_std(p), c.ours.map(|(m, _)| signed(m - p.0, d)).unwrap_or_default()));
+    let ours = match &c.ours {
+        Some(o) => mean_std((o.mean, o.std)) + if o.mixed.is_empty() { "" } else { MIXED_MARK },
+        None => "–".into(),
+    };
+    let paper = c.paper.map(|p| (mean_std(p), c.ours.as_ref().map(|o| signed(o.mean - p.0, d)).unwrap_or_default()));
     (ours, paper)
+}
+
+const MIXED_MARK: &str = "*";
+
+/// The note under a table with marked cells: the settings their runs differ in.
+fn mixed_note(grid: &[Vec<Cell>]) -> Option<String> {
+    let mut fields: Vec<&str> = grid.iter().flatten().filter_map(|c| c.ours.as_ref()).flat_map(|o| o.mixed.iter().copied()).collect();
+    fields.sort_unstable();
+    fields.dedup();
+    (!fields.is_empty()).then(|| format!("{MIXED_MARK} averages runs that differ in {}, not only in the seed.", fields.join(", ")))
 }
 
 fn join(paper: &str, diff: &str) -> String {
@@ -85,7 +99,7 @@ fn md_escape(s: &str) -> String {
     s.replace('|', "\\|")
 }
 
-pub fn markdown(a: &Artefact, records: &[Record]) -> String {
+fn markdown(a: &Artefact, grid: &[Vec<Cell>]) -> String {
     let head: Vec<String> = header(a).iter().map(|h| md_escape(h)).collect();
     let width = head.len() - a.columns.len();
     let mut s = format!("### {}\n\n", a.title);
@@ -102,13 +116,16 @@ pub fn markdown(a: &Artefact, records: &[Record]) -> String {
     s += ".\n\n";
     s += &format!("| {} |\n", head.join(" | "));
     s += &format!("|{}\n", "---|".repeat(head.len()));
-    for (i, row) in grid(a, records).iter().enumerate() {
+    for (i, row) in grid.iter().enumerate() {
         let mut cells: Vec<String> = row_labels(a, i, width).iter().map(|l| md_escape(l)).collect();
         cells.extend(row.iter().map(|c| match render_cell(c, a.decimals) {
-            (ours, Some((p, d))) => format!("{ours} (paper {})", join(&p, &d)),
-            (ours, None) => ours,
+            (ours, Some((p, d))) => format!("{} (paper {})", md_escape(&ours), join(&p, &d)),
+            (ours, None) => md_escape(&ours),
         }));
         s += &format!("| {} |\n", cells.join(" | "));
+    }
+    if let Some(note) = mixed_note(grid) {
+        s += &format!("\n{}\n", note.replacen(MIXED_MARK, "\\*", 1));
     }
     s
 }
@@ -136,14 +153,14 @@ fn tex_escape(s: &str) -> String {
     out
 }
 
-pub fn latex(a: &Artefact, records: &[Record]) -> String {
+fn latex(a: &Artefact, grid: &[Vec<Cell>]) -> String {
     let head = header(a);
     let width = head.len() - a.columns.len();
     let mut s = String::from("\\begin{table}[t]\n\\centering\n");
     s += &format!("\\caption{{{}}}\n", tex_escape(&a.title));
     s += &format!("\\begin{{tabular}}{{{}{}}}\n\\toprule\n", "l".repeat(width), "c".repeat(a.columns.len()));
     s += &format!("{} \\\\\n\\midrule\n", head.iter().map(|h| tex_escape(h)).collect::<Vec<_>>().join(" & "));
-    for (i, row) in grid(a, records).iter().enumerate() {
+    for (i, row) in grid.iter().enumerate() {
         let mut cells: Vec<String> = row_labels(a, i, width).iter().map(|l| tex_escape(l)).collect();
         cells.extend(row.iter().map(|c| match render_cell(c, a.decimals) {
             (ours, Some((p, d))) => format!("{} {{\\scriptsize ({})}}", tex_escape(&ours), tex_escape(&join(&p, &d))),
@@ -151,7 +168,11 @@ pub fn latex(a: &Artefact, records: &[Record]) -> String {
         }));
         s += &format!("{} \\\\\n", cells.join(" & "));
     }
-    s += "\\bottomrule\n\\end{tabular}\n\\end{table}\n";
+    s += "\\bottomrule\n\\end{tabular}\n";
+    if let Some(note) = mixed_note(grid) {
+        s += &format!("\\par\\footnotesize {}\n", tex_escape(&note));
+    }
+    s += "\\end{table}\n";
     s
 }
 
@@ -159,8 +180,15 @@ pub fn latex(a: &Artefact, records: &[Record]) -> String {
 pub fn write(a: &Artefact, records: &[Record], dir: &Path) -> Result<Vec<PathBuf>> {
     let md = dir.join(format!("{}.md", a.name));
     let tex = dir.join(format!("{}.tex", a.name));
-    std::fs::write(&md, markdown(a, records)).with_context(|| format!("cannot write {}", md.display()))?;
-    std::fs::write(&tex, latex(a, records)).with_context(|| format!("cannot write {}", tex.display()))?;
+    let grid = grid(a, records);
+    warn_mixed(
+        a,
+        grid.iter().enumerate().flat_map(|(i, row)| {
+            row.iter().enumerate().filter_map(move |(j, c)| Some((format!("{} / {}", a.rows[i].label.joined(), a.columns[j].label.joined()), c.ours.as_ref()?)))
+        }),
+    );
+    std::fs::write(&md, markdown(a, &grid)).with_context(|| format!("cannot write {}", md.display()))?;
+    std::fs::write(&tex, latex(a, &grid)).with_context(|| format!("cannot write {}", tex.display()))?;
     Ok(vec![md, tex])
 }
 
