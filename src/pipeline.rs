@@ -224,6 +224,10 @@ fn prune_step(
         "{} {} at {}: sparsity {:.4}, prune time {:.2}s (forward passes {:.2}s)",
         p.method, p.pattern, p.sparsity, report.sparsity_actual, report.prune_seconds, report.forward_seconds
     ));
+    if let Some(warning) = report.variant_shortfall(p.sparsity) {
+        eprintln!("warning: {warning}");
+        out.insert("warnings".into(), json!([warning]));
+    }
     out.insert("method".into(), json!(p.method));
     out.insert("pattern".into(), json!(p.pattern.to_string()));
     out.insert("group".into(), json!(p.group));

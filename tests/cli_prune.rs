@@ -57,3 +57,26 @@ fn invalid_combinations_are_refused() {
         assert!(stderr.contains(msg) && !stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// The variant's alpha search cannot pass alpha 0.8, so 95% is out of its reach: the run
+/// finishes with what it reached, and says so on stderr and in the result. 50% draws no warning.
+#[test]
+fn variant_short_of_its_target_is_pointed_out() {
+    let run = |sparsity: &str| {
+        repro()
+            .args(["prune", "--model", "llama-tiny", "--method", "wanda", "--use-variant", "--sparsity", sparsity])
+            .args(["--calib", "c4:c4-format-sample", "--nsamples", "4", "--seqlen", "64", "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = run("0.95");
+    let r = json_of(&out);
+    let actual = r["sparsity_actual"].as_f64().unwrap();
+    assert!(actual < 0.949, "{actual}");
+    let warning = r["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("from sparsity 0.95") && warning.contains("bracket [0, 0.8]"), "{warning}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("warning: {warning}")));
+    let fine = run("0.5");
+    assert!(json_of(&fine)["warnings"].is_null());
+    assert!(!String::from_utf8_lossy(&fine.stderr).contains("warning"));
+}

@@ -151,11 +151,15 @@ pub fn n_m(score: &Tensor, n: i64, m: i64) -> Result<Tensor> {
     Ok(mask.view([rows, cols]))
 }
 
+/// How close the variant's alpha search brings a layer's sparsity to the target before it stops.
+pub const VARIANT_TOLERANCE: f64 = 0.001;
+
 /// The Wanda variant: per row, prune the smallest scores whose cumulative sum stays within
 /// alpha of the row total, with alpha bisected until the layer's sparsity is within 0.001 of
 /// the target (the official `return_given_alpha` loop, same bracket and stopping rule). The
 /// official code compares the sparsity as a float32 tensor, so the stopping test is done in f32.
 pub fn variant(score: &Tensor, ratio: f64) -> (Tensor, f64) {
+    let tolerance = VARIANT_TOLERANCE as f32;
     let ratio32 = ratio as f32;
     let (sorted, _) = score.sort_stable(true, -1, false);
     let cumsum = sorted.cumsum(1, sorted.kind());
@@ -170,7 +174,7 @@ pub fn variant(score: &Tensor, ratio: f64) -> (Tensor, f64) {
     };
     let (mut alpha, mut lo, mut hi) = (0.4, 0.0, 0.8);
     let (mut mask, mut sparsity) = given_alpha(alpha);
-    while (sparsity - ratio32).abs() > 0.001 && hi - lo >= 0.001 {
+    while (sparsity - ratio32).abs() > tolerance && hi - lo >= 0.001 {
         if sparsity > ratio32 {
             hi = alpha;
             alpha = (alpha + lo) / 2.0;
