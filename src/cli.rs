@@ -105,10 +105,10 @@ pub struct EvalArgs {
     /// Perplexity corpora, comma separated: wikitext2, c4, wikitext2:<dir|repo>, c4:<dir|repo>,
     /// or any text source (parquet/txt/jsonl file, directory, dataset repo id[:file]).
     /// With neither --ppl nor --tasks: wikitext2.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = trimmed)]
     pub ppl: Vec<String>,
     /// Zero-shot tasks, comma separated: boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = trimmed)]
     pub tasks: Vec<String>,
     #[command(flatten)]
     pub ppl_opts: PplArgs,
@@ -146,7 +146,7 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 8)]
     pub calib_batch_size: usize,
     /// Evaluations after pruning: perplexity corpora (as `eval --ppl`) and zero-shot task names.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = trimmed)]
     pub eval: Vec<String>,
     #[command(flatten)]
     pub ppl_opts: PplArgs,
@@ -155,9 +155,18 @@ pub struct PruneArgs {
     pub save: Option<PathBuf>,
 }
 
+/// List items as written after a comma and a space (`--ppl "wikitext2, c4"`).
+fn trimmed(item: &str) -> Result<String, std::convert::Infallible> {
+    Ok(item.trim().to_string())
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let _no_grad = tch::no_grad_guard();
     let hub = Hub::new(cli.hub_mirror);
+    let needs_hub = !matches!(cli.command, Command::Report(_));
+    if let Some(m) = hub.mirror.as_ref().filter(|m| needs_hub && !m.is_dir()) {
+        bail!("hub mirror {}: no such directory (from --hub-mirror or REPRO_HUB_MIRROR; an empty value means none)", m.display());
+    }
     match cli.command {
         Command::Eval(args) => eval(&hub, args),
         Command::Prune(args) => prune(&hub, args),

@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use polars::prelude::*;
-use std::io::BufRead;
+use std::collections::HashSet;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use crate::hub::{Hub, RepoKind};
@@ -20,48 +21,97 @@ pub fn read_parquet_strings(path: &Path, column: &str) -> Result<Vec<String>> {
     })?;
     let ca = col
         .str()
-        .map_err(|_| anyhow::anyhow!("{}: column `{column}` is not a string column", path.display()))?;
+        .map_err(|_| anyhow::anyhow!("{}: column `{column}` holds {}, not strings", path.display(), col.dtype()))?;
     Ok(ca.iter().map(|s| s.unwrap_or("").to_string()).collect())
 }
 
 const BYTE_ORDER_MARK: char = '\u{feff}';
 
-/// Endings of the files read as JSON lines (a `text` field per line).
-const JSON_LINES: [&str; 4] = [".jsonl", ".json", ".json.gz", ".jsonl.gz"];
+/// How a local text file is read, decided by its name's ending (case-insensitive, `.gz` allowed
+/// except on parquet).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum TextFormat {
+    /// A `text` column.
+    Parquet,
+    /// A `text` field per line; a `.json` file may also be one array of such objects.
+    JsonLines { array_allowed: bool },
+    /// The whole file is one document.
+    Plain,
+}
+
+const SUPPORTED: &str = "parquet (a `text` column), JSON lines (.jsonl/.ndjson/.json, a `text` field per line, \
+                         optionally .gz) or plain text (any other name, optionally .gz)";
+
+fn lower_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default()
+}
+
+fn is_gzip(path: &Path) -> bool {
+    lower_name(path).ends_with(".gz")
+}
+
+fn text_format(path: &Path) -> Result<TextFormat> {
+    let name = lower_name(path);
+    let inner = name.strip_suffix(".gz").unwrap_or(&name);
+    let ext = inner.rsplit_once('.').map_or("", |(_, e)| e);
+    Ok(match ext {
+        "parquet" if inner == name => TextFormat::Parquet,
+        "jsonl" | "ndjson" => TextFormat::JsonLines { array_allowed: false },
+        "json" => TextFormat::JsonLines { array_allowed: true },
+        "parquet" | "csv" | "tsv" | "arrow" | "zip" | "bz2" | "xz" | "zst" | "7z" | "tar" => {
+            bail!("{}: .{ext}{} files are not read; use {SUPPORTED}", path.display(), if inner == name { "" } else { ".gz" })
+        }
+        _ => TextFormat::Plain,
+    })
+}
+
+/// A file's bytes as UTF-8 text, gunzipped when its name ends in `.gz`.
+fn read_text_file(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader: Box<dyn Read> = match is_gzip(path) {
+        true => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        false => Box::new(file),
+    };
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e}); {SUPPORTED}", path.display()))
+}
 
 /// The `text` field of every line of a (gzipped) JSON-lines file, as C4 shards store documents;
 /// a `.json` file may also be one array of such objects.
 pub fn read_jsonl_texts(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
-    if path.extension().is_some_and(|e| e == "json") {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let body = text.trim_start_matches(BYTE_ORDER_MARK);
-        if body.trim_start().starts_with('[') {
-            let rows: Vec<serde_json::Value> = serde_json::from_str(body).with_context(|| format!("{}: not a JSON array", path.display()))?;
-            let texts = rows.iter().enumerate().map(|(i, v)| match v.get("text").and_then(|t| t.as_str()) {
-                Some(t) => Ok(t.to_string()),
-                None => bail!("{}: element {i} has no string field `text`", path.display()),
-            });
-            return texts.take(limit.unwrap_or(usize::MAX)).collect();
-        }
-    }
+    let read_err = || format!("cannot read {}", path.display());
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file)))
-    } else {
-        Box::new(std::io::BufReader::new(file))
+    let mut reader: Box<dyn BufRead> = match is_gzip(path) {
+        true => Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file))),
+        false => Box::new(std::io::BufReader::new(file)),
     };
+    let mut first = String::new();
+    reader.read_line(&mut first).with_context(read_err)?;
+    let first = first.trim_start_matches(BYTE_ORDER_MARK).to_string();
+    if text_format(path)? == (TextFormat::JsonLines { array_allowed: true }) && first.trim_start().starts_with('[') {
+        let mut body = first;
+        reader.read_to_string(&mut body).with_context(read_err)?;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).with_context(|| format!("{}: not a JSON array", path.display()))?;
+        let texts = rows.iter().enumerate().map(|(i, v)| match v.get("text").and_then(|t| t.as_str()) {
+            Some(t) => Ok(t.to_string()),
+            None => bail!("{}: element {i} has no string field `text`", path.display()),
+        });
+        return texts.take(limit.unwrap_or(usize::MAX)).collect();
+    }
+    let first = first.trim_end_matches(['\n', '\r']).to_string();
     let mut out = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
+    for (n, line) in std::iter::once(Ok(first)).chain(reader.lines()).enumerate() {
         if limit.is_some_and(|l| out.len() >= l) {
             break;
         }
         let line = line.with_context(|| format!("{}: read error at line {}", path.display(), n + 1))?;
-        let line = if n == 0 { line.trim_start_matches(BYTE_ORDER_MARK).to_string() } else { line };
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("{}: line {} is not JSON", path.display(), n + 1))?;
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| {
+            format!("{}: line {} is not JSON (JSON lines hold one object per line; a .json file may also be one array)", path.display(), n + 1)
+        })?;
         match v.get("text").and_then(|t| t.as_str()) {
             Some(t) => out.push(t.to_string()),
             None => bail!("{}: line {} has no string field `text`", path.display(), n + 1),
@@ -173,14 +223,13 @@ fn non_empty(rows: Vec<String>, path: &Path) -> Result<Vec<String>> {
 
 /// Rows of a text file: parquet `text` column, jsonl `text` fields, or a plain text file as one row.
 pub fn read_text_rows(path: &Path) -> Result<Vec<String>> {
-    let name = path.to_string_lossy();
-    if name.ends_with(".parquet") {
-        read_parquet_strings(path, "text")
-    } else if JSON_LINES.iter().any(|e| name.ends_with(e)) {
-        read_jsonl_texts(path, None)
-    } else {
-        Ok(vec![std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read text file {}", path.display()))?])
+    match text_format(path)? {
+        TextFormat::Parquet => read_parquet_strings(path, "text"),
+        TextFormat::JsonLines { .. } => read_jsonl_texts(path, None),
+        TextFormat::Plain => match read_text_file(path)? {
+            text if text.trim().is_empty() => bail!("{}: the file holds no text", path.display()),
+            text => Ok(vec![text]),
+        },
     }
 }
 
@@ -192,9 +241,10 @@ pub fn resolve_text_files(hub: &Hub, spec: &str) -> Result<Vec<PathBuf>> {
     }
     let p = Path::new(spec);
     if p.is_file() {
+        text_format(p)?;
         return Ok(vec![p.to_path_buf()]);
     }
-    let looks_like_file = JSON_LINES.iter().chain(&[".txt", ".parquet"]).any(|e| spec.ends_with(e));
+    let looks_like_file = [".txt", ".parquet", ".jsonl", ".ndjson", ".json", ".gz"].iter().any(|e| lower_name(p).ends_with(e));
     if looks_like_file && !spec.contains(':') {
         bail!("{spec}: no such file");
     }
@@ -206,37 +256,61 @@ pub fn resolve_text_files(hub: &Hub, spec: &str) -> Result<Vec<PathBuf>> {
     if let Some(f) = file {
         return Ok(vec![repo.get(f)?]);
     }
-    let Some(dir) = repo.local_dir() else {
+    let Some(dir) = repo.local_dir().map(Path::to_path_buf).or_else(|| repo.cached_snapshot()) else {
         bail!(
             "`{id}` is not a known corpus (wikitext2, c4), a local file or directory, nor a dataset repo found \
              locally; to read a file of a hub dataset repo, name it as `{id}:<path/to/file.parquet>`"
         );
     };
-    let mut files = Vec::new();
-    collect_parquet(dir, &mut files)?;
-    files.sort();
-    let tests: Vec<PathBuf> = files
-        .iter()
-        .filter(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("test")))
-        .cloned()
-        .collect();
+    let dir = dir.as_path();
+    let files: Vec<PathBuf> = files_under(dir)?.into_iter().filter(|f| f.extension().is_some_and(|e| e == "parquet")).collect();
+    let split = |f: &Path| {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let split = name.split(['-', '.']).next().unwrap_or_default().to_string();
+        (f.parent().map(Path::to_path_buf), split)
+    };
+    let tests: Vec<PathBuf> = files.iter().filter(|f| split(f).1 == "test").cloned().collect();
     let chosen = if tests.is_empty() { files } else { tests };
-    if chosen.is_empty() {
+    let Some(first) = chosen.first() else {
         bail!("{}: no parquet files found; name a file as `{id}:<file>`", dir.display());
+    };
+    // Shards of one split in one folder make one corpus; two configs or splits would be mixed.
+    if let Some(other) = chosen.iter().find(|f| split(f) != split(first)) {
+        let rel = |f: &Path| f.strip_prefix(dir).unwrap_or(f).display().to_string();
+        bail!(
+            "`{id}` holds more than one test set or split ({} and {}, ...); name the one to use as `{id}:{}`",
+            rel(first),
+            rel(other),
+            rel(first)
+        );
     }
     Ok(chosen)
 }
 
-fn collect_parquet(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect_parquet(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "parquet") {
-            out.push(path);
+/// Every file under `dir`, sorted, hidden entries skipped (a download's `.cache`). A directory
+/// reached again through a symbolic link is walked once, so a link loop ends.
+pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, seen: &mut HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+        if !seen.insert(dir.canonicalize().with_context(|| format!("cannot read {}", dir.display()))?) {
+            return Ok(());
         }
+        for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, seen, out)?;
+            } else {
+                out.push(path);
+            }
+        }
+        Ok(())
     }
-    Ok(())
+    let mut files = Vec::new();
+    walk(dir, &mut HashSet::new(), &mut files)?;
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -277,5 +351,70 @@ mod tests {
         assert!(e.contains("/nowhere/heldout.txt: no such file"), "{e}");
         let e = PplCorpus::parse("").locate(&hub).unwrap_err().to_string();
         assert!(e.contains("empty corpus name"), "{e}");
+    }
+
+    fn gzip(path: &Path, text: &str) {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        gz.finish().unwrap();
+    }
+
+    #[test]
+    fn file_formats_follow_the_name_case_insensitively() {
+        let tmp = tempfile::tempdir().unwrap();
+        let at = |name: &str| tmp.path().join(name);
+        let lines = "{\"text\": \"a\"}\n{\"text\": \"b\"}\n";
+        for name in ["UPPER.JSONL", "x.ndjson", "x.Json"] {
+            std::fs::write(at(name), lines).unwrap();
+            assert_eq!(read_text_rows(&at(name)).unwrap(), ["a", "b"], "{name}");
+        }
+        gzip(&at("lines.jsonl.gz"), lines);
+        assert_eq!(read_text_rows(&at("lines.jsonl.gz")).unwrap(), ["a", "b"]);
+        gzip(&at("array.json.gz"), "[{\"text\": \"a\"}]");
+        assert_eq!(read_text_rows(&at("array.json.gz")).unwrap(), ["a"]);
+        gzip(&at("plain.txt.gz"), "one document\n");
+        assert_eq!(read_text_rows(&at("plain.txt.gz")).unwrap(), ["one document\n"]);
+        std::fs::write(at("notes.md"), "# plain text\n").unwrap();
+        assert_eq!(read_text_rows(&at("notes.md")).unwrap(), ["# plain text\n"]);
+        for name in ["table.csv", "rows.parquet.gz", "pack.zip"] {
+            std::fs::write(at(name), "x").unwrap();
+            let e = read_text_rows(&at(name)).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("are not read; use parquet"), "{e}");
+        }
+        std::fs::write(at("latin1.txt"), b"caf\xe9").unwrap();
+        let e = read_text_rows(&at("latin1.txt")).unwrap_err().to_string();
+        assert!(e.contains("latin1.txt: not UTF-8 text"), "{e}");
+        std::fs::write(at("pretty.json"), "{\n  \"text\": \"a\"\n}\n").unwrap();
+        let e = format!("{:#}", read_text_rows(&at("pretty.json")).unwrap_err());
+        assert!(e.contains("line 1 is not JSON (JSON lines hold one object per line"), "{e}");
+    }
+
+    #[test]
+    fn directory_corpora_take_one_split_and_survive_link_loops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = Hub::default();
+        let dir = |name: &str, files: &[&str]| {
+            let d = tmp.path().join(name);
+            for f in files {
+                std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
+                std::fs::write(d.join(f), "").unwrap();
+            }
+            d
+        };
+        let resolve = |d: &Path| resolve_text_files(&hub, d.to_str().unwrap());
+        let looped = dir("looped", &["test-00000-of-00001.parquet", "sub/.cache/test.parquet"]);
+        std::os::unix::fs::symlink(".", looped.join("self")).unwrap();
+        std::os::unix::fs::symlink(&looped, looped.join("sub/back")).unwrap();
+        assert_eq!(resolve(&looped).unwrap(), [looped.join("test-00000-of-00001.parquet")]);
+        let shards = dir("shards", &["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]);
+        assert_eq!(resolve(&shards).unwrap().len(), 2);
+        let prefers_test = dir("prefers", &["train.parquet", "test.parquet"]);
+        assert_eq!(resolve(&prefers_test).unwrap(), [prefers_test.join("test.parquet")]);
+        for (name, files) in [("configs", ["a/test-00000-of-00001.parquet", "b/test-00000-of-00001.parquet"]), ("splits", ["train.parquet", "validation.parquet"])] {
+            let d = dir(name, &files);
+            let e = resolve(&d).unwrap_err().to_string();
+            assert!(e.contains("more than one test set or split") && e.contains(files[0]) && e.contains(files[1]), "{e}");
+        }
     }
 }

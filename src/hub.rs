@@ -54,7 +54,9 @@ impl Hub {
     /// `spec` is a local directory or a hub id such as `meta-llama/Llama-2-7b-hf`.
     pub fn repo(&self, spec: &str, kind: RepoKind) -> RepoRef {
         let path = Path::new(spec);
-        let local_dir = if path.is_dir() {
+        // A path is meant as one even when it is missing or a file: never a hub id (`get` says what is wrong).
+        let path_like = path.is_absolute() || spec.starts_with("./") || spec.starts_with("../") || spec == "." || spec == ".." || path.exists();
+        let local_dir = if path_like {
             Some(path.to_path_buf())
         } else {
             self.mirror
@@ -101,6 +103,13 @@ impl RepoRef {
         Repo::new(self.id.clone(), self.kind.hf())
     }
 
+    /// The HF cache's snapshot of `refs/main`, when the repo has been downloaded (whole or in part).
+    pub fn cached_snapshot(&self) -> Option<PathBuf> {
+        let rev = self.cached_revision()?;
+        let dir = hf_cache().path().join(self.hf_repo().folder_name()).join("snapshots").join(rev);
+        dir.is_dir().then_some(dir)
+    }
+
     /// The commit the cache's `refs/main` points to, when the repo has been downloaded.
     pub fn cached_revision(&self) -> Option<String> {
         let refs = hf_cache().path().join(self.hf_repo().folder_name()).join("refs/main");
@@ -110,10 +119,19 @@ impl RepoRef {
     /// Path of `file` inside the repo, downloading it if needed and allowed.
     pub fn get(&self, file: &str) -> Result<PathBuf> {
         let mut looked = Vec::new();
+        if self.id.is_empty() {
+            bail!("an empty {} name: give a hub id or a local directory", kind_name(self.kind));
+        }
         if let Some(dir) = &self.local_dir {
             let p = dir.join(file);
             if p.is_file() {
                 return Ok(p);
+            }
+            if dir.is_file() {
+                bail!("{} is a file; pass the {} directory that holds {file}", dir.display(), kind_name(self.kind));
+            }
+            if !dir.is_dir() {
+                bail!("{}: no such directory", dir.display());
             }
             bail!("{} not found in {} ({} `{}`)", file, dir.display(), kind_name(self.kind), self.id);
         }
@@ -184,5 +202,21 @@ mod tests {
         assert!(d.get("cfg/x.parquet").is_ok());
         let err = m.get("model.safetensors").unwrap_err().to_string();
         assert!(err.contains("model.safetensors") && err.contains("org/m"), "{err}");
+    }
+
+    /// Paths are never taken for hub ids: a missing directory, a file or an empty name says so.
+    #[test]
+    fn paths_are_local_even_when_wrong() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = Hub::default();
+        let err = |spec: &str| hub.repo(spec, RepoKind::Model).get("config.json").unwrap_err().to_string();
+        let missing = tmp.path().join("no-such-model");
+        assert_eq!(err(missing.to_str().unwrap()), format!("{}: no such directory", missing.display()));
+        assert!(err("./no-such-model").contains("./no-such-model: no such directory"));
+        let file = tmp.path().join("config.json");
+        std::fs::write(&file, "{}").unwrap();
+        let e = err(file.to_str().unwrap());
+        assert!(e.contains("is a file; pass the model directory that holds config.json"), "{e}");
+        assert!(err("").contains("an empty model name"));
     }
 }

@@ -1,7 +1,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    match repro::cli::run(repro::cli::Cli::parse()) {
+    let cli = repro::cli::Cli::parse();
+    match repro::model::stream::remove_temp_blocks_on_interrupt().and_then(|()| repro::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -161,12 +161,16 @@ pub fn run_job(
     if let (Some(p), Some(method)) = (prune, method) {
         prune_step(hub, &mut loaded, p, &method, seqlen, obs, &mut out)?;
     }
-    evaluations.run(&loaded, eval, seqlen, obs, &mut out)?;
+    let evaluated = evaluations.run(&loaded, eval, seqlen, obs, &mut out);
     out.insert("repro_version".into(), json!(env!("CARGO_PKG_VERSION")));
     if let Some(dir) = save {
+        // A failed evaluation does not throw the pruned model away.
         out.insert("saved_to".into(), json!(dir));
         crate::checkpoint::save(&mut loaded, dir, &Value::Object(out.clone()))?;
         obs.line(&format!("saved the model to {}", dir.display()));
+        evaluated.with_context(|| format!("the model was saved to {} (without this evaluation)", dir.display()))?;
+    } else {
+        evaluated?;
     }
     out.insert("total_seconds".into(), json!(start.elapsed().as_secs_f64()));
     out.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
@@ -176,9 +180,11 @@ pub fn run_job(
 /// `--seqlen`, or the model's max_position_embeddings as the official code uses; longer windows
 /// would index past learned position tables (OPT) or leave the range a model was trained on.
 fn window_length(requested: Option<usize>, max_positions: i64) -> Result<usize> {
+    if max_positions < 2 {
+        bail!("config.json: `max_position_embeddings` = {max_positions}, but a window needs at least 2 positions; fix the field");
+    }
     match requested {
-        None if max_positions >= 2 => Ok(max_positions as usize),
-        None => bail!("config.json: max_position_embeddings = {max_positions} is not a usable window length; pass --seqlen"),
+        None => Ok(max_positions as usize),
         Some(n) if n < 2 => bail!("--seqlen must be at least 2 (got {n})"),
         Some(n) if n as i64 > max_positions => {
             bail!("--seqlen {n} is longer than the model's max_position_embeddings ({max_positions} in config.json); use at most {max_positions}")

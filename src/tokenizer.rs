@@ -35,7 +35,7 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
             .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", tokenizer_json.display()))?;
         let cfg: Value = match tokenizer_config {
-            Some(p) => serde_json::from_str(&std::fs::read_to_string(p)?)
+            Some(p) => serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?)
                 .with_context(|| format!("{}: invalid JSON", p.display()))?,
             None => Value::Null,
         };
@@ -69,9 +69,12 @@ impl Tokenizer {
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
-    /// Number of token ids the tokenizer can produce, added tokens included.
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+    /// The largest token id encoding can produce (added tokens and a prepended BOS included),
+    /// with its token: an embedding table must have a row for it.
+    pub fn largest_id(&self) -> Option<(u32, String)> {
+        let vocab = self.inner.get_vocab(true).into_iter().map(|(token, id)| (id, token));
+        let bos = self.bos_to_prepend.map(|id| (id, "the BOS token (tokenizer_config.json / config.json)".to_string()));
+        vocab.chain(bos).max_by_key(|(id, _)| *id)
     }
 
     /// Token ids as `tokenizer(text).input_ids` gives them in transformers (with BOS).

@@ -127,15 +127,29 @@ fn impossible_settings_are_refused_up_front() {
     }
 }
 
-/// A tokenizer with ids beyond the model's embedding table is refused at load time.
+/// A tokenizer that can produce ids beyond the model's embedding table (a larger vocabulary, one
+/// id out of range, or a BOS id from config.json) is refused at load time, not by a libtorch panic.
 #[test]
-fn tokenizer_larger_than_the_embedding_is_refused() {
+fn tokenizer_ids_beyond_the_embedding_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
+    let refused = |dir: &Path, what: &str| {
+        let e = run_err(&["eval", "--model", dir.to_str().unwrap(), "--seqlen", "16", "--max-windows", "1"]);
+        assert!(e.contains(what) && e.contains("config.json's `vocab_size` is 4096") && !e.contains("panicked"), "{e}");
+    };
     broken_model(&dir, |_| {}, |_| true);
     std::fs::copy(fixtures().join("tokenizers/llama-2/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
-    let e = run_err(&["eval", "--model", dir.to_str().unwrap()]);
-    assert!(e.contains("tokenizer.json has 32000 tokens but config.json's `vocab_size` is 4096"), "{e}");
+    refused(&dir, "produces token id 31999");
+
+    broken_model(&dir, |_| {}, |_| true);
+    let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+    tok["model"]["vocab"]["▁the"] = serde_json::json!(9999);
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    refused(&dir, "produces token id 9999 (▁the)");
+
+    broken_model(&dir, |c| c["bos_token_id"] = serde_json::json!(99999), |_| true);
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"bos_token": "<nonexistent>", "add_bos_token": true}"#).unwrap();
+    refused(&dir, "produces token id 99999 (the BOS token");
 }
 
 /// A config.json naming fewer blocks than the checkpoint holds runs (as transformers does) but says so.
@@ -167,4 +181,71 @@ fn missing_task_data_fails_before_pruning() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("task boolq") && stderr.contains("boolq/validation-00000-of-00001.parquet"), "{stderr}");
     assert!(out.stdout.is_empty(), "pruned before failing: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// An evaluation that fails after pruning (here NaN weights make every loss non-finite) still
+/// leaves the pruned model saved, and the error says so.
+#[test]
+fn a_failed_evaluation_keeps_the_saved_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    broken_model(&dir, |_| {}, |_| true);
+    let mut tensors = tch::Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        if name == "model.norm.weight" {
+            *t = t.full_like(f64::NAN);
+        }
+    }
+    tch::Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).unwrap();
+    let save = tmp.path().join("pruned");
+    let e = run_err(&[
+        "prune", "--model", dir.to_str().unwrap(), "--method", "magnitude", "--sparsity", "0.5", "--seqlen", "16",
+        "--eval", "wikitext2", "--max-windows", "2", "--save", save.to_str().unwrap(),
+    ]);
+    assert!(e.contains(&format!("the model was saved to {}", save.display())) && e.contains("non-finite"), "{e}");
+    let saved = tch::Tensor::read_safetensors(save.join("model.safetensors")).unwrap();
+    let (_, q) = saved.iter().find(|(n, _)| n == "model.layers.0.self_attn.q_proj.weight").unwrap();
+    assert_eq!(q.eq(0.0).sum(tch::Kind::Int64).int64_value(&[]) * 2, q.numel() as i64 + 2, "half of q_proj pruned (<= the threshold: one more)");
+    assert!(save.join("repro.json").is_file());
+}
+
+/// Defects of config.json and the checkpoint are named (file, field or tensor) before any work:
+/// a streamed run checks every block's tensors up front instead of failing at the broken block.
+#[test]
+fn broken_checkpoints_are_named_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    let d = dir.to_str().unwrap().to_string();
+    let save = tmp.path().join("saved");
+    let refused = |extra: &[&str], what: &str| {
+        let calib = if extra.contains(&"--calib") { &[][..] } else { &["--calib", "c4:c4-format-sample"][..] };
+        let out = repro().args(["prune", "--model", &d, "--method", "wanda", "--seqlen", "16", "--nsamples", "2"]).args(calib).args(extra).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(stderr.contains(what) && !stderr.contains("panicked"), "{stderr}");
+        assert!(out.stdout.is_empty(), "{what}: work done before the error");
+    };
+    broken_model(&dir, |c| c["num_hidden_layers"] = serde_json::json!(0), |_| true);
+    refused(&[], "field `num_hidden_layers` is 0");
+    broken_model(&dir, |c| c["hidden_size"] = serde_json::json!("64"), |_| true);
+    refused(&[], "field `hidden_size`: invalid type: string \"64\"");
+    broken_model(&dir, |c| c["max_position_embeddings"] = serde_json::json!(0), |_| true);
+    refused(&[], "`max_position_embeddings` = 0, but a window needs at least 2 positions");
+
+    broken_model(&dir, |_| {}, |n| n != "model.layers.1.mlp.up_proj.weight");
+    refused(&["--stream", "on", "--save", save.to_str().unwrap()], "missing weight tensor `model.layers.1.mlp.up_proj.weight`");
+    assert!(!save.join("model-00001-of-00003.safetensors").exists(), "block 0 was pruned and written before the check");
+
+    // A header whose shape overflows any size, and an index that lists no tensors.
+    let header = br#"{"x":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    refused(&[], "tensor `x`: offsets (0, 0) do not fit shape [4294967296, 4294967296]");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors.index.json"), r#"{"weight_map": {}}"#).unwrap();
+    refused(&[], "missing or empty object field `weight_map`");
+
+    broken_model(&dir, |_| {}, |_| true);
+    refused(&["--calib", tmp.path().to_str().unwrap()], "a directory; name one file in it");
 }

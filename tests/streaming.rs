@@ -166,3 +166,34 @@ fn orphaned_temporary_blocks_are_removed() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!orphan.exists() && live.exists());
 }
+
+/// Ctrl-C (SIGINT) or SIGTERM during a streamed run removes its temporary blocks at once and
+/// exits with 130, instead of leaving up to a whole model's size in TMPDIR until the next run.
+#[test]
+fn an_interrupted_streamed_run_removes_its_temporary_blocks() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = repro()
+            .env("TMPDIR", tmp.path())
+            .args(["prune", "--model", &fixture_model("llama-tiny"), "--method", "wanda", "--stream", "on"])
+            .args(["--calib", "c4:c4-format-sample", "--nsamples", "32", "--seqlen", "256"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let prefix = format!("repro-blocks-{}-", child.id());
+        let blocks = || std::fs::read_dir(tmp.path()).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path());
+        let start = std::time::Instant::now();
+        let dir = loop {
+            if let Some(d) = blocks().filter(|d| std::fs::read_dir(d).unwrap().next().is_some()) {
+                break d;
+            }
+            assert!(start.elapsed().as_secs() < 60 && child.try_wait().unwrap().is_none(), "no block was written");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "signal {signal}");
+        assert!(!dir.exists(), "signal {signal}: {} left behind", dir.display());
+    }
+}

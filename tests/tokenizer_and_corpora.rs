@@ -65,3 +65,26 @@ fn same_named_corpora_stay_apart_and_repeats_run_once() {
     assert_eq!(r["zero_shot"].as_object().unwrap().len(), 1);
     assert_eq!(r["zero_shot_mean_acc"], r["zero_shot"]["rte"]["acc"]);
 }
+
+/// A dataset repo in the Hugging Face cache is found by its bare id (its `refs/main` snapshot),
+/// like a mirror or local directory, and reads the same text.
+#[test]
+fn a_cached_dataset_repo_is_found_by_its_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = tmp.path().join("datasets--some-org--books");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::copy(fixtures().join("datasets/books-heldout/test-00000-of-00001.parquet"), snapshot.join("test-00000-of-00001.parquet")).unwrap();
+    let ppl = |corpus: &str| {
+        let out = repro()
+            .env("HF_HUB_CACHE", tmp.path())
+            .args(["eval", "--model", &fixture_model("llama-tiny-random"), "--seqlen", "32", "--max-windows", "2", "--json", "--ppl", corpus])
+            .output()
+            .unwrap();
+        json_of(&out)["ppl"].as_object().unwrap().values().next().unwrap().as_f64().unwrap()
+    };
+    assert_eq!(ppl("some-org/books"), ppl("books-heldout"));
+}

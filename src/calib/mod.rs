@@ -45,8 +45,9 @@ impl CalibSource {
             CalibSource::Wikitext2 { repo } => hub.repo(repo, RepoKind::Dataset).get(WIKITEXT2_TRAIN),
             CalibSource::File { path } if path.is_file() => Ok(path.clone()),
             CalibSource::File { path } => bail!(
-                "--calib {}: no such file (use c4, c4:<dir|repo>, wikitext2, wikitext2:<dir|repo> or a text/jsonl/parquet file)",
-                path.display()
+                "--calib {}: {} (use c4, c4:<dir|repo>, wikitext2, wikitext2:<dir|repo> or a text/jsonl/parquet file)",
+                path.display(),
+                if path.is_dir() { "a directory; name one file in it" } else { "no such file" }
             ),
         }
     }

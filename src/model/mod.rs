@@ -7,7 +7,7 @@ pub mod opt;
 pub mod stream;
 pub mod weights;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -161,6 +161,12 @@ impl Stack {
     pub fn new(info: ModelInfo, weights: Weights, load: BlockLoader, streamed: bool, device: Device, kind: Kind) -> Result<Stack> {
         let n = info.n_layers;
         if streamed {
+            // Every block is checked now: a missing or misshapen tensor in block 30 must not
+            // surface after hours of pruning blocks 0-29.
+            let headers = weights.headers_only();
+            for i in 0..n {
+                load(&headers, i)?;
+            }
             let streamed = stream::Streamed::new(weights, load, info.block_prefix, n);
             return Ok(Stack { info, blocks: (0..n).map(|_| None).collect(), tensors: Vec::new(), streamed: Some(streamed), device, kind });
         }
@@ -315,10 +321,9 @@ pub fn load(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: Stream
     let (model, repo, config) = load_model(hub, spec, device, kind, streaming)?;
     let info = model.info();
     let tokenizer = Tokenizer::from_repo(&repo, &info.model_type, info.bos_token_id)?;
-    if tokenizer.vocab_size() as i64 > info.vocab_size {
+    if let Some((id, token)) = tokenizer.largest_id().filter(|(id, _)| i64::from(*id) >= info.vocab_size) {
         bail!(
-            "{spec}: tokenizer.json has {} tokens but config.json's `vocab_size` is {}: the tokenizer does not belong to this model",
-            tokenizer.vocab_size(),
+            "{spec}: the tokenizer produces token id {id} ({token}) but config.json's `vocab_size` is {}: the tokenizer does not belong to this model",
             info.vocab_size
         );
     }
@@ -370,11 +375,11 @@ pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: 
     let ctx = || format!("{} (architecture {arch})", config_path.display());
     let model: Box<dyn CausalLm> = match arch.as_str() {
         "LlamaForCausalLM" | "MistralForCausalLM" | "llama" | "mistral" => {
-            let cfg: llama::Config = serde_json::from_value(config.clone()).with_context(ctx)?;
+            let cfg: llama::Config = config_fields(&config).with_context(ctx)?;
             Box::new(llama::Llama::load(cfg, &arch, weights, streamed).with_context(ctx)?)
         }
         "OPTForCausalLM" | "opt" => {
-            let cfg: opt::Config = serde_json::from_value(config.clone()).with_context(ctx)?;
+            let cfg: opt::Config = config_fields(&config).with_context(ctx)?;
             Box::new(opt::Opt::load(cfg, weights, streamed).with_context(ctx)?)
         }
         other => bail!(
@@ -383,7 +388,15 @@ pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: 
             config_path.display()
         ),
     };
+    if model.stack().n_blocks() == 0 {
+        bail!("{}: field `num_hidden_layers` is 0; a model needs at least one block", config_path.display());
+    }
     Ok((model, repo, config))
+}
+
+/// An architecture's `Config` from config.json, with the field a type error is about named.
+fn config_fields<T: serde::de::DeserializeOwned>(config: &Value) -> Result<T> {
+    serde_path_to_error::deserialize(config).map_err(|e| anyhow!("field `{}`: {}", e.path(), e.inner()))
 }
 
 #[cfg(test)]

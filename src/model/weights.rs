@@ -34,18 +34,22 @@ pub struct Weights {
     device: Device,
     kind: Kind,
     source: String,
+    /// Tensors are placeholders of the right shape (no data read): for checking a checkpoint.
+    headers_only: bool,
 }
 
 impl Weights {
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`,
     /// reading the headers only; tensors come from disk when asked for (or all at once, `read_all`).
     pub fn open(repo: &RepoRef, device: Device, kind: Kind) -> Result<Self> {
-        let files = if repo.has_local("model.safetensors")
+        let (files, source) = if repo.has_local("model.safetensors")
             || (repo.local_dir().is_none()
                 && !repo.has_local("model.safetensors.index.json")
                 && repo.get("model.safetensors.index.json").is_err())
         {
-            vec![repo.get("model.safetensors")?]
+            let file = repo.get("model.safetensors")?;
+            let source = file.display().to_string();
+            (vec![file], source)
         } else {
             let index_path = repo.get("model.safetensors.index.json").with_context(|| {
                 format!(
@@ -53,16 +57,17 @@ impl Weights {
                     repo.id
                 )
             })?;
-            let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index_path)?)
-                .with_context(|| format!("{}: malformed JSON", index_path.display()))?;
-            let Some(map) = index.get("weight_map").and_then(|m| m.as_object()) else {
-                bail!("{}: missing object field `weight_map`", index_path.display());
+            let text = std::fs::read_to_string(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?;
+            let index: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", index_path.display()))?;
+            let Some(map) = index.get("weight_map").and_then(|m| m.as_object()).filter(|m| !m.is_empty()) else {
+                bail!("{}: missing or empty object field `weight_map`", index_path.display());
             };
             let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-            shards.into_iter().map(|s| repo.get(s)).collect::<Result<Vec<_>>>()?
+            let files = shards.iter().map(|s| repo.get(s)).collect::<Result<Vec<_>>>()?;
+            (files, format!("{} and its {} shards", index_path.display(), shards.len()))
         };
-        let source = files.first().map(|f| f.display().to_string()).unwrap_or_default();
-        let mut w = Weights { files: Vec::new(), index: HashMap::new(), resident: HashMap::new(), device, kind, source };
+        let mut w = Weights { files: Vec::new(), index: HashMap::new(), resident: HashMap::new(), device, kind, source, headers_only: false };
         for f in files {
             w.add_file(&f)?;
         }
@@ -89,9 +94,9 @@ impl Weights {
             let kind = tch_kind(info.dtype)
                 .ok_or_else(|| bad(format!("tensor `{name}` has unsupported dtype {:?}", info.dtype)))?;
             let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-            let bytes = shape.iter().product::<i64>() as u64 * kind.elt_size_in_bytes() as u64;
+            let bytes = info.shape.iter().try_fold(kind.elt_size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64));
             let (start, end) = (data_start + info.data_offsets.0 as u64, data_start + info.data_offsets.1 as u64);
-            if end - start != bytes || end > file_len {
+            if Some(end.saturating_sub(start)) != bytes || end > file_len {
                 return Err(bad(format!(
                     "tensor `{name}`: offsets {:?} do not fit shape {shape:?} or the file",
                     info.data_offsets
@@ -152,9 +157,26 @@ impl Weights {
     }
 
     fn fetch(&self, key: &str, loc: &Location) -> Result<Tensor> {
+        if self.headers_only {
+            return Ok(Tensor::zeros([], (self.kind, Device::Cpu)).expand(&loc.shape, false));
+        }
         match self.resident.get(key) {
             Some(t) => Ok(t.shallow_clone()),
             None => self.read(key, loc),
+        }
+    }
+
+    /// The same checkpoint, whose tensors are shape-only placeholders: building every block from
+    /// it checks names, shapes and dtypes without reading any weight.
+    pub fn headers_only(&self) -> Weights {
+        Weights {
+            files: self.files.clone(),
+            index: self.index.clone(),
+            resident: HashMap::new(),
+            device: self.device,
+            kind: self.kind,
+            source: self.source.clone(),
+            headers_only: true,
         }
     }
 

@@ -72,9 +72,7 @@ impl Fingerprinter {
         if path.is_file() {
             return Ok(json!({"sha256": self.file(path)?}));
         }
-        let mut files = Vec::new();
-        collect_files(path, &mut files)?;
-        files.sort();
+        let files = crate::data::files_under(path)?;
         let mut h = Sha256::new();
         for f in &files {
             let rel = f.strip_prefix(path).unwrap_or(f).to_string_lossy().into_owned();
@@ -147,21 +145,6 @@ impl Fingerprinter {
         }
         Ok((model, data))
     }
-}
-
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let path = entry?.path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-            continue;
-        }
-        if path.is_dir() {
-            collect_files(&path, out)?;
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 pub fn hex(bytes: &[u8]) -> String {
