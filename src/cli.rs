@@ -44,7 +44,7 @@ pub struct RunArgs {
     /// Rerun runs that already have a successful record.
     #[arg(long)]
     pub force: bool,
-    /// Only runs whose label or id matches this pattern (`*` matches anything).
+    /// Only runs whose label contains this pattern (`*` stands for anything: `wanda*2:4`), or whose id starts with it.
     #[arg(long)]
     pub only: Option<String>,
     /// Stop at the first failing run instead of recording it and going on.

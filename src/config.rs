@@ -152,15 +152,11 @@ impl MethodEntry {
     }
     pub fn label(&self) -> String {
         self.0.label.clone().unwrap_or_else(|| match (&self.0.group, self.0.use_variant) {
-            (Some(g), _) => format!("{} ({})", self.0.name, group_name(*g)),
+            (Some(g), _) => format!("{} ({})", self.0.name, g.name()),
             (None, true) => format!("{} (variant)", self.0.name),
             (None, false) => self.0.name.clone(),
         })
     }
-}
-
-fn group_name(g: Group) -> String {
-    serde_json::to_value(g).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 impl TryFrom<StrOr<MethodOpts>> for MethodEntry {
@@ -369,7 +365,7 @@ impl Selector {
         let eq = |a: f64, b: f64| (a - b).abs() < 1e-9;
         self.model.as_ref().is_none_or(|m| *m == spec.model.model)
             && self.method.as_ref().is_none_or(|m| m == spec.method_name() || m == method_label)
-            && self.group.is_none_or(|g| p.and_then(|p| p.group.as_deref()) == Some(group_name(g).as_str()))
+            && self.group.is_none_or(|g| p.and_then(|p| p.group.as_deref()) == Some(g.name().as_str()))
             && self.sparsity.is_none_or(|s| eq(s.0, p.map_or(0.0, |p| p.sparsity)))
             && self.pattern.is_none_or(|x| p.is_some_and(|p| p.pattern == x))
             && self.nsamples.is_none_or(|n| p.is_some_and(|p| p.nsamples == n))
@@ -526,7 +522,7 @@ impl SweepConfig {
                                     method: m.name().to_string(),
                                     sparsity,
                                     pattern: *pattern,
-                                    group: m.0.group.map(group_name),
+                                    group: m.0.group.map(Group::name),
                                     use_variant: m.0.use_variant,
                                     calib: self.calibration.dataset.clone(),
                                     nsamples: ns,
@@ -534,10 +530,8 @@ impl SweepConfig {
                                     calib_batch_size: self.calibration.batch_size,
                                 };
                                 let method = p.method().map_err(|e| anyhow!("method `{}` with pattern {pattern}: {e}", m.label()))?;
-                                if let (Method::Metric { group, .. }, Pattern::Unstructured) = (&method, pattern) {
-                                    // Record the group in force, so an explicit default and an implicit one are the same run.
-                                    p.group = Some(group_name(*group));
-                                }
+                                // Record the group in force, so an explicit default and an implicit one are the same run.
+                                p.group = p.group_in_force(&method);
                                 if !method.needs_calibration() {
                                     // Nothing about calibration can change a data-free run: normalise it away.
                                     p.calib = String::new();

@@ -256,33 +256,38 @@ pub fn resolve_text_files(hub: &Hub, spec: &str) -> Result<Vec<PathBuf>> {
     if let Some(f) = file {
         return Ok(vec![repo.get(f)?]);
     }
-    let Some(dir) = repo.local_dir().map(Path::to_path_buf).or_else(|| repo.cached_snapshot()) else {
-        bail!(
+    if let Some(dir) = repo.local_dir().map(Path::to_path_buf).or_else(|| repo.cached_snapshot()) {
+        let rel = |f: &Path| f.strip_prefix(&dir).unwrap_or(f).to_string_lossy().into_owned();
+        let files = files_under(&dir)?.iter().map(|f| rel(f)).collect();
+        let chosen = one_split(id, files)?;
+        return Ok(chosen.iter().map(|f| dir.join(f)).collect());
+    }
+    let files = repo.hub_files().with_context(|| {
+        format!(
             "`{id}` is not a known corpus (wikitext2, c4), a local file or directory, nor a dataset repo found \
-             locally; to read a file of a hub dataset repo, name it as `{id}:<path/to/file.parquet>`"
-        );
+             locally (mirror or HF cache), and listing it on the hub failed; to read a file of a dataset repo, \
+             name it as `{id}:<path/to/file.parquet>`"
+        )
+    })?;
+    one_split(id, files)?.iter().map(|f| repo.get(f)).collect()
+}
+
+/// The parquet files (paths relative to the repo) a dataset repo is read as: the shards of one
+/// split in one folder, the test split when there is one. Two configs or splits would be mixed
+/// into one corpus, so they are refused with the choice to make.
+fn one_split(id: &str, files: Vec<String>) -> Result<Vec<String>> {
+    let files: Vec<String> = files.into_iter().filter(|f| f.to_lowercase().ends_with(".parquet")).collect();
+    let split = |f: &str| {
+        let (folder, name) = f.rsplit_once('/').unwrap_or(("", f));
+        (folder.to_string(), name.split(['-', '.']).next().unwrap_or_default().to_string())
     };
-    let dir = dir.as_path();
-    let files: Vec<PathBuf> = files_under(dir)?.into_iter().filter(|f| f.extension().is_some_and(|e| e == "parquet")).collect();
-    let split = |f: &Path| {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let split = name.split(['-', '.']).next().unwrap_or_default().to_string();
-        (f.parent().map(Path::to_path_buf), split)
-    };
-    let tests: Vec<PathBuf> = files.iter().filter(|f| split(f).1 == "test").cloned().collect();
+    let tests: Vec<String> = files.iter().filter(|f| split(f).1 == "test").cloned().collect();
     let chosen = if tests.is_empty() { files } else { tests };
     let Some(first) = chosen.first() else {
-        bail!("{}: no parquet files found; name a file as `{id}:<file>`", dir.display());
+        bail!("`{id}` holds no parquet files; name a file as `{id}:<file>`");
     };
-    // Shards of one split in one folder make one corpus; two configs or splits would be mixed.
     if let Some(other) = chosen.iter().find(|f| split(f) != split(first)) {
-        let rel = |f: &Path| f.strip_prefix(dir).unwrap_or(f).display().to_string();
-        bail!(
-            "`{id}` holds more than one test set or split ({} and {}, ...); name the one to use as `{id}:{}`",
-            rel(first),
-            rel(other),
-            rel(first)
-        );
+        bail!("`{id}` holds more than one test set or split ({first} and {other}, ...); name the one to use as `{id}:{first}`");
     }
     Ok(chosen)
 }

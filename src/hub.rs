@@ -41,6 +41,8 @@ pub struct RepoRef {
     pub id: String,
     pub kind: RepoKind,
     local_dir: Option<PathBuf>,
+    /// `local_dir` is the mirror's copy, which may lack files the cache or the hub have.
+    mirrored: bool,
     hub: Hub,
 }
 
@@ -56,15 +58,9 @@ impl Hub {
         let path = Path::new(spec);
         // A path is meant as one even when it is missing or a file: never a hub id (`get` says what is wrong).
         let path_like = path.is_absolute() || spec.starts_with("./") || spec.starts_with("../") || spec == "." || spec == ".." || path.exists();
-        let local_dir = if path_like {
-            Some(path.to_path_buf())
-        } else {
-            self.mirror
-                .as_ref()
-                .map(|m| m.join(kind.mirror_dir()).join(spec))
-                .filter(|d| d.is_dir())
-        };
-        RepoRef { id: spec.to_string(), kind, local_dir, hub: self.clone() }
+        let mirrored = self.mirror.as_ref().map(|m| m.join(kind.mirror_dir()).join(spec)).filter(|d| !path_like && d.is_dir());
+        let local_dir = if path_like { Some(path.to_path_buf()) } else { mirrored.clone() };
+        RepoRef { id: spec.to_string(), kind, local_dir, mirrored: mirrored.is_some(), hub: self.clone() }
     }
 }
 
@@ -90,7 +86,8 @@ impl RepoRef {
     /// Whether `file` can be had without a download (used to pick optional files).
     pub fn has_local(&self, file: &str) -> bool {
         match &self.local_dir {
-            Some(d) => d.join(file).is_file(),
+            Some(d) if !self.mirrored => d.join(file).is_file(),
+            Some(d) => d.join(file).is_file() || self.cache_lookup(file).is_some(),
             None => self.cache_lookup(file).is_some(),
         }
     }
@@ -127,14 +124,17 @@ impl RepoRef {
             if p.is_file() {
                 return Ok(p);
             }
-            if dir.is_file() {
-                bail!("{} is a file; pass the {} directory that holds {file}", dir.display(), kind_name(self.kind));
+            if !self.mirrored {
+                if dir.is_file() {
+                    bail!("{} is a file; pass the {} directory that holds {file}", dir.display(), kind_name(self.kind));
+                }
+                if !dir.is_dir() {
+                    bail!("{}: no such directory", dir.display());
+                }
+                bail!("{} not found in {} ({} `{}`)", file, dir.display(), kind_name(self.kind), self.id);
             }
-            if !dir.is_dir() {
-                bail!("{}: no such directory", dir.display());
-            }
-            bail!("{} not found in {} ({} `{}`)", file, dir.display(), kind_name(self.kind), self.id);
         }
+        // The mirror's copy of a repo may be partial (the fixtures hold WikiText's test split only).
         if let Some(m) = &self.hub.mirror {
             looked.push(format!("mirror {}", m.join(self.kind.mirror_dir()).join(&self.id).display()));
         }
@@ -155,6 +155,15 @@ impl RepoRef {
                 kind_name(self.kind), self.id, file, looked.join(", ")
             )
         })
+    }
+
+    /// Every file of the repo as the hub lists it (paths inside the repo), without downloading any.
+    pub fn hub_files(&self) -> Result<Vec<String>> {
+        if offline() {
+            bail!("HF_HUB_OFFLINE is set, so the hub was not asked");
+        }
+        let info = self.api()?.info().with_context(|| format!("asking the hub for {} `{}`", kind_name(self.kind), self.id))?;
+        Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
     }
 
     /// The commit the hub's `main` points to, asked of the hub without downloading anything:

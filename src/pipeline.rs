@@ -63,6 +63,15 @@ impl PruneSpec {
         Method::parse(&self.method, group, self.use_variant, self.pattern)
     }
 
+    /// The comparison group in force: a metric's own default when none was given (unstructured
+    /// only; N:M fixes the groups), so that a run records what it did.
+    pub fn group_in_force(&self, method: &Method) -> Option<String> {
+        match (method, self.pattern) {
+            (Method::Metric { group, .. }, Pattern::Unstructured) => Some(group.name()),
+            _ => self.group.clone(),
+        }
+    }
+
     /// Checks the calibration settings and finds its file before any model is loaded.
     fn check_calibration(&self, hub: &Hub) -> Result<()> {
         ensure!(self.nsamples >= 1, "--nsamples must be at least 1 (the paper uses 128)");
@@ -236,7 +245,7 @@ fn prune_step(
     }
     out.insert("method".into(), json!(p.method));
     out.insert("pattern".into(), json!(p.pattern.to_string()));
-    out.insert("group".into(), json!(p.group));
+    out.insert("group".into(), json!(p.group_in_force(method)));
     out.insert("use_variant".into(), json!(p.use_variant));
     out.insert("sparsity_target".into(), json!(p.sparsity));
     out.insert("sparsity_actual".into(), json!(report.sparsity_actual));
@@ -350,7 +359,6 @@ fn eval_ppl(loaded: &Loaded, corpora: &[Corpus], seqlen: usize, eval: &EvalSpec,
         obs.stage(label);
         let r = perplexity(loaded.model.as_ref(), ids, seqlen, eval.batch_size, eval.max_windows, label)?;
         obs.line(&format!("{label:<16} ppl {:>10.4}   ({} windows x {seqlen} tokens of {})", r.ppl, r.windows, r.n_tokens));
-        out.entry("n_tokens").or_insert(json!(r.n_tokens));
         tokens += r.windows * seqlen;
         ppl.insert(label.clone(), json!(r.ppl));
         details.insert(

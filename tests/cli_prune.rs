@@ -16,6 +16,7 @@ fn prune_reports_saves_and_reloads() {
     let r = json_of(&out);
     assert_eq!(r["method"], "wanda");
     assert_eq!(r["pattern"], "unstructured");
+    assert_eq!(r["group"], "per-output", "the group in force, though --group was not given");
     assert_eq!(r["calibration"]["nsamples"], 8);
     let actual = r["sparsity_actual"].as_f64().unwrap();
     assert!((actual - 0.5).abs() < 0.01, "{actual}");

@@ -100,7 +100,7 @@ fn fixture(dir: &Path) -> usize {
         plan.push(PlanEntry { id, label: run.label });
     }
     let n = plan.len();
-    let sweep = SweepFile { name: "r".into(), config: "r.yaml".into(), runs: plan, artefacts };
+    let sweep = SweepFile { name: "r".into(), config: "r.yaml".into(), runs: plan, artefacts, unresolved: Vec::new() };
     write_atomic(&dir.join("sweep.json"), &serde_json::to_vec(&sweep).unwrap()).unwrap();
     n
 }
@@ -196,7 +196,7 @@ fn paper_configs_take_one_setting_per_cell() {
             store.put(&record(id.clone(), run.label.clone(), run.method_label, run.spec, result)).unwrap();
             plan.push(PlanEntry { id, label: run.label });
         }
-        let sweep = SweepFile { name: cfg.name.clone(), config: path.display().to_string(), runs: plan, artefacts: cfg.artefacts(&path).unwrap() };
+        let sweep = SweepFile { name: cfg.name.clone(), config: path.display().to_string(), runs: plan, artefacts: cfg.artefacts(&path).unwrap(), unresolved: Vec::new() };
         write_atomic(&tmp.path().join("sweep.json"), &serde_json::to_vec(&sweep).unwrap()).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_repro")).arg("report").arg(tmp.path()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

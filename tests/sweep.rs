@@ -152,7 +152,7 @@ impl Sandbox {
         let cfg = self.config(text);
         let store = Store::open(&cfg.output);
         let hub = Hub::new(Some(fixtures()));
-        plan(&cfg, &hub, &store, false).unwrap().iter().map(|p| (p.run.label.replace(self.model.to_str().unwrap(), "M"), p.id().to_string())).collect()
+        plan(&cfg, &hub, &store, false, true).unwrap().iter().map(|p| (p.run.label.replace(self.model.to_str().unwrap(), "M"), p.id().to_string())).collect()
     }
 }
 
@@ -286,6 +286,7 @@ fn dry_run_only_and_fail_fast() {
     let (ok, text) = run(&["--fail-fast"]);
     assert!(!ok && text.contains("--fail-fast") && text.contains("multiple of M = 7"), "{text}");
     assert_eq!(records(&sb.out).len(), 2, "the failure is recorded, the 2:4 run after it never starts");
+    assert!(text.contains("report: 2 of 3 planned runs have records (1 ok)"), "the report is still written: {text}");
 
     let (ok, text) = run(&[]);
     assert!(!ok && text.contains("1 run(s) failed"), "{text}");
@@ -303,6 +304,13 @@ fn dry_run_only_and_fail_fast() {
     assert_eq!(csv.lines().count(), 4, "{csv}");
     let (ok, text) = run(&["--only", "no-such-run"]);
     assert!(!ok && text.contains("--only `no-such-run` matches none of the 3 runs"), "{text}");
+
+    // A dry run estimates a forced rerun from its own finished record, and writes nothing.
+    let hashes = sb.out.join(".fingerprints.json");
+    let before = std::fs::metadata(&hashes).unwrap().modified().unwrap();
+    let (ok, text) = run(&["--dry-run", "--only", "dense", "--force"]);
+    assert!(ok && text.contains("0 run(s) without a timing yet") && !text.contains("~? s"), "{text}");
+    assert_eq!(std::fs::metadata(&hashes).unwrap().modified().unwrap(), before, "a dry run rewrote the hash cache");
 }
 
 /// Records are only trusted when they are what they claim, and a forced rerun that fails does
@@ -425,6 +433,9 @@ fn unidentifiable_hub_models_do_not_stop_the_others() {
     assert!(text.contains("unresolved") && text.contains("no-such-org/no-such-model") && text.contains("HF_HUB_OFFLINE is set"), "{text}");
     assert!(text.contains("1 run(s) failed"), "{text}");
     assert_eq!(records(&sb.out).len(), 1, "the local model's dense run is recorded");
+    // The report counts the unidentified run as planned and says why it has no record.
+    assert!(text.contains("report: 1 of 2 planned runs have records"), "{text}");
+    assert!(text.contains("planned run `no-such-org/no-such-model dense` could not be identified"), "{text}");
 }
 
 /// A model in the Hugging Face cache under `$HF_HUB_CACHE` is both loaded from there and

@@ -88,3 +88,24 @@ fn a_cached_dataset_repo_is_found_by_its_id() {
     };
     assert_eq!(ppl("some-org/books"), ppl("books-heldout"));
 }
+
+/// The mirror's copy of a repo may be partial (the fixtures' WikiText holds the test split only):
+/// a file it lacks comes from the Hugging Face cache, here WikiText-2 train for calibration.
+#[test]
+fn a_partial_mirror_falls_back_to_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = tmp.path().join("datasets--Salesforce--wikitext");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let train = repo.join("snapshots").join(commit).join("wikitext-2-raw-v1/train-00000-of-00001.parquet");
+    std::fs::create_dir_all(train.parent().unwrap()).unwrap();
+    std::fs::copy(fixtures().join("datasets/Salesforce/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet"), &train).unwrap();
+    let out = repro()
+        .env("HF_HUB_CACHE", tmp.path())
+        .args(["prune", "--model", &fixture_model("llama-tiny-random"), "--method", "wanda", "--calib", "wikitext2"])
+        .args(["--nsamples", "2", "--seqlen", "32", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(json_of(&out)["calibration"]["file"], train.to_str().unwrap());
+}

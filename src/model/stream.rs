@@ -124,7 +124,7 @@ impl Streamed {
             "weight_map": weight_map,
         });
         let path = dir.join("model.safetensors.index.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&index)?).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::sweep::store::write_atomic(&path, serde_json::to_string_pretty(&index)?.as_bytes())?;
         Ok(())
     }
 }

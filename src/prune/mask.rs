@@ -96,6 +96,11 @@ impl Group {
             _ => bail!("comparison group `{s}`: use per-output, per-input, per-layer, per-input-128 or per-output-128"),
         }
     }
+
+    /// The name `--group` and run records use (`per-output`, ...).
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    }
 }
 
 /// Unstructured mask at `ratio` within `group`.

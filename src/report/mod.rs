@@ -357,7 +357,11 @@ pub fn report(run_dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     let ok = records.iter().filter(|r| r.status == Status::Ok).count();
-    println!("report: {} of {} planned runs have records ({ok} ok)", records.len(), sweep.runs.len());
+    for (label, why) in &sweep.unresolved {
+        eprintln!("warning: planned run `{label}` could not be identified, so it has no record: {why}");
+    }
+    let planned = sweep.runs.len() + sweep.unresolved.len();
+    println!("report: {} of {planned} planned runs have records ({ok} ok)", records.len());
     for f in &written {
         println!("  {}", f.display());
     }

@@ -26,6 +26,9 @@ pub struct SweepFile {
     /// The runs of the latest plan, in order.
     pub runs: Vec<PlanEntry>,
     pub artefacts: Vec<Artefact>,
+    /// Planned runs whose model or data could not be identified (no id, so no record): label and reason.
+    #[serde(default)]
+    pub unresolved: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,14 +52,14 @@ impl Planned {
 
 /// Expands the config, resolves every run's id and marks those with a successful record. An
 /// unreadable record (a disk fault, a hand edit) is not a result: its run is redone.
-pub fn plan(cfg: &SweepConfig, hub: &Hub, store: &Store, force: bool) -> Result<Vec<Planned>> {
+pub fn plan(cfg: &SweepConfig, hub: &Hub, store: &Store, force: bool, dry_run: bool) -> Result<Vec<Planned>> {
     let mut fp = Fingerprinter::open(store.dir.join(".fingerprints.json"));
     let mut out: Vec<Planned> = Vec::new();
     for run in cfg.expand()? {
         let id = fp.run(hub, &run.spec).map(|(m, d)| (run_id(&run.spec, &m, &d), m, d)).map_err(|e| format!("{e:#}"));
         out.push(Planned { run, id, cached: false });
     }
-    if store.dir.is_dir() {
+    if store.dir.is_dir() && !dry_run {
         fp.save()?; // a dry run leaves no trace
     }
     for p in out.iter_mut().filter(|p| p.id.is_ok() && !force) {
@@ -81,20 +84,17 @@ fn select<'a>(planned: &'a [Planned], only: Option<&str>) -> Result<Vec<&'a Plan
     Ok(picked)
 }
 
-/// `*` matches any run of characters; everything else literally.
+/// Whether `pattern` occurs in `text`, `*` standing for any run of characters: `wanda*0.5`
+/// picks every Wanda run at 0.5 whatever the model, as labels start with the model.
 fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return text.contains(pattern);
-    }
     let mut rest = text;
-    for (i, part) in parts.iter().enumerate() {
+    for part in pattern.split('*') {
         match rest.find(part) {
-            Some(pos) if i > 0 || pos == 0 => rest = &rest[pos + part.len()..],
-            _ => return false,
+            Some(pos) => rest = &rest[pos + part.len()..],
+            None => return false,
         }
     }
-    parts.last().is_some_and(|l| l.is_empty()) || rest.is_empty()
+    true
 }
 
 pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
@@ -114,12 +114,12 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
             Some(store.lock()?)
         }
     };
-    let planned = plan(&cfg, hub, &store, args.force)?;
+    let planned = plan(&cfg, hub, &store, args.force, args.dry_run)?;
     if planned.is_empty() {
         bail!("{}: the sweep plans no runs (does `exclude` drop every grid point?)", args.config.display());
     }
     let selected = select(&planned, args.only.as_deref())?;
-    print_plan(&cfg, &selected, &store)?;
+    print_plan(&cfg, &planned, &selected, &store)?;
     if args.dry_run {
         return Ok(());
     }
@@ -145,12 +145,14 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         config: args.config.display().to_string(),
         runs: planned.iter().filter(|p| p.id.is_ok()).map(|p| PlanEntry { id: p.id().to_string(), label: p.run.label.clone() }).collect(),
         artefacts,
+        unresolved: planned.iter().filter_map(|p| Some((p.run.label.clone(), p.id.as_ref().err()?.clone()))).collect(),
     };
     store::write_atomic(&cfg.output.join("sweep.json"), &serde_json::to_vec_pretty(&sweep)?)?;
 
     let todo: Vec<&Planned> = selected.into_iter().filter(|p| !p.cached).collect();
     let bar = crate::progress::bar(todo.len() as u64, "sweep");
     let mut failed = 0;
+    let mut stopped = None;
     for p in todo {
         bar.set_message(p.run.label.clone());
         let record = execute(hub, p, &bar);
@@ -174,12 +176,16 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         if record.status == Status::Failed {
             failed += 1;
             if args.fail_fast {
-                bail!("run {} failed (--fail-fast): {}", record.label, record.error.unwrap_or_default());
+                stopped = Some(format!("run {} failed (--fail-fast): {}", record.label, record.error.unwrap_or_default()));
+                break;
             }
         }
     }
     bar.finish_and_clear();
     crate::report::report(&cfg.output)?;
+    if let Some(why) = stopped {
+        bail!(why);
+    }
     if failed > 0 {
         bail!("{failed} run(s) failed; see the errors above (and their records in {})", cfg.output.join("runs").display());
     }
@@ -242,16 +248,17 @@ fn execute(hub: &Hub, p: &Planned, bar: &ProgressBar) -> Record {
     }
 }
 
-/// The plan: one line per run, cached or not, and a rough cost from finished runs of the same
-/// model and method.
-fn print_plan(cfg: &SweepConfig, planned: &[&Planned], store: &Store) -> Result<()> {
+/// The selected runs, one line each, cached or not, with a rough cost from the plan's finished
+/// runs of the same model and method (selected or not, forced or not).
+fn print_plan(cfg: &SweepConfig, all: &[Planned], planned: &[&Planned], store: &Store) -> Result<()> {
     let cached = planned.iter().filter(|p| p.cached).count();
     println!("sweep `{}`: {} runs, {} cached, {} to run -> {}", cfg.name, planned.len(), cached, planned.len() - cached, cfg.output.display());
     let mut known: Vec<(String, String, f64)> = Vec::new();
-    for p in planned.iter().filter(|p| p.cached) {
-        if let Some(r) = store.get(p.id())? {
-            let secs = r.finished_at - r.started_at;
-            known.push((r.settings.model.model.clone(), r.settings.method_name().to_string(), secs));
+    for p in all.iter().filter(|p| p.id.is_ok()) {
+        if let Ok(Some(r)) = store.get(p.id()) {
+            if r.status == Status::Ok {
+                known.push((r.settings.model.model.clone(), r.settings.method_name().to_string(), r.finished_at - r.started_at));
+            }
         }
     }
     let mut total = 0.0;
@@ -291,5 +298,16 @@ mod tests {
         let e = catch_panic(|| -> Result<()> { panic!("index {} out of range", 7) }).unwrap_err();
         assert_eq!(e.to_string(), "internal error (panic): index 7 out of range");
         assert_eq!(catch_panic(|| Ok(3)).unwrap(), 3);
+    }
+
+    #[test]
+    fn only_patterns_match_anywhere_in_the_label() {
+        let label = "llama-tiny wanda unstructured 0.5 n128 seed0";
+        for yes in ["wanda", "wanda*", "*wanda", "wanda*0.5", "llama*seed0", "*", ""] {
+            assert!(glob(yes, label), "{yes}");
+        }
+        for no in ["sparsegpt", "0.5*wanda", "wanda*0.6", "seed0*n128"] {
+            assert!(!glob(no, label), "{no}");
+        }
     }
 }
