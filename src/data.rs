@@ -228,7 +228,7 @@ pub fn read_text_rows(path: &Path) -> Result<Vec<String>> {
         TextFormat::JsonLines { .. } => read_jsonl_texts(path, None),
         TextFormat::Plain => match read_text_file(path)? {
             text if text.trim().is_empty() => bail!("{}: the file holds no text", path.display()),
-            text => Ok(vec![text]),
+            text => Ok(vec![text.strip_prefix(BYTE_ORDER_MARK).map(str::to_string).unwrap_or(text)]),
         },
     }
 }
@@ -380,8 +380,8 @@ mod tests {
         assert_eq!(read_text_rows(&at("array.json.gz")).unwrap(), ["a"]);
         gzip(&at("plain.txt.gz"), "one document\n");
         assert_eq!(read_text_rows(&at("plain.txt.gz")).unwrap(), ["one document\n"]);
-        std::fs::write(at("notes.md"), "# plain text\n").unwrap();
-        assert_eq!(read_text_rows(&at("notes.md")).unwrap(), ["# plain text\n"]);
+        std::fs::write(at("notes.md"), "\u{feff}# plain text\n").unwrap();
+        assert_eq!(read_text_rows(&at("notes.md")).unwrap(), ["# plain text\n"], "byte-order mark dropped");
         for name in ["table.csv", "rows.parquet.gz", "pack.zip"] {
             std::fs::write(at(name), "x").unwrap();
             let e = read_text_rows(&at(name)).unwrap_err().to_string();
