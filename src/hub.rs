@@ -159,21 +159,20 @@ impl RepoRef {
 
     /// Every file of the repo as the hub lists it (paths inside the repo), without downloading any.
     pub fn hub_files(&self) -> Result<Vec<String>> {
-        if offline() {
-            bail!("HF_HUB_OFFLINE is set, so the hub was not asked");
-        }
-        let info = self.api()?.info().with_context(|| format!("asking the hub for {} `{}`", kind_name(self.kind), self.id))?;
-        Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
+        Ok(self.hub_info()?.siblings.into_iter().map(|s| s.rfilename).collect())
     }
 
     /// The commit the hub's `main` points to, asked of the hub without downloading anything:
     /// what identifies a repo that is not on disk yet.
     pub fn hub_revision(&self) -> Result<String> {
+        Ok(self.hub_info()?.sha)
+    }
+
+    fn hub_info(&self) -> Result<hf_hub::api::RepoInfo> {
         if offline() {
             bail!("HF_HUB_OFFLINE is set, so the hub was not asked");
         }
-        let info = self.api()?.info().with_context(|| format!("asking the hub for {} `{}`", kind_name(self.kind), self.id))?;
-        Ok(info.sha)
+        self.api()?.info().with_context(|| format!("asking the hub for {} `{}`", kind_name(self.kind), self.id))
     }
 
     fn api(&self) -> Result<hf_hub::api::sync::ApiRepo> {
