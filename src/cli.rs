@@ -121,9 +121,9 @@ pub struct PruneArgs {
     /// magnitude, wanda, ria, sparsegpt_metric (saliency without update), sparsegpt, ablate_mag_seq, ablate_mag_iter, ablate_wanda_seq, ablate_wanda_iter.
     #[arg(long)]
     pub method: String,
-    /// Fraction of each linear layer's weights to remove.
-    #[arg(long, default_value_t = 0.5)]
-    pub sparsity: f64,
+    /// Fraction of each linear layer's weights to remove (default: N/M for an N:M pattern, else 0.5).
+    #[arg(long)]
+    pub sparsity: Option<f64>,
     /// unstructured, or N:M such as 2:4 and 4:8.
     #[arg(long, default_value = "unstructured")]
     pub pattern: String,
@@ -195,8 +195,17 @@ impl ModelArgs {
 }
 
 impl PplArgs {
-    fn spec(&self, names: Vec<String>) -> EvalSpec {
-        EvalSpec { names, batch_size: self.batch_size, max_windows: self.max_windows, limit: self.limit }
+    /// The evaluations `names` with these options; an option that none of them uses is refused
+    /// rather than silently ignored.
+    fn spec(&self, names: Vec<String>) -> Result<EvalSpec> {
+        let tasks = names.iter().filter(|n| ALL_TASKS.contains(&n.as_str())).count();
+        if self.limit.is_some() && tasks == 0 {
+            bail!("--limit applies to zero-shot tasks, and none is asked for; name some (--tasks, or in --eval)");
+        }
+        if self.max_windows.is_some() && tasks == names.len() {
+            bail!("--max-windows applies to perplexity corpora, and none is asked for; name some (--ppl, or in --eval)");
+        }
+        Ok(EvalSpec { names, batch_size: self.batch_size, max_windows: self.max_windows, limit: self.limit })
     }
 }
 
@@ -218,16 +227,17 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
     if let Some(t) = args.ppl.iter().find(|p| ALL_TASKS.contains(&p.as_str())) {
         bail!("--ppl {t}: `{t}` is a zero-shot task; pass it with --tasks");
     }
-    let out = run_job(hub, &args.model.spec(), None, &args.ppl_opts.spec(names), None, args.model.observer())?;
+    let out = run_job(hub, &args.model.spec(), None, &args.ppl_opts.spec(names)?, None, args.model.observer())?;
     print_json(out, args.model.json);
     Ok(())
 }
 
 fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
+    let pattern = Pattern::parse(&args.pattern)?;
     let spec = PruneSpec {
         method: args.method.clone(),
-        sparsity: args.sparsity,
-        pattern: Pattern::parse(&args.pattern)?,
+        sparsity: args.sparsity.unwrap_or(pattern.default_sparsity()),
+        pattern,
         group: args.group.clone(),
         use_variant: args.use_variant,
         calib: args.calib.clone(),
@@ -235,7 +245,7 @@ fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
         seed: args.seed,
         calib_batch_size: args.calib_batch_size,
     };
-    let eval = args.ppl_opts.spec(args.eval.clone());
+    let eval = args.ppl_opts.spec(args.eval.clone())?;
     let out = run_job(hub, &args.model.spec(), Some(&spec), &eval, args.save.as_deref(), args.model.observer())?;
     print_json(out, args.model.json);
     Ok(())

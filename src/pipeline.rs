@@ -222,7 +222,8 @@ fn prune_step(
     obs: &dyn Observer,
     out: &mut Map<String, Value>,
 ) -> Result<()> {
-    let calib = if method.needs_calibration() {
+    // At sparsity 0 nothing is pruned (as the official code), so no calibration is drawn.
+    let calib = if method.needs_calibration() && p.sparsity > 0.0 {
         obs.stage("calibration data");
         let (file, windows) = CalibSource::parse(&p.calib).windows(hub, &loaded.tokenizer, p.nsamples, seqlen, p.seed)?;
         out.insert(
@@ -239,7 +240,7 @@ fn prune_step(
         "{} {} at {}: sparsity {:.4}, prune time {:.2}s (forward passes {:.2}s)",
         p.method, p.pattern, p.sparsity, report.sparsity_actual, report.prune_seconds, report.forward_seconds
     ));
-    if let Some(warning) = report.variant_shortfall(p.sparsity) {
+    if let Some(warning) = report.sparsity_warning(p.sparsity) {
         eprintln!("warning: {warning}");
         out.insert("warnings".into(), json!([warning]));
     }

@@ -46,11 +46,11 @@ fn invalid_combinations_are_refused() {
     let m = fixture_model("llama-tiny-random");
     for (args, msg) in [
         (vec!["--method", "wanda", "--pattern", "5:4"], "0 < N < M"),
-        (vec!["--method", "wanda", "--pattern", "2:4", "--sparsity", "0.6"], "use --sparsity 0.5"),
+        (vec!["--method", "wanda", "--pattern", "1:4", "--sparsity", "0.5"], "leave --sparsity out (it follows the pattern) or give 0.25"),
         (vec!["--method", "wanda", "--pattern", "2:4", "--use-variant"], "unstructured sparsity only"),
         (vec!["--method", "sparsegpt", "--group", "per-layer"], "--group applies to metric methods"),
         (vec!["--method", "obs"], "unknown method `obs`"),
-        (vec!["--method", "wanda", "--sparsity", "1.0"], "must be in [0, 1)"),
+        (vec!["--method", "wanda", "--sparsity", "1.0"], "sparsity 1 (--sparsity, or `sparsities` in a sweep) must be in [0, 1)"),
     ] {
         let out = repro().args(["prune", "--model", &m]).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -80,4 +80,41 @@ fn variant_short_of_its_target_is_pointed_out() {
     let fine = run("0.5");
     assert!(json_of(&fine)["warnings"].is_null());
     assert!(!String::from_utf8_lossy(&fine.stderr).contains("warning"));
+}
+
+/// At sparsity 0 the official code skips pruning, so the model comes out exactly as it went in
+/// (SparseGPT would otherwise still update weights), and no calibration is drawn.
+#[test]
+fn sparsity_zero_leaves_the_model_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let save = tmp.path().join("same");
+    let model = fixture_model("llama-tiny-random");
+    let out = repro()
+        .args(["prune", "--model", &model, "--method", "sparsegpt", "--sparsity", "0", "--seqlen", "32", "--json", "--save", save.to_str().unwrap()])
+        .args(["--calib", "c4:c4-format-sample", "--nsamples", "2"])
+        .output()
+        .unwrap();
+    let r = json_of(&out);
+    assert!(r["calibration"].is_null(), "{r}");
+    let before = tch::Tensor::read_safetensors(std::path::Path::new(&model).join("model.safetensors")).unwrap();
+    let after: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(save.join("model.safetensors")).unwrap().into_iter().collect();
+    for (name, t) in &before {
+        assert!(t.equal(&after[name]), "{name} changed");
+    }
+}
+
+/// A checkpoint pruned 2:4 (no --sparsity: it follows the pattern) and pruned again at 30% ends at 50%: more than rounding explains,
+/// which is said on stderr and in the result.
+#[test]
+fn sparsity_beyond_rounding_is_pointed_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let save = tmp.path().join("twofour");
+    let prune = |model: &str, args: &[&str]| repro().args(["prune", "--model", model, "--method", "magnitude", "--seqlen", "32", "--json"]).args(args).output().unwrap();
+    let first = json_of(&prune(&fixture_model("llama-tiny-random"), &["--pattern", "2:4", "--save", save.to_str().unwrap()]));
+    assert!(first["warnings"].is_null() && first["sparsity_target"] == 0.5, "{first}");
+    let again = prune(save.to_str().unwrap(), &["--sparsity", "0.3"]);
+    let r = json_of(&again);
+    let warning = r["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("ended away from sparsity 0.3") && warning.contains("weights that were zero already"), "{warning}");
+    assert!((r["sparsity_actual"].as_f64().unwrap() - 0.5).abs() < 0.01);
 }

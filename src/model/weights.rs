@@ -16,6 +16,12 @@ use tch::{Device, Kind, Tensor};
 
 use crate::hub::RepoRef;
 
+/// Whether no element is NaN or infinite. A sum is non-finite exactly when an element is (it
+/// accumulates in f64, so it cannot overflow itself), and it needs no tensor-sized temporary.
+pub fn all_finite(t: &Tensor) -> bool {
+    t.sum(Kind::Double).double_value(&[]).is_finite()
+}
+
 /// Where one tensor lies: its file, byte range (absolute) and layout.
 #[derive(Clone, Debug)]
 struct Location {
@@ -130,7 +136,20 @@ impl Weights {
         let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, bytes) };
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         file.read_exact_at(buf, loc.start).with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
-        let t = if t.is_floating_point() { t.to_kind(self.kind) } else { t };
+        if !t.is_floating_point() {
+            return Ok(t.to_device(self.device));
+        }
+        if !all_finite(&t) {
+            bail!("{}: tensor `{name}` holds NaN or infinite values; the checkpoint is damaged", path.display());
+        }
+        let t = t.to_kind(self.kind);
+        if !all_finite(&t) {
+            bail!(
+                "{}: tensor `{name}` holds values beyond the range of {:?} (f16 ends at ±65504); use --dtype bf16 or f32",
+                path.display(),
+                self.kind
+            );
+        }
         Ok(t.to_device(self.device))
     }
 

@@ -31,13 +31,21 @@ impl Pattern {
     pub fn check_sparsity(&self, sparsity: f64) -> Result<()> {
         match self {
             Pattern::Unstructured if (0.0..1.0).contains(&sparsity) => Ok(()),
-            Pattern::Unstructured => bail!("sparsity {sparsity} must be in [0, 1)"),
-            Pattern::NM { n, m } if (sparsity - *n as f64 / *m as f64).abs() < 1e-9 => Ok(()),
+            Pattern::Unstructured => bail!("sparsity {sparsity} (--sparsity, or `sparsities` in a sweep) must be in [0, 1)"),
+            Pattern::NM { .. } if (sparsity - self.default_sparsity()).abs() < 1e-9 => Ok(()),
             Pattern::NM { n, m } => bail!(
-                "pattern {n}:{m} prunes exactly {} of the weights, but sparsity {sparsity} was requested; use --sparsity {}",
-                *n as f64 / *m as f64,
-                *n as f64 / *m as f64
+                "pattern {n}:{m} prunes exactly {n}/{m} of the weights, but sparsity {sparsity} was requested; \
+                 leave --sparsity out (it follows the pattern) or give {}",
+                self.default_sparsity()
             ),
+        }
+    }
+
+    /// What a run prunes when no sparsity is given: N/M for N:M, the paper's 50% otherwise.
+    pub fn default_sparsity(&self) -> f64 {
+        match self {
+            Pattern::Unstructured => 0.5,
+            Pattern::NM { n, m } => *n as f64 / *m as f64,
         }
     }
 }

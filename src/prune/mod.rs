@@ -16,6 +16,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
+use crate::model::weights::all_finite;
 use crate::model::{BlockCtx, CausalLm, DecoderBlock, Linear};
 use mask::{Group, Pattern, VARIANT_TOLERANCE};
 use metric::Metric;
@@ -105,6 +106,9 @@ pub struct LayerSparsity {
     pub zeros: i64,
     pub numel: i64,
     pub sparsity: f64,
+    /// How far rounding alone can move the sparsity: one weight per row or column, one more.
+    #[serde(skip)]
+    rounding: f64,
     /// The Wanda variant's alpha for this layer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
@@ -122,21 +126,30 @@ pub struct PruneReport {
 }
 
 impl PruneReport {
-    /// Names the layers the variant's alpha search left further than its tolerance from
-    /// `target`: its bracket [0, 0.8] cannot reach very high sparsities, and the official loop
-    /// stops there just the same, so the achieved sparsity stands and is pointed out.
-    pub fn variant_shortfall(&self, target: f64) -> Option<String> {
-        let off = |l: &&LayerSparsity| l.alpha.is_some() && (l.sparsity - target).abs() > VARIANT_TOLERANCE;
-        let missed: Vec<&LayerSparsity> = self.layers.iter().filter(off).collect();
-        let furthest = missed.iter().max_by(|a, b| (a.sparsity - target).abs().total_cmp(&(b.sparsity - target).abs()))?;
+    fn new(layers: Vec<LayerSparsity>, prune_seconds: f64, forward_seconds: f64) -> Self {
+        let (zeros, numel) = layers.iter().fold((0, 0), |(z, n), l| (z + l.zeros, n + l.numel));
+        PruneReport { sparsity_actual: zeros as f64 / numel.max(1) as f64, layers, prune_seconds, forward_seconds }
+    }
+
+    /// Names the layers whose sparsity is further from `target` than the method explains, and
+    /// why that can be. Rounding explains up to one weight per comparison group (int(n·s) per
+    /// row, one more at a magnitude threshold); the variant's alpha search stops within its
+    /// tolerance. Beyond that: weights that were zero already, inputs SparseGPT found dead, ties.
+    pub fn sparsity_warning(&self, target: f64) -> Option<String> {
+        let off = |l: &LayerSparsity| (l.sparsity - target).abs() - l.alpha.map_or(l.rounding, |_| VARIANT_TOLERANCE);
+        let missed: Vec<&LayerSparsity> = self.layers.iter().filter(|l| target > 0.0 && off(l) > 0.0).collect();
+        let furthest = missed.iter().max_by(|a, b| off(a).total_cmp(&off(b)))?;
+        let why = match furthest.alpha {
+            Some(a) if a >= 0.799 => format!("--use-variant's alpha search stopped at the top of its bracket [0, 0.8] (alpha {a:.4}), as the official one does"),
+            Some(a) => format!("--use-variant's alpha search stopped at its 0.001 resolution (alpha {a:.4}), as the official one does"),
+            None => "more than rounding explains: weights that were zero already (a pruned checkpoint?), inputs SparseGPT found dead, or ties".into(),
+        };
         Some(format!(
-            "--use-variant: {} of {} layers ended further than {VARIANT_TOLERANCE} from sparsity {target} (furthest: {} at {:.4}, alpha {:.4}); \
-             the alpha search, like the official one, stops at the edge of its bracket [0, 0.8]; overall sparsity {:.4} is what the results show",
+            "{} of {} layers ended away from sparsity {target} (furthest: {} at {:.4}): {why}; overall sparsity {:.4} is what the results show",
             missed.len(),
             self.layers.len(),
             furthest.name,
             furthest.sparsity,
-            furthest.alpha.unwrap_or_default(),
             self.sparsity_actual
         ))
     }
@@ -171,6 +184,16 @@ pub fn prune_model(
     }
     let device = model.device();
     let n_blocks = model.stack().n_blocks();
+    let block_prefix = model.info().block_prefix;
+    if sparsity == 0.0 {
+        // The official main.py prunes only `if args.sparsity_ratio != 0`: the model stays as it is
+        // (SparseGPT would otherwise still update weights, and thresholds prune ties).
+        let mut layers = Vec::new();
+        for b in 0..n_blocks {
+            layers.extend(block_sparsity(&format!("{block_prefix}{b}"), &*model.stack().block(b)?, &HashMap::new()));
+        }
+        return Ok(PruneReport::new(layers, 0.0, 0.0));
+    }
     let mut prune_seconds = 0.0;
     let mut forward_seconds = 0.0;
     let mut layers = Vec::new();
@@ -188,7 +211,7 @@ pub fn prune_model(
     };
 
     for b in 0..n_blocks {
-        let block_name = format!("{}{b}", model.info().block_prefix);
+        let block_name = format!("{block_prefix}{b}");
         let mut block = model.stack_mut().take_block(b)?;
         let mut alphas = HashMap::new();
         // Statistics per distinct input, under the first layer's name; `leader` maps every
@@ -241,13 +264,7 @@ pub fn prune_model(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let (zeros, numel) = layers.iter().fold((0, 0), |(z, n), l| (z + l.zeros, n + l.numel));
-    Ok(PruneReport {
-        sparsity_actual: zeros as f64 / numel.max(1) as f64,
-        layers,
-        prune_seconds,
-        forward_seconds,
-    })
+    Ok(PruneReport::new(layers, prune_seconds, forward_seconds))
 }
 
 /// Finished Hessians, each shared by the layers that saw the same input: the last layer to ask
@@ -300,6 +317,9 @@ fn prune_layer(
     norms: Option<&InputNorms>,
     hessian: Option<Tensor>,
 ) -> Result<Option<f64>> {
+    if norms.is_some_and(|n| !all_finite(&n.scaler_row)) || hessian.as_ref().is_some_and(|h| !all_finite(h)) {
+        bail!("its calibration inputs hold NaN or infinite values: activations overflowed the run's dtype (f16 ends at ±65504); use --dtype bf16 or f32");
+    }
     let w = &linear.weight;
     let mut alpha = None;
     match method {
@@ -343,12 +363,14 @@ pub fn block_sparsity(block_name: &str, block: &dyn DecoderBlock, alphas: &HashM
         .map(|(name, linear)| {
             let numel = linear.weight.numel() as i64;
             let zeros = linear.weight.eq(0.0).sum(Kind::Int64).int64_value(&[]);
+            let narrowest = linear.weight.size().into_iter().min().unwrap_or(1).max(1);
             LayerSparsity {
                 alpha: alphas.get(name).copied(),
                 name: format!("{block_name}.{name}"),
                 zeros,
                 numel,
                 sparsity: zeros as f64 / numel as f64,
+                rounding: (1.0 / narrowest as f64 + 1.0 / numel as f64) * (1.0 + 1e-9),
             }
         })
         .collect()

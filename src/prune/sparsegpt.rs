@@ -97,7 +97,7 @@ fn inverse_hessian_upper(h: Tensor, dead: &Tensor) -> Result<Tensor> {
     let _ = h.diagonal(0, 0, 1).g_add_scalar_(damp);
     // libtorch's message runs on with its C++ stack; its first line says what failed.
     let first_line = |e: tch::TchError| e.to_string().lines().next().unwrap_or_default().to_string();
-    let hint = "non-finite or degenerate calibration activations (in f16, try --dtype f32 or bf16)";
+    let hint = "degenerate calibration activations (a few samples of one repeated text?); use more or other calibration data";
     let l = h.f_linalg_cholesky(false).map_err(|e| anyhow::anyhow!("Cholesky of the damped Hessian failed ({}): {hint}", first_line(e)))?;
     l.cholesky_inverse(false)
         .f_linalg_cholesky(true)
