@@ -26,6 +26,32 @@ fn register_font() -> Result<()> {
     }
 }
 
+/// `text` at the largest font size in `sizes` (px) whose width fits `room` pixels, cut with an
+/// ellipsis at the smallest size when none does: plotters neither wraps nor shrinks text, so a
+/// long title or legend entry would run off the canvas. The tables keep the full text.
+fn fit<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, text: &str, sizes: std::ops::RangeInclusive<u32>, room: u32) -> (String, u32) {
+    let width = |t: &str, px: u32| root.estimate_text_size(t, &TextStyle::from(("sans-serif", px).into_font())).map_or(0, |(w, _)| w);
+    if let Some(px) = sizes.clone().rev().find(|&px| width(text, px) <= room) {
+        return (text.to_string(), px);
+    }
+    let px = *sizes.start();
+    let mut cut: Vec<char> = text.chars().collect();
+    while !cut.is_empty() && width(&format!("{}…", cut.iter().collect::<String>()), px) > room {
+        cut.pop();
+    }
+    (format!("{}…", cut.iter().collect::<String>()), px)
+}
+
+/// The chart title: 24 px, down to 14 px, then cut.
+fn title<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, a: &Artefact) -> (String, u32) {
+    fit(root, &a.title, 14..=24, root.dim_in_pixel().0.saturating_sub(40))
+}
+
+/// A legend entry: 16 px, at most 40% of the canvas wide.
+fn legend_label<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, label: &str) -> String {
+    fit(root, label, 16..=16, root.dim_in_pixel().0 * 2 / 5).0
+}
+
 /// A named sequence of y values (None where there is no value) along the x categories.
 struct Series {
     label: String,
@@ -101,8 +127,9 @@ where
     Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
     let x_desc = a.x.as_ref().map(|x| x.label.clone()).unwrap_or_default();
+    let caption = title(root, a);
     let mut chart = ChartBuilder::on(root)
-        .caption(&a.title, ("sans-serif", 24))
+        .caption(caption.0, ("sans-serif", caption.1))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
@@ -135,7 +162,7 @@ where
             chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(plot_err)?;
             chart.draw_series(pts.iter().map(|p| Circle::new(p.clone(), 5, color.filled()))).map_err(plot_err)?
         };
-        anno.label(s.label.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
+        anno.label(legend_label(root, &s.label)).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
     }
     draw_legend(&mut chart)
 }
@@ -157,8 +184,9 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, a: &Artefact, gr
     // Half-bar units: bar k of group g spans [2(g(n+1)+k), 2(g(n+1)+k)+2]; the group's centre is 2g(n+1)+n.
     let width = 2 * groups.len() as i32 * (n + 1);
     let top = finite(series, false).into_iter().fold(0.0f64, f64::max) * 1.15;
+    let caption = title(root, a);
     let mut chart = ChartBuilder::on(root)
-        .caption(&a.title, ("sans-serif", 24))
+        .caption(caption.0, ("sans-serif", caption.1))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
@@ -188,7 +216,7 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, a: &Artefact, gr
         chart
             .draw_series(bars)
             .map_err(plot_err)?
-            .label(s.label.clone())
+            .label(legend_label(root, &s.label))
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
     }
     draw_legend(&mut chart)
@@ -234,4 +262,27 @@ pub fn write(a: &Artefact, records: &[Record], dir: &Path) -> Result<Vec<PathBuf
     draw(BitMapBackend::new(&png, SIZE).into_drawing_area(), a, &chart).with_context(|| format!("rendering {}", png.display()))?;
     draw(SVGBackend::new(&svg, SIZE).into_drawing_area(), a, &chart).with_context(|| format!("rendering {}", svg.display()))?;
     Ok(vec![png, svg])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_titles_shrink_then_are_cut() {
+        register_font().unwrap();
+        let mut buf = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+        let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
+        let room = SIZE.0 - 40;
+        assert_eq!(fit(&root, "Wanda", 14..=24, room), ("Wanda".to_string(), 24));
+        let figure2 = "Figure 2: LLaMA-7B, WikiText perplexity vs calibration samples (unstructured 50%)";
+        assert_eq!(fit(&root, figure2, 14..=24, room), (figure2.to_string(), 24));
+        let wide = "Wanda ".repeat(14);
+        let (text, px) = fit(&root, &wide, 14..=24, room);
+        assert!(text == wide && (14..24).contains(&px), "{px}");
+        let (text, px) = fit(&root, &"Wanda ".repeat(60), 14..=24, room);
+        assert!(text.ends_with('…') && px == 14 && text.chars().count() < 360, "{text}");
+        let width = root.estimate_text_size(&text, &TextStyle::from(("sans-serif", 14).into_font())).unwrap().0;
+        assert!(width <= room, "{width}");
+    }
 }
