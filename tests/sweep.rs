@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{fixture_model, fixtures, repro};
+use common::{fixture_model, fixtures, hf_cache_snapshot, repro, CACHE_COMMIT};
 use repro::config::SweepConfig;
 use repro::hub::Hub;
 use repro::sweep::plan;
@@ -444,12 +444,7 @@ fn unidentifiable_hub_models_do_not_stop_the_others() {
 fn hf_hub_cache_serves_loading_and_identity() {
     let sb = Sandbox::new();
     let cache = sb.out.parent().unwrap().join("hub-cache");
-    let repo = cache.join("models--some-org--tiny");
-    let commit = "0123456789abcdef0123456789abcdef01234567";
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), commit).unwrap();
-    let snapshot = repo.join("snapshots").join(commit);
-    std::fs::create_dir_all(&snapshot).unwrap();
+    let snapshot = hf_cache_snapshot(&cache, "models--some-org--tiny");
     for e in std::fs::read_dir(&sb.model).unwrap() {
         let p = e.unwrap().path();
         std::fs::copy(&p, snapshot.join(p.file_name().unwrap())).unwrap();
@@ -459,6 +454,6 @@ fn hf_hub_cache_serves_loading_and_identity() {
     let out = repro().arg("run").arg(&cfg).env("HF_HUB_CACHE", &cache).env("HF_HOME", sb.out.parent().unwrap().join("hf-home")).output().unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&records(&sb.out)[0]).unwrap()).unwrap();
-    assert_eq!(record["model_identity"], serde_json::json!({"id": "some-org/tiny", "revision": commit}));
+    assert_eq!(record["model_identity"], serde_json::json!({"id": "some-org/tiny", "revision": CACHE_COMMIT}));
     assert!(record["result"]["ppl"]["wikitext2"].as_f64().unwrap().is_finite());
 }

@@ -71,12 +71,7 @@ fn same_named_corpora_stay_apart_and_repeats_run_once() {
 #[test]
 fn a_cached_dataset_repo_is_found_by_its_id() {
     let tmp = tempfile::tempdir().unwrap();
-    let commit = "0123456789abcdef0123456789abcdef01234567";
-    let repo = tmp.path().join("datasets--some-org--books");
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), commit).unwrap();
-    let snapshot = repo.join("snapshots").join(commit);
-    std::fs::create_dir_all(&snapshot).unwrap();
+    let snapshot = hf_cache_snapshot(tmp.path(), "datasets--some-org--books");
     std::fs::copy(fixtures().join("datasets/books-heldout/test-00000-of-00001.parquet"), snapshot.join("test-00000-of-00001.parquet")).unwrap();
     let ppl = |corpus: &str| {
         let out = repro()
@@ -94,11 +89,7 @@ fn a_cached_dataset_repo_is_found_by_its_id() {
 #[test]
 fn a_partial_mirror_falls_back_to_the_cache() {
     let tmp = tempfile::tempdir().unwrap();
-    let commit = "0123456789abcdef0123456789abcdef01234567";
-    let repo = tmp.path().join("datasets--Salesforce--wikitext");
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), commit).unwrap();
-    let train = repo.join("snapshots").join(commit).join("wikitext-2-raw-v1/train-00000-of-00001.parquet");
+    let train = hf_cache_snapshot(tmp.path(), "datasets--Salesforce--wikitext").join("wikitext-2-raw-v1/train-00000-of-00001.parquet");
     std::fs::create_dir_all(train.parent().unwrap()).unwrap();
     std::fs::copy(fixtures().join("datasets/Salesforce/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet"), &train).unwrap();
     let out = repro()

@@ -11,6 +11,20 @@ pub fn fixture_model(name: &str) -> String {
     fixtures().join("models").join(name).to_string_lossy().into_owned()
 }
 
+/// The commit [`hf_cache_snapshot`] names in `refs/main`.
+pub const CACHE_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A repo laid out as the Hugging Face cache holds it (`cache/<folder>/refs/main` naming
+/// `snapshots/<commit>`); returns the snapshot directory, created and empty.
+pub fn hf_cache_snapshot(cache: &std::path::Path, folder: &str) -> PathBuf {
+    let repo = cache.join(folder);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), CACHE_COMMIT).unwrap();
+    let snapshot = repo.join("snapshots").join(CACHE_COMMIT);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    snapshot
+}
+
 pub fn golden(path: &std::path::Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
