@@ -65,13 +65,18 @@ fn text_format(path: &Path) -> Result<TextFormat> {
     })
 }
 
+/// A buffered reader of the file's bytes, gunzipped when its name ends in `.gz`.
+fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(match is_gzip(path) {
+        true => Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file))),
+        false => Box::new(std::io::BufReader::new(file)),
+    })
+}
+
 /// A file's bytes as UTF-8 text, gunzipped when its name ends in `.gz`.
 fn read_text_file(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader: Box<dyn Read> = match is_gzip(path) {
-        true => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        false => Box::new(file),
-    };
+    let mut reader = open_text(path)?;
     let mut bytes = Vec::new();
     reader.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e}); {SUPPORTED}", path.display()))
@@ -81,11 +86,7 @@ fn read_text_file(path: &Path) -> Result<String> {
 /// a `.json` file may also be one array of such objects.
 pub fn read_jsonl_texts(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
     let read_err = || format!("cannot read {}", path.display());
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader: Box<dyn BufRead> = match is_gzip(path) {
-        true => Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file))),
-        false => Box::new(std::io::BufReader::new(file)),
-    };
+    let mut reader = open_text(path)?;
     let mut first = String::new();
     reader.read_line(&mut first).with_context(read_err)?;
     let first = first.trim_start_matches(BYTE_ORDER_MARK).to_string();
