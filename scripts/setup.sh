@@ -1,18 +1,68 @@
 #!/usr/bin/env bash
 # Idempotent set-up: project venv with torch (libtorch for tch), then a release build.
 # Fast when nothing changed: each step checks before it works.
+#
+#   scripts/setup.sh                      .venv with torch 2.13.0 from PyPI -> target/release/repro
+#   scripts/setup.sh --torch-from PYTHON  an existing Python's torch (a cluster module, a site
+#                                         environment) -> target/torch-<version>/release/repro
+#   REPRO_TORCH_FROM=PYTHON               the same as --torch-from
+#
+# A build against another torch gets its own target directory: torch-sys does not notice a
+# change of interpreter, so sharing one would silently keep the other libtorch's bindings.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 
-if [ ! -x "$VIRTUAL_ENV/bin/python" ]; then
-  echo "==> creating venv in .venv"
-  python3 -m venv "$VIRTUAL_ENV"
+torch_from="${REPRO_TORCH_FROM:-}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --torch-from) torch_from="${2:?--torch-from needs a Python interpreter (e.g. \$(which python3))}"; shift 2 ;;
+    --torch-from=*) torch_from="${1#*=}"; shift ;;
+    *) echo "setup.sh: unknown option $1 (usage: scripts/setup.sh [--torch-from PYTHON])" >&2; exit 2 ;;
+  esac
+done
+
+if [ -z "$torch_from" ]; then
+  if [ ! -x "$VIRTUAL_ENV/bin/python" ]; then
+    echo "==> creating venv in .venv"
+    python3 -m venv "$VIRTUAL_ENV"
+  fi
+  if ! "$VIRTUAL_ENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; then
+    echo "==> installing torch==$TORCH_VERSION into .venv (libtorch for tch; ~2.6 GB, about a minute)"
+    "$VIRTUAL_ENV/bin/pip" install --progress-bar on "torch==$TORCH_VERSION"
+  fi
+  echo "==> building repro (release)"
+  cargo build --release
+  echo "==> ready: target/release/repro"
+  exit 0
 fi
-if ! "$VIRTUAL_ENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; then
-  echo "==> installing torch==$TORCH_VERSION into .venv (libtorch for tch; ~2.6 GB, about a minute)"
-  "$VIRTUAL_ENV/bin/pip" install --progress-bar on "torch==$TORCH_VERSION"
+
+# --torch-from: build against the libtorch inside an installed torch package.
+if ! command -v "$torch_from" >/dev/null; then
+  echo "setup.sh: --torch-from $torch_from: no such interpreter" >&2; exit 2
 fi
-echo "==> building repro (release)"
+py="$(command -v "$torch_from")"
+query='import os, torch; print(torch.__version__.split("+")[0]); print(os.path.dirname(torch.__file__))'
+info="$("$py" -W ignore -c "$query" 2>/dev/null)" || {
+  echo "setup.sh: --torch-from $py: this Python cannot import torch:" >&2; "$py" -c "$query" 2>&1 | tail -3 >&2; exit 2; }
+version="$(echo "$info" | sed -n 1p)"
+torch_dir="$(echo "$info" | sed -n 2p)"
+case "$version" in
+  2.11.*|2.12.*|2.13.*) ;;
+  *) echo "setup.sh: torch $version at $torch_dir is outside the supported range 2.11-2.13 (tch 0.26's bindings)" >&2; exit 2 ;;
+esac
+target="$ROOT/target/torch-$version"
+echo "==> building repro against torch $version at $torch_dir -> $target/release/repro"
+# torch-sys asks `python` (with VIRTUAL_ENV set) where torch lives: a shim named python runs the
+# chosen interpreter by its own path, so a venv interpreter still finds its site-packages.
+shim="$target/python-shim"
+mkdir -p "$shim/bin"
+printf '#!/bin/sh\nexec "%s" "$@"\n' "$py" > "$shim/bin/python"
+chmod +x "$shim/bin/python"
+ln -sf python "$shim/bin/python3"
+export VIRTUAL_ENV="$shim" PATH="$shim/bin:$PATH" CARGO_TARGET_DIR="$target"
+# tch 0.26 generates its bindings for torch 2.13; 2.11 and 2.12 compile against the same ops
+# (scripts/gpu_kit.sh builds against 2.11.0 in CI), so only the version check is bypassed.
+if [ "$version" != "$TORCH_VERSION" ]; then export LIBTORCH_BYPASS_VERSION_CHECK=1; fi
 cargo build --release
-echo "==> ready: target/release/repro"
+echo "==> ready: $target/release/repro (finds libtorch in $torch_dir/lib through its rpath)"

@@ -3,6 +3,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 "$ROOT/scripts/setup.sh"
+# The GPU kit (a second build, against torch 2.11.0) is tested here too: tests/gpu_kit.rs.
+"$ROOT/scripts/gpu_kit.sh"
 cd "$ROOT"
 echo "==> cargo test --release"
 cargo test --release -- --test-threads=1 "$@"

@@ -32,6 +32,21 @@ pub enum Command {
     Run(RunArgs),
     /// Collect a sweep directory's records into results.parquet/csv, tables and charts (no model needed).
     Report(ReportArgs),
+    /// Time dense vs 2:4 sparse (cuSPARSELt) f16 linear layers at LLaMA-65B shapes (Table 5).
+    Kernels(KernelsArgs),
+}
+
+#[derive(Args)]
+pub struct KernelsArgs {
+    /// cpu, cuda or cuda:N (the sparse kernels need CUDA; on a CPU only dense layers are timed).
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// Small shapes instead of LLaMA-65B's (a quick check that the benchmark runs).
+    #[arg(long)]
+    pub small: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -83,6 +98,10 @@ pub struct ModelArgs {
     /// near or above RAM fit; auto streams when the weights exceed 70% of available memory (CPU).
     #[arg(long, value_enum, default_value_t = Streaming::Auto)]
     pub stream: Streaming,
+    /// Evaluate 2:4-sparse linear layers with cuSPARSELt's sparse GEMM (CUDA, f16/bf16, resident
+    /// model): faster, same results up to float rounding.
+    #[arg(long)]
+    pub sparse_kernels: bool,
 }
 
 #[derive(Args, Clone)]
@@ -163,7 +182,7 @@ fn trimmed(item: &str) -> Result<String, std::convert::Infallible> {
 pub fn run(cli: Cli) -> Result<()> {
     let _no_grad = tch::no_grad_guard();
     let hub = Hub::new(cli.hub_mirror);
-    let needs_hub = !matches!(cli.command, Command::Report(_));
+    let needs_hub = !matches!(cli.command, Command::Report(_) | Command::Kernels(_));
     if let Some(m) = hub.mirror.as_ref().filter(|m| needs_hub && !m.is_dir()) {
         bail!("hub mirror {}: no such directory (from --hub-mirror or REPRO_HUB_MIRROR; an empty value means none)", m.display());
     }
@@ -172,6 +191,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prune(args) => prune(&hub, args),
         Command::Run(args) => sweep::run(&hub, &args),
         Command::Report(args) => report::report(&args.run_dir).map(|_| ()),
+        Command::Kernels(args) => crate::kernels::main(&args.device, args.small, args.json),
     }
 }
 
@@ -183,6 +203,7 @@ impl ModelArgs {
             dtype: self.dtype.clone(),
             seqlen: self.seqlen,
             streaming: self.stream,
+            sparse_kernels: self.sparse_kernels,
         }
     }
     fn observer(&self) -> &'static dyn Observer {

@@ -503,6 +503,7 @@ impl SweepConfig {
                 dtype: Some(self.dtype.as_ref().map_or_else(|| default_dtype(&self.device.0), |d| d.0.clone())),
                 seqlen: self.seqlen,
                 streaming: self.stream,
+                sparse_kernels: false,
             };
             for m in &methods {
                 if m.name() == DENSE {

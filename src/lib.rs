@@ -9,6 +9,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod hub;
+pub mod kernels;
 pub mod model;
 pub mod pipeline;
 pub mod progress;

@@ -30,6 +30,10 @@ pub struct ModelSpec {
     /// Whole or block by block; it does not change results, so it is not part of a run's identity.
     #[serde(skip)]
     pub streaming: Streaming,
+    /// 2:4-sparse layers on cuSPARSELt (`--sparse-kernels`): speed only, the product is the same
+    /// up to float rounding, so not part of a run's identity either.
+    #[serde(skip)]
+    pub sparse_kernels: bool,
 }
 
 /// How to prune. `calib` is ignored by data-free methods.
@@ -139,6 +143,10 @@ pub fn run_job(
     obs.stage("loading");
     let device = parse_device(&spec.device)?;
     let kind = parse_dtype(spec.dtype.as_deref(), device)?;
+    ensure!(
+        !spec.sparse_kernels || matches!(device, tch::Device::Cuda(_)),
+        "--sparse-kernels runs 2:4 layers on cuSPARSELt, which needs --device cuda"
+    );
     if let Some(dir) = save {
         refuse_saving_over_source(hub, &spec.model, dir)?;
     }
@@ -146,7 +154,7 @@ pub fn run_job(
     let load_seconds = start.elapsed().as_secs_f64();
     let seqlen = window_length(spec.seqlen, loaded.model.info().max_position_embeddings)?;
     if let Some(p) = calibrated {
-        check_calibration_memory(&loaded, p.nsamples, seqlen)?;
+        check_calibration_memory(&loaded, p.nsamples, seqlen, p.calib_batch_size)?;
     }
     let evaluations = Evaluations::prepare(hub, &loaded, eval, seqlen, obs)?;
     if let Some(dir) = save {
@@ -169,6 +177,10 @@ pub fn run_job(
     out.insert("load_seconds".into(), json!(load_seconds));
     if let (Some(p), Some(method)) = (prune, method) {
         prune_step(hub, &mut loaded, p, &method, seqlen, obs, &mut out)?;
+    }
+    if spec.sparse_kernels {
+        let layers = crate::kernels::use_sparse_kernels(loaded.model.as_mut())?;
+        out.insert("sparse_kernel_layers".into(), json!(layers));
     }
     let evaluated = evaluations.run(&loaded, eval, seqlen, obs, &mut out);
     out.insert("repro_version".into(), json!(env!("CARGO_PKG_VERSION")));
@@ -256,24 +268,38 @@ fn prune_step(
     Ok(())
 }
 
-/// The token ids and the two activation buffers of calibration live in host memory on CPU (the
-/// ids alone on a GPU); refuse sizes that cannot fit rather than abort mid-allocation.
-fn check_calibration_memory(loaded: &Loaded, nsamples: usize, seqlen: usize) -> Result<()> {
+/// Calibration's two activation buffers (every sample's hidden states entering and leaving the
+/// current block) live on the model's device beside its token ids on the host; one batch of
+/// samples also needs its MLP activations. Refuse sizes that cannot fit rather than abort
+/// mid-allocation (on a GPU, after the weights were loaded).
+fn check_calibration_memory(loaded: &Loaded, nsamples: usize, seqlen: usize, batch: usize) -> Result<()> {
+    let info = loaded.model.info();
+    let elt = loaded.model.kind().elt_size_in_bytes() as u128;
     let tokens = nsamples as u128 * seqlen as u128;
-    let mut bytes = tokens * 8;
-    if loaded.model.device() == tch::Device::Cpu {
-        bytes += 2 * tokens * loaded.model.info().hidden_size as u128 * loaded.model.kind().elt_size_in_bytes() as u128;
-    }
-    if let Some(avail) = crate::resources::mem_available_bytes() {
-        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
-        ensure!(
-            bytes <= avail as u128,
-            "calibration with --nsamples {nsamples} x seqlen {seqlen} needs {:.1} GiB of memory for its token ids and \
-             activations, more than the {:.1} GiB available; use a smaller --nsamples or --seqlen",
-            gib(bytes),
-            gib(avail as u128)
-        );
-    }
+    let buffer = tokens * info.hidden_size as u128 * elt;
+    let working = (batch.min(nsamples) * seqlen) as u128 * info.intermediate_size.max(info.hidden_size) as u128 * elt * 4;
+    let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+    let cuda = matches!(loaded.model.device(), tch::Device::Cuda(_));
+    let (needed, free, place) = match loaded.model.device() {
+        tch::Device::Cuda(i) => match crate::device::cuda_memory(i) {
+            Some((free, _)) => (2 * buffer + working, free, format!("cuda:{i} (with the weights loaded)")),
+            None => return Ok(()),
+        },
+        _ => match crate::resources::mem_available_bytes() {
+            Some(avail) => (tokens * 8 + 2 * buffer, avail, "host memory".to_string()),
+            None => return Ok(()),
+        },
+    };
+    ensure!(
+        needed <= free as u128,
+        "calibration with --nsamples {nsamples} x seqlen {seqlen} needs {:.1} GiB of {place}: two activation buffers of \
+         {:.1} GiB each{}, more than the {:.1} GiB free; use a smaller --nsamples, --seqlen or --calib-batch-size{}",
+        gib(needed),
+        gib(buffer),
+        if cuda { format!(" and the working set of {} sample(s) at a time", batch.min(nsamples)) } else { String::new() },
+        gib(free as u128),
+        if cuda { ", or --stream on (blocks then occupy the GPU one at a time)" } else { "" }
+    );
     Ok(())
 }
 

@@ -291,6 +291,7 @@ impl Llama {
                 .unwrap_or_else(|| if is_mistral { "mistral" } else { "llama" }.into()),
             n_layers: cfg.num_hidden_layers,
             hidden_size: h,
+            intermediate_size: cfg.intermediate_size,
             vocab_size: cfg.vocab_size,
             max_position_embeddings: cfg.max_position_embeddings,
             bos_token_id: cfg.bos_token_id,

@@ -24,6 +24,9 @@ pub use weights::Weights;
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// The 2:4-sparse weight compressed for cuSPARSELt, when `--sparse-kernels` asked for it
+    /// (`crate::kernels::use_sparse_kernels`); `weight` stays for saving and statistics.
+    pub sparse: Option<Tensor>,
 }
 
 impl Linear {
@@ -35,11 +38,15 @@ impl Linear {
             } else {
                 None
             },
+            sparse: None,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        match &self.sparse {
+            Some(compressed) => crate::kernels::sparse_linear(compressed, x, self.bias.as_ref()),
+            None => x.linear(&self.weight, self.bias.as_ref()),
+        }
     }
 }
 
@@ -88,6 +95,8 @@ pub struct ModelInfo {
     pub model_type: String,
     pub n_layers: usize,
     pub hidden_size: i64,
+    /// The MLP's width (LLaMA `intermediate_size`, OPT `ffn_dim`).
+    pub intermediate_size: i64,
     pub vocab_size: i64,
     pub max_position_embeddings: i64,
     pub bos_token_id: Option<u32>,

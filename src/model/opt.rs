@@ -213,6 +213,7 @@ impl Opt {
             model_type: "opt".into(),
             n_layers: cfg.num_hidden_layers,
             hidden_size: h,
+            intermediate_size: cfg.ffn_dim,
             vocab_size: cfg.vocab_size,
             max_position_embeddings: cfg.max_position_embeddings,
             bos_token_id: cfg.bos_token_id,

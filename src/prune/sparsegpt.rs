@@ -56,9 +56,11 @@ pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, 
             }
             (MaskRule::Rescore(score), Pattern::Unstructured) => threshold_mask(&score(&w1, i1), sparsity),
         };
+        // The block's pivots in one transfer: reading them one by one would stop a GPU once per column.
+        let pivots = Vec::<f64>::try_from(d1.to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
         for i in 0..count {
             let col = w1.select(1, i).copy();
-            let d = hinv1.double_value(&[i, i]);
+            let d = pivots[i as usize];
             if n != 0 && i % m == 0 && !matches!(rule, MaskRule::Fixed(_)) {
                 let group = w1.narrow(1, i, m);
                 let tmp = match &rule {

@@ -58,24 +58,12 @@ impl Environment {
     pub fn current() -> Environment {
         Environment {
             repro_version: env!("CARGO_PKG_VERSION").to_string(),
-            libtorch_version: libtorch_version(),
+            libtorch_version: crate::device::libtorch_version(),
             os: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
         }
     }
-}
-
-/// The torch wheel's `__version__` (libtorch is taken from it at build time), or "unknown".
-fn libtorch_version() -> String {
-    let version_py = Path::new(env!("REPRO_LIBTORCH_LIB")).join("../version.py");
-    std::fs::read_to_string(version_py)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string()))
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
