@@ -40,6 +40,6 @@ if [ "${node_torch%.*}" != "${kit_torch%.*}" ]; then
 fi
 mkdir -p "$out"
 if [ "$smoke" = 1 ]; then
-  exec "$py" "$KIT/gpu_check.py" "$out" --kit "$KIT" --device cpu --smoke --budget 420
+  exec "$py" "$KIT/gpu_check.py" "$out" --kit "$KIT" --device cpu --smoke --budget 1200
 fi
 exec "$py" "$KIT/gpu_check.py" "$out" --kit "$KIT" --device cuda --budget 450

@@ -47,9 +47,12 @@ info="$("$py" -W ignore -c "$query" 2>/dev/null)" || {
   echo "setup.sh: --torch-from $py: this Python cannot import torch:" >&2; "$py" -c "$query" 2>&1 | tail -3 >&2; exit 2; }
 version="$(echo "$info" | sed -n 1p)"
 torch_dir="$(echo "$info" | sed -n 2p)"
+# tch releases generate their bindings for one torch each: 0.26 for 2.13, 0.24 for 2.11 (there is
+# no 0.25). 0.26's bindings call ops that 2.11 lacks, so 2.11 and 2.12 build with tch 0.24.
 case "$version" in
-  2.11.*|2.12.*|2.13.*) ;;
-  *) echo "setup.sh: torch $version at $torch_dir is outside the supported range 2.11-2.13 (tch 0.26's bindings)" >&2; exit 2 ;;
+  2.13.*) tch=0.26 made_for=2.13.0 ;;
+  2.11.*|2.12.*) tch=0.24 made_for=2.11.0 ;;
+  *) echo "setup.sh: torch $version at $torch_dir is outside the supported range 2.11-2.13 (tch 0.24 and 0.26)" >&2; exit 2 ;;
 esac
 target="$ROOT/target/torch-$version"
 echo "==> building repro against torch $version at $torch_dir -> $target/release/repro"
@@ -61,8 +64,24 @@ printf '#!/bin/sh\nexec "%s" "$@"\n' "$py" > "$shim/bin/python"
 chmod +x "$shim/bin/python"
 ln -sf python "$shim/bin/python3"
 export VIRTUAL_ENV="$shim" PATH="$shim/bin:$PATH" CARGO_TARGET_DIR="$target"
-# tch 0.26 generates its bindings for torch 2.13; 2.11 and 2.12 compile against the same ops
-# (scripts/gpu_kit.sh builds against 2.11.0 in CI), so only the version check is bypassed.
-if [ "$version" != "$TORCH_VERSION" ]; then export LIBTORCH_BYPASS_VERSION_CHECK=1; fi
-cargo build --release
+manifest="$ROOT/Cargo.toml"
+if [ "$tch" != 0.26 ]; then
+  # One manifest cannot offer two tch releases (both link the native library `tch`), so this
+  # build gets a generated one: the project's, with the matching tch and paths back to the sources.
+  gen="$target/manifest"
+  mkdir -p "$gen"
+  sed -e "s|^tch = \"0.26\"|tch = \"$tch\"|" -e "s|^torch-sys = \"0.26\"|torch-sys = \"$tch\"|" \
+      -e "s|^path = \"src/|path = \"$ROOT/src/|" -e "s|^\[package\]|[package]\nbuild = \"$ROOT/build.rs\"|" \
+      -e '/^\[dev-dependencies\]/,/^\[/{/^\[dev-dependencies\]/d;/^[^[]/d}' "$ROOT/Cargo.toml" > "$gen/Cargo.toml.new"
+  printf '\n# Its own workspace, not a member of the project beside it.\n[workspace]\n' >> "$gen/Cargo.toml.new"
+  grep -q "^tch = \"$tch\"" "$gen/Cargo.toml.new" || { echo "setup.sh: Cargo.toml has no tch = \"0.26\" line to retarget" >&2; exit 1; }
+  mv "$gen/Cargo.toml.new" "$gen/Cargo.toml"
+  # Every other dependency at the versions the project's lock file pins.
+  [ -f "$gen/Cargo.lock" ] || cp "$ROOT/Cargo.lock" "$gen/Cargo.lock"
+  manifest="$gen/Cargo.toml"
+fi
+# torch-sys accepts only the exact version its bindings were made for; a patch release differs
+# in no op, and 2.12 keeps every op of 2.11.
+if [ "$version" != "$made_for" ]; then export LIBTORCH_BYPASS_VERSION_CHECK=1; fi
+cargo build --release --manifest-path "$manifest"
 echo "==> ready: $target/release/repro (finds libtorch in $torch_dir/lib through its rpath)"
