@@ -5,3 +5,16 @@ export PATH="$VIRTUAL_ENV/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1
 export REPRO_HUB_MIRROR="${REPRO_HUB_MIRROR:-$ROOT/../shared/fixtures}"
 TORCH_VERSION=2.13.0
+
+# A venv at $1 holding torch==$2: created and installed when missing, left alone otherwise.
+ensure_torch_venv() {
+  local venv="$1" version="$2"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "==> creating venv in $venv"
+    python3 -m venv "$venv"
+  fi
+  if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$version')" 2>/dev/null; then
+    echo "==> installing torch==$version into $venv (libtorch for tch; ~2.6 GB, about a minute)"
+    "$venv/bin/pip" install --progress-bar off "torch==$version"
+  fi
+}

@@ -24,14 +24,7 @@ venv="$ROOT/.venv-torch$KIT_TORCH"
 fixtures="$ROOT/../shared/fixtures"
 kit="$ROOT/target/gpu-kit"
 
-if [ ! -x "$venv/bin/python" ]; then
-  echo "==> creating $venv"
-  python3 -m venv "$venv"
-fi
-if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$KIT_TORCH')" 2>/dev/null; then
-  echo "==> installing torch==$KIT_TORCH into $venv (~2.5 GB)"
-  "$venv/bin/pip" install --progress-bar off "torch==$KIT_TORCH"
-fi
+ensure_torch_venv "$venv" "$KIT_TORCH"
 "$ROOT/scripts/setup.sh" --torch-from "$venv/bin/python"
 binary="$ROOT/target/torch-$KIT_TORCH/release/repro"
 
