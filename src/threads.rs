@@ -12,7 +12,8 @@ pub fn allowed() -> usize {
     slurm.map_or(available, |n| n.min(available))
 }
 
-/// Marks that this process already runs with the OpenMP settings below (see [`configure`]).
+/// Marks that this process already runs with the settings below (see [`configure`]), and lists
+/// the variables it set, which must not leak into jobs it submits.
 const CONFIGURED: &str = "REPRO_THREADS_CONFIGURED";
 
 /// Sizes every pool to [`allowed`] CPUs, unless the user set that pool's own variable: libtorch
@@ -25,18 +26,19 @@ const CONFIGURED: &str = "REPRO_THREADS_CONFIGURED";
 /// libgomp reads these variables once, when it is loaded, which is before `main`; so the first
 /// time through, the process re-executes itself with them set.
 pub fn configure() -> Result<()> {
-    let n = allowed().to_string();
     let unset = |var: &str| std::env::var_os(var).is_none();
-    for var in ["OMP_NUM_THREADS", "POLARS_MAX_THREADS", "RAYON_NUM_THREADS"] {
-        if unset(var) {
-            std::env::set_var(var, &n);
-        }
-    }
     if unset(CONFIGURED) {
-        if unset("OMP_WAIT_POLICY") && unset("GOMP_SPINCOUNT") {
-            std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+        let n = allowed().to_string();
+        let mut set = Vec::new();
+        // GOMP_SPINCOUNT set means the user chose how OpenMP threads wait.
+        let passive = unset("GOMP_SPINCOUNT").then_some(("OMP_WAIT_POLICY", "PASSIVE"));
+        for (var, value) in [("OMP_NUM_THREADS", n.as_str()), ("POLARS_MAX_THREADS", n.as_str()), ("RAYON_NUM_THREADS", n.as_str())].into_iter().chain(passive) {
+            if unset(var) {
+                std::env::set_var(var, value);
+                set.push(var);
+            }
         }
-        std::env::set_var(CONFIGURED, "1");
+        std::env::set_var(CONFIGURED, set.join(","));
         let exe = std::env::current_exe().context("cannot find the repro binary to restart it with its thread settings")?;
         let err = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
         return Err(err).with_context(|| format!("cannot restart {} with its thread settings", exe.display()));
@@ -45,4 +47,13 @@ pub fn configure() -> Result<()> {
         tch::set_num_threads(threads);
     }
     Ok(())
+}
+
+/// `cmd` without the variables [`configure`] set for this process: a job submitted from here
+/// runs elsewhere, with its own allocation, and sizes its pools itself.
+pub fn without_own_settings(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for var in std::env::var(CONFIGURED).unwrap_or_default().split(',').filter(|v| !v.is_empty()) {
+        cmd.env_remove(var);
+    }
+    cmd.env_remove(CONFIGURED)
 }

@@ -223,9 +223,10 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
 
     // The runs still missing: no record (or a failed one, with --retry-failed), no live worker.
     let (mut failed, mut running, mut todo) = (0, 0, Vec::new());
+    let mut unresolved: BTreeMap<&str, usize> = BTreeMap::new();
     for p in planned.iter().filter(|p| !p.cached) {
         if let Err(e) = &p.id {
-            eprintln!("warning: {} cannot be identified, so it cannot be submitted: {e}", p.run.label);
+            *unresolved.entry(e).or_default() += 1;
             continue;
         }
         if store.get(p.id()).ok().flatten().is_some_and(|r| r.status == Status::Failed) && !args.retry_failed {
@@ -235,6 +236,9 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
         } else {
             todo.push(p);
         }
+    }
+    for (why, n) in unresolved {
+        eprintln!("warning: {n} run(s) cannot be identified, so they are not submitted: {why}");
     }
     let cached = planned.iter().filter(|p| p.cached).count();
     println!("sweep `{}`: {} runs: {cached} done, {running} running, {failed} failed, {} to submit -> {}", cfg.name, planned.len(), todo.len(), output.display());
@@ -373,7 +377,8 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
 
 /// Submits `script`; the job id, or sbatch's own message.
 fn submit(sbatch: &Path, extra: &[String], script: &Path) -> Result<String> {
-    let out = std::process::Command::new(sbatch).arg("--parsable").args(extra).arg(script).output().with_context(|| format!("cannot run {}", sbatch.display()))?;
+    let out = crate::threads::without_own_settings(&mut std::process::Command::new(sbatch))
+        .arg("--parsable").args(extra).arg(script).output().with_context(|| format!("cannot run {}", sbatch.display()))?;
     if !out.status.success() {
         bail!("sbatch rejected {}: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -385,6 +390,36 @@ fn submit(sbatch: &Path, extra: &[String], script: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The resource rule on a 1 G-parameter model: f32 on CPU, streamed, and f16 on CUDA.
+    #[test]
+    fn requests_follow_the_rule() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: SlurmArgs,
+        }
+        let planned = |extra: &str| -> Vec<Planned> {
+            let text = format!("name: t\noutput: o\nmodels: [m]\nmethods: [magnitude]\nsparsities: [0.5]\nevaluation: {{ppl: [wikitext2]}}\n{extra}");
+            let cfg = SweepConfig::parse(&text, Path::new("t.yaml")).unwrap();
+            cfg.expand().unwrap().into_iter().map(|run| Planned { run, id: Ok(("x".into(), serde_json::Value::Null, BTreeMap::new())), cached: false }).collect()
+        };
+        let args = Cli::parse_from(["repro", "c.yaml", "--time", "2:00:00"]).args;
+        let params = |_: &str| Some(1u64 << 30);
+        let none = BTreeMap::new();
+        let req = |runs: &[Planned], timings: &BTreeMap<(String, String), f64>, args: &SlurmArgs| request(&runs.iter().collect::<Vec<_>>(), &params, timings, args);
+
+        let resident = req(&planned(""), &none, &args);
+        assert_eq!(resident, Request { time: Some("2:00:00".into()), mem: Some("9G".into()), gpus: None, gpu_mem_gib: None });
+        assert_eq!(req(&planned("stream: on\n"), &none, &args).mem.as_deref(), Some("5G"));
+        let gpu = req(&planned("device: cuda\n"), &none, &args);
+        assert_eq!((gpu.mem.as_deref(), gpu.gpus, gpu.gpu_mem_gib), (Some("5G"), Some(1), Some(5)));
+        // A finished run of the same model and method sets the time; --mem wins over the rule.
+        let timed = BTreeMap::from([(("m".to_string(), "magnitude".to_string()), 100.0)]);
+        let given = Cli::parse_from(["repro", "c.yaml", "--mem", "64G"]).args;
+        assert_eq!(req(&planned(""), &timed, &given), Request { time: Some("0-00:13:00".into()), mem: Some("64G".into()), gpus: None, gpu_mem_gib: None });
+    }
 
     #[test]
     fn durations_in_slurm_format() {
