@@ -8,7 +8,10 @@ use std::os::unix::process::CommandExt;
 /// a cgroup CPU quota (the last two as `std::thread::available_parallelism` reads them).
 pub fn allowed() -> usize {
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let slurm = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0);
+    let slurm = std::env::var("SLURM_CPUS_PER_TASK")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0);
     slurm.map_or(available, |n| n.min(available))
 }
 
@@ -32,15 +35,25 @@ pub fn configure() -> Result<()> {
         let mut set = Vec::new();
         // GOMP_SPINCOUNT set means the user chose how OpenMP threads wait.
         let passive = unset("GOMP_SPINCOUNT").then_some(("OMP_WAIT_POLICY", "PASSIVE"));
-        for (var, value) in [("OMP_NUM_THREADS", n.as_str()), ("POLARS_MAX_THREADS", n.as_str()), ("RAYON_NUM_THREADS", n.as_str())].into_iter().chain(passive) {
+        for (var, value) in [
+            ("OMP_NUM_THREADS", n.as_str()),
+            ("POLARS_MAX_THREADS", n.as_str()),
+            ("RAYON_NUM_THREADS", n.as_str()),
+        ]
+        .into_iter()
+        .chain(passive)
+        {
             if unset(var) {
                 std::env::set_var(var, value);
                 set.push(var);
             }
         }
         std::env::set_var(CONFIGURED, set.join(","));
-        let exe = std::env::current_exe().context("cannot find the repro binary to restart it with its thread settings")?;
-        let err = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
+        let exe =
+            std::env::current_exe().context("cannot find the repro binary to restart it with its thread settings")?;
+        let err = std::process::Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
         return Err(err).with_context(|| format!("cannot restart {} with its thread settings", exe.display()));
     }
     if let Ok(threads) = std::env::var("OMP_NUM_THREADS").unwrap_or_default().parse::<i32>() {
@@ -52,7 +65,11 @@ pub fn configure() -> Result<()> {
 /// `cmd` without the variables [`configure`] set for this process: a job submitted from here
 /// runs elsewhere, with its own allocation, and sizes its pools itself.
 pub fn without_own_settings(cmd: &mut std::process::Command) -> &mut std::process::Command {
-    for var in std::env::var(CONFIGURED).unwrap_or_default().split(',').filter(|v| !v.is_empty()) {
+    for var in std::env::var(CONFIGURED)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|v| !v.is_empty())
+    {
         cmd.env_remove(var);
     }
     cmd.env_remove(CONFIGURED)

@@ -53,13 +53,22 @@ impl Cluster {
     fn active(&self) -> Vec<String> {
         let out = self.cmd("squeue").args(["-h", "-o", "%i %T"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.contains("COMPLETED") && !l.contains("CANCELLED") && !l.contains("FAILED")).map(|l| l.to_string()).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.contains("COMPLETED") && !l.contains("CANCELLED") && !l.contains("FAILED"))
+            .map(|l| l.to_string())
+            .collect()
     }
 
     fn wait_idle(&self, limit: Duration) {
         let start = Instant::now();
         while !self.active().is_empty() {
-            assert!(start.elapsed() < limit, "jobs still running after {limit:?}: {:?}\n{}", self.active(), self.log());
+            assert!(
+                start.elapsed() < limit,
+                "jobs still running after {limit:?}: {:?}\n{}",
+                self.active(),
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -76,7 +85,11 @@ impl Drop for Cluster {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn ok(out: Output) -> String {
@@ -91,7 +104,12 @@ fn records(out: &Path) -> BTreeMap<String, serde_json::Value> {
         .map(|d| {
             d.map(|e| e.unwrap().path())
                 .filter(|p| p.extension().is_some_and(|e| e == "json"))
-                .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), common::golden(&p)))
+                .map(|p| {
+                    (
+                        p.file_stem().unwrap().to_string_lossy().into_owned(),
+                        common::golden(&p),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -103,7 +121,11 @@ fn logs(out: &Path) -> String {
     for sub in std::fs::read_dir(out.join("slurm")).unwrap() {
         for f in std::fs::read_dir(sub.unwrap().path().join("logs")).unwrap() {
             let f = f.unwrap().path();
-            all.push_str(&format!("==> {}\n{}\n", f.display(), std::fs::read_to_string(&f).unwrap()));
+            all.push_str(&format!(
+                "==> {}\n{}\n",
+                f.display(),
+                std::fs::read_to_string(&f).unwrap()
+            ));
         }
     }
     all
@@ -112,7 +134,8 @@ fn logs(out: &Path) -> String {
 /// The quickstart sweep, cut to what runs in seconds: llama-tiny dense, magnitude and Wanda at
 /// 50%, perplexity and zero-shot accuracy.
 fn quick_config(dir: &Path, extra: &str) -> PathBuf {
-    let quickstart = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.yaml")).unwrap();
+    let quickstart =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.yaml")).unwrap();
     let text = quickstart
         .split("\nreport:")
         .next()
@@ -132,7 +155,16 @@ fn quick_config(dir: &Path, extra: &str) -> PathBuf {
 
 /// Submits `config`'s missing runs; returns `repro slurm`'s output.
 fn submit(cluster: &Cluster, config: &Path, out: &Path, extra: &[&str]) -> String {
-    ok(cluster.repro().arg("slurm").arg(config).arg("--output").arg(out).args(["--submit", "--cpus-per-task", "1", "--time", "0:20:00"]).args(extra).output().unwrap())
+    ok(cluster
+        .repro()
+        .arg("slurm")
+        .arg(config)
+        .arg("--output")
+        .arg(out)
+        .args(["--submit", "--cpus-per-task", "1", "--time", "0:20:00"])
+        .args(extra)
+        .output()
+        .unwrap())
 }
 
 #[test]
@@ -143,16 +175,41 @@ fn a_job_array_gives_the_same_numbers_as_a_local_run() {
     let config = quick_config(tmp.path(), "");
     let local = tmp.path().join("local");
     // One thread, as the tasks (--cpus-per-task 1): GEMM results may depend on the thread count.
-    ok(repro().env("OMP_NUM_THREADS", "1").arg("run").arg(&config).arg("--output").arg(&local).output().unwrap());
+    ok(repro()
+        .env("OMP_NUM_THREADS", "1")
+        .arg("run")
+        .arg(&config)
+        .arg("--output")
+        .arg(&local)
+        .output()
+        .unwrap());
 
     let shared = tmp.path().join("shared");
-    let dry = ok(cluster.repro().arg("slurm").arg(&config).arg("--output").arg(&shared).args(["--dry-run", "--max-parallel", "2"]).output().unwrap());
+    let dry = ok(cluster
+        .repro()
+        .arg("slurm")
+        .arg(&config)
+        .arg("--output")
+        .arg(&shared)
+        .args(["--dry-run", "--max-parallel", "2"])
+        .output()
+        .unwrap());
     let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_repro")).unwrap();
-    assert!(dry.contains("#SBATCH --array=0-2%2") && dry.contains(&format!("exec '{}'", exe.display())) && dry.contains("--task-index \"$SLURM_ARRAY_TASK_ID\""), "{dry}");
+    assert!(
+        dry.contains("#SBATCH --array=0-2%2")
+            && dry.contains(&format!("exec '{}'", exe.display()))
+            && dry.contains("--task-index \"$SLURM_ARRAY_TASK_ID\""),
+        "{dry}"
+    );
     assert!(!shared.join("slurm").exists(), "a dry run writes nothing");
 
     let submitted = submit(&cluster, &config, &shared, &["--max-parallel", "2"]);
-    assert!(submitted.contains("3 to submit") && submitted.contains("submitted array job") && submitted.contains("submitted report job"), "{submitted}");
+    assert!(
+        submitted.contains("3 to submit")
+            && submitted.contains("submitted array job")
+            && submitted.contains("submitted report job"),
+        "{submitted}"
+    );
     cluster.wait_idle(Duration::from_secs(600));
 
     let (want, got) = (records(&local), records(&shared));
@@ -160,9 +217,18 @@ fn a_job_array_gives_the_same_numbers_as_a_local_run() {
     assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
     for (id, r) in &got {
         assert_eq!(r["status"], "ok", "{r}");
-        assert!(r["result"]["zero_shot"].is_object() && r["result"]["ppl"]["wikitext2"].is_f64(), "{r}");
-        assert_eq!(r["result"]["ppl"], want[id]["result"]["ppl"], "{id}: perplexities differ");
-        assert_eq!(r["result"]["zero_shot"], want[id]["result"]["zero_shot"], "{id}: accuracies differ");
+        assert!(
+            r["result"]["zero_shot"].is_object() && r["result"]["ppl"]["wikitext2"].is_f64(),
+            "{r}"
+        );
+        assert_eq!(
+            r["result"]["ppl"], want[id]["result"]["ppl"],
+            "{id}: perplexities differ"
+        );
+        assert_eq!(
+            r["result"]["zero_shot"], want[id]["result"]["zero_shot"],
+            "{id}: accuracies differ"
+        );
     }
     // The dependent report job rendered the report.
     let log = logs(&shared);
@@ -171,7 +237,10 @@ fn a_job_array_gives_the_same_numbers_as_a_local_run() {
 
     // Nothing is missing, so nothing is resubmitted.
     let again = submit(&cluster, &config, &shared, &[]);
-    assert!(again.contains("0 to submit") && again.contains("nothing to submit"), "{again}");
+    assert!(
+        again.contains("0 to submit") && again.contains("nothing to submit"),
+        "{again}"
+    );
 }
 
 #[test]
@@ -189,17 +258,32 @@ fn a_cancelled_task_is_taken_over_by_the_resubmission() {
     let shared = tmp.path().join("shared");
     let submitted = submit(&cluster, &config, &shared, &["--max-parallel", "1"]);
     assert!(submitted.contains("4 to submit"), "{submitted}");
-    let array = submitted.lines().find_map(|l| l.strip_prefix("submitted array job ")).unwrap().split(':').next().unwrap().to_string();
+    let array = submitted
+        .lines()
+        .find_map(|l| l.strip_prefix("submitted array job "))
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
 
     // Cancel the task that works on the second run, once it holds its claim.
     let start = Instant::now();
     let (victim, claim) = loop {
-        assert!(start.elapsed() < Duration::from_secs(300), "task 1 never claimed a run\n{}", logs(&shared));
-        let claims: Vec<PathBuf> = std::fs::read_dir(shared.join("claims")).map_or(vec![], |d| d.map(|e| e.unwrap().path()).collect());
-        let held = claims.iter().filter(|p| p.extension().is_some_and(|e| e == "json")).find_map(|p| {
-            let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
-            (info["slurm_array_task_id"] == "1").then(|| (info, p.clone()))
-        });
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "task 1 never claimed a run\n{}",
+            logs(&shared)
+        );
+        let claims: Vec<PathBuf> =
+            std::fs::read_dir(shared.join("claims")).map_or(vec![], |d| d.map(|e| e.unwrap().path()).collect());
+        let held = claims
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .find_map(|p| {
+                let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+                (info["slurm_array_task_id"] == "1").then(|| (info, p.clone()))
+            });
         if let Some(found) = held {
             break found;
         }
@@ -212,12 +296,21 @@ fn a_cancelled_task_is_taken_over_by_the_resubmission() {
     let id = claim.file_stem().unwrap().to_string_lossy().into_owned();
     let before = records(&shared);
     assert_eq!(before.len(), 3, "the other tasks ran\n{}", logs(&shared));
-    assert!(!before.contains_key(&id) && claim.exists(), "the cancelled task left its claim and no record");
+    assert!(
+        !before.contains_key(&id) && claim.exists(),
+        "the cancelled task left its claim and no record"
+    );
     let status = ok(cluster.repro().arg("status").arg(&shared).output().unwrap());
-    assert!(status.contains("3 done, 0 running, 0 failed, 1 pending") && status.contains("stale claim"), "{status}");
+    assert!(
+        status.contains("3 done, 0 running, 0 failed, 1 pending") && status.contains("stale claim"),
+        "{status}"
+    );
 
     let resubmitted = submit(&cluster, &config, &shared, &[]);
-    assert!(resubmitted.contains("3 done, 0 running, 0 failed, 1 to submit"), "{resubmitted}");
+    assert!(
+        resubmitted.contains("3 done, 0 running, 0 failed, 1 to submit"),
+        "{resubmitted}"
+    );
     cluster.wait_idle(Duration::from_secs(600));
     let after = records(&shared);
     assert_eq!(after.len(), 4, "{}", logs(&shared));
@@ -225,7 +318,10 @@ fn a_cancelled_task_is_taken_over_by_the_resubmission() {
         assert_eq!(&after[rid], r, "{rid} was redone");
     }
     let log = logs(&shared);
-    assert!(log.contains(&format!("taking over {}", claim.display())) && log.contains(&format!("done   {id}")), "{log}");
+    assert!(
+        log.contains(&format!("taking over {}", claim.display())) && log.contains(&format!("done   {id}")),
+        "{log}"
+    );
     assert!(!claim.exists());
 }
 
@@ -235,18 +331,66 @@ fn submission_errors_are_clear_and_lose_nothing() {
     let tmp = tempfile::tempdir_in(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
     let config = quick_config(tmp.path(), "");
     let out = tmp.path().join("out");
-    let e = text(&repro().env("PATH", "/nonexistent").arg("slurm").arg(&config).arg("--output").arg(&out).arg("--submit").output().unwrap());
-    assert!(e.contains("`sbatch` is not on PATH") && !out.join("slurm").exists(), "{e}");
+    let e = text(
+        &repro()
+            .env("PATH", "/nonexistent")
+            .arg("slurm")
+            .arg(&config)
+            .arg("--output")
+            .arg(&out)
+            .arg("--submit")
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        e.contains("`sbatch` is not on PATH") && !out.join("slurm").exists(),
+        "{e}"
+    );
 
     let cluster = Cluster::start();
-    let o = cluster.repro().arg("slurm").arg(&config).arg("--output").arg(&out).args(["--submit", "--partition", "no-such-partition"]).output().unwrap();
+    let o = cluster
+        .repro()
+        .arg("slurm")
+        .arg(&config)
+        .arg("--output")
+        .arg(&out)
+        .args(["--submit", "--partition", "no-such-partition"])
+        .output()
+        .unwrap();
     let e = text(&o);
-    assert!(!o.status.success() && e.contains("sbatch rejected") && e.contains("invalid partition") && e.contains("nothing was submitted"), "{e}");
+    assert!(
+        !o.status.success()
+            && e.contains("sbatch rejected")
+            && e.contains("invalid partition")
+            && e.contains("nothing was submitted"),
+        "{e}"
+    );
     // The scripts stay for a look, and a submission after fixing the flag goes through.
     assert!(std::fs::read_dir(out.join("slurm")).unwrap().count() == 1);
 
-    let e = text(&cluster.repro().arg("slurm").arg(&config).arg("--output").arg(tmp.path().join("x")).arg("--dry-run").output().unwrap());
+    let e = text(
+        &cluster
+            .repro()
+            .arg("slurm")
+            .arg(&config)
+            .arg("--output")
+            .arg(tmp.path().join("x"))
+            .arg("--dry-run")
+            .output()
+            .unwrap(),
+    );
     assert!(!e.contains("temporary directory"), "{e}");
-    let e = text(&cluster.repro().arg("slurm").arg(&config).args(["--output", "/tmp/repro-slurm-test-out", "--dry-run"]).output().unwrap());
-    assert!(e.contains("warning: /tmp/repro-slurm-test-out is in a temporary directory") && e.contains("cannot share it"), "{e}");
+    let e = text(
+        &cluster
+            .repro()
+            .arg("slurm")
+            .arg(&config)
+            .args(["--output", "/tmp/repro-slurm-test-out", "--dry-run"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        e.contains("warning: /tmp/repro-slurm-test-out is in a temporary directory") && e.contains("cannot share it"),
+        "{e}"
+    );
 }

@@ -34,24 +34,42 @@ evaluation: {{ppl: [wikitext2], max_windows: 2}}
 const RUNS: usize = 8;
 
 fn spawn(config: &Path, extra: &[&str]) -> Child {
-    repro().arg("run").arg(config).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    repro()
+        .arg("run")
+        .arg(config)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Stdout and stderr of a finished worker, which must have succeeded.
 fn finish(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{text}");
     text
 }
 
 /// The run ids a worker reports as executed (`done   <id> (<s>) <label>`).
 fn executed(text: &str) -> BTreeSet<String> {
-    text.lines().filter_map(|l| l.strip_prefix("done   ")).map(|rest| rest.split(' ').next().unwrap().to_string()).collect()
+    text.lines()
+        .filter_map(|l| l.strip_prefix("done   "))
+        .map(|rest| rest.split(' ').next().unwrap().to_string())
+        .collect()
 }
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).map_or(vec![], |d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == ext)).collect())
+    std::fs::read_dir(dir).map_or(vec![], |d| {
+        d.map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect()
+    })
 }
 
 fn status_json(out: &Path) -> serde_json::Value {
@@ -67,17 +85,45 @@ fn two_workers_on_one_directory_run_every_run_exactly_once() {
     let (a, b) = (spawn(&cfg, &[]), spawn(&cfg, &[]));
     let (a, b) = (finish(a), finish(b));
     let (ran_a, ran_b) = (executed(&a), executed(&b));
-    assert!(ran_a.is_disjoint(&ran_b), "a run was executed twice:\n--- a\n{a}\n--- b\n{b}");
+    assert!(
+        ran_a.is_disjoint(&ran_b),
+        "a run was executed twice:\n--- a\n{a}\n--- b\n{b}"
+    );
     assert_eq!(ran_a.len() + ran_b.len(), RUNS, "--- a\n{a}\n--- b\n{b}");
-    let records: BTreeSet<String> = files(&out.join("runs"), "json").iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    let records: BTreeSet<String> = files(&out.join("runs"), "json")
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(records, ran_a.union(&ran_b).cloned().collect());
-    assert!(files(&out.join("claims"), "json").is_empty(), "claims are released when their runs finish");
+    assert!(
+        files(&out.join("claims"), "json").is_empty(),
+        "claims are released when their runs finish"
+    );
     // Whichever finished last wrote the whole report.
-    assert_eq!(std::fs::read_to_string(out.join("results.csv")).unwrap().lines().count(), RUNS + 1);
-    assert!(std::fs::read_dir(&out).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".report-")), "no staging directory left");
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        RUNS + 1
+    );
+    assert!(
+        std::fs::read_dir(&out)
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".report-")),
+        "no staging directory left"
+    );
 
     let status = status_json(&out);
-    assert_eq!((status["done"].as_u64(), status["pending"].as_u64(), status["running"].as_u64()), (Some(RUNS as u64), Some(0), Some(0)), "{status}");
+    assert_eq!(
+        (
+            status["done"].as_u64(),
+            status["pending"].as_u64(),
+            status["running"].as_u64()
+        ),
+        (Some(RUNS as u64), Some(0), Some(0)),
+        "{status}"
+    );
 }
 
 #[test]
@@ -91,7 +137,10 @@ fn a_killed_workers_claim_is_taken_over_by_the_next_worker() {
     let claimed = loop {
         assert!(start.elapsed() < Duration::from_secs(120), "no claim appeared");
         if !files(&out.join("runs"), "json").is_empty() {
-            if let Some(c) = files(&out.join("claims"), "json").into_iter().find(|c| !record_of(c).exists()) {
+            if let Some(c) = files(&out.join("claims"), "json")
+                .into_iter()
+                .find(|c| !record_of(c).exists())
+            {
                 break c;
             }
         }
@@ -100,16 +149,30 @@ fn a_killed_workers_claim_is_taken_over_by_the_next_worker() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let id = claimed.file_stem().unwrap().to_string_lossy().into_owned();
-    assert!(claimed.exists() && !record_of(&claimed).exists(), "a SIGKILLed worker leaves its claim and no record");
+    assert!(
+        claimed.exists() && !record_of(&claimed).exists(),
+        "a SIGKILLed worker leaves its claim and no record"
+    );
     let before = files(&out.join("runs"), "json").len();
     assert!(before < RUNS);
 
     let status = status_json(&out);
-    let run = status["runs"].as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).unwrap();
-    assert!(run["stale_claim"].as_str().is_some_and(|c| c.contains("is gone")), "{status}");
+    let run = status["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert!(
+        run["stale_claim"].as_str().is_some_and(|c| c.contains("is gone")),
+        "{status}"
+    );
 
     let text = finish(spawn(&cfg, &[]));
-    assert!(text.contains(&format!("taking over {}", claimed.display())) && text.contains("is gone"), "{text}");
+    assert!(
+        text.contains(&format!("taking over {}", claimed.display())) && text.contains("is gone"),
+        "{text}"
+    );
     let ran = executed(&text);
     assert!(ran.contains(&id), "{text}");
     assert_eq!(ran.len(), RUNS - before, "exactly the missing runs are redone:\n{text}");
@@ -122,7 +185,11 @@ fn force_does_not_redo_a_run_a_live_worker_holds() {
     let tmp = tempfile::tempdir().unwrap();
     let (cfg, out) = config(tmp.path());
     finish(spawn(&cfg, &["--only", "*dense"]));
-    let id = files(&out.join("runs"), "json")[0].file_stem().unwrap().to_string_lossy().into_owned();
+    let id = files(&out.join("runs"), "json")[0]
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let record = std::fs::read_to_string(out.join("runs").join(format!("{id}.json"))).unwrap();
     // A live worker (this test process, on this host) holds the dense run.
     let claim = serde_json::json!({
@@ -132,16 +199,47 @@ fn force_does_not_redo_a_run_a_live_worker_holds() {
     });
     std::fs::write(out.join("claims").join(format!("{id}.json")), claim.to_string()).unwrap();
 
-    let plan = repro().arg("run").arg(&cfg).args(["--dry-run", "--only", "*dense", "--force"]).output().unwrap();
+    let plan = repro()
+        .arg("run")
+        .arg(&cfg)
+        .args(["--dry-run", "--only", "*dense", "--force"])
+        .output()
+        .unwrap();
     let plan = String::from_utf8_lossy(&plan.stdout);
-    assert!(plan.contains(&format!("running    {id}")) && plan.contains(&format!("held by another worker: {} pid {}", claim["host"].as_str().unwrap(), std::process::id())), "{plan}");
+    assert!(
+        plan.contains(&format!("running    {id}"))
+            && plan.contains(&format!(
+                "held by another worker: {} pid {}",
+                claim["host"].as_str().unwrap(),
+                std::process::id()
+            )),
+        "{plan}"
+    );
 
     let text = finish(spawn(&cfg, &["--force", "--only", "*dense"]));
-    assert!(text.contains(&format!("held   {id}")) && text.contains("another worker runs it") && executed(&text).is_empty(), "{text}");
-    assert_eq!(std::fs::read_to_string(out.join("runs").join(format!("{id}.json"))).unwrap(), record, "the held run was not redone");
+    assert!(
+        text.contains(&format!("held   {id}")) && text.contains("another worker runs it") && executed(&text).is_empty(),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("runs").join(format!("{id}.json"))).unwrap(),
+        record,
+        "the held run was not redone"
+    );
 
     let status = status_json(&out);
-    let run = status["runs"].as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).unwrap();
+    let run = status["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
     assert_eq!(run["state"], "running", "{status}");
-    assert!(run["worker"].as_str().unwrap().contains(&format!("pid {}", std::process::id())), "{status}");
+    assert!(
+        run["worker"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {}", std::process::id())),
+        "{status}"
+    );
 }

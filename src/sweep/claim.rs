@@ -68,7 +68,9 @@ pub struct Found {
 impl Found {
     fn read(path: &Path) -> std::io::Result<Found> {
         let heartbeat = std::fs::metadata(path)?.modified()?;
-        let info = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let info = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
         Ok(Found { info, heartbeat })
     }
 
@@ -78,7 +80,13 @@ impl Found {
 
     /// Why this claim's worker is gone, or None while it may still be working.
     pub fn stale(&self) -> Option<String> {
-        judge(self.info.as_ref(), self.heartbeat_age(), &hostname(), process_alive, slurm_job_running)
+        judge(
+            self.info.as_ref(),
+            self.heartbeat_age(),
+            &hostname(),
+            process_alive,
+            slurm_job_running,
+        )
     }
 }
 
@@ -91,7 +99,8 @@ fn judge(
     job_running: impl Fn(&str) -> Option<bool>,
 ) -> Option<String> {
     let Some(info) = info else {
-        return (heartbeat_age > UNREADABLE_AFTER).then(|| format!("unreadable claim, untouched for {:.0} s", heartbeat_age.as_secs_f64()));
+        return (heartbeat_age > UNREADABLE_AFTER)
+            .then(|| format!("unreadable claim, untouched for {:.0} s", heartbeat_age.as_secs_f64()));
     };
     if info.host == this_host && !alive(info.pid) {
         return Some(format!("process {} on {} is gone", info.pid, info.host));
@@ -101,11 +110,19 @@ fn judge(
             return Some(format!("SLURM job {job} is no longer running"));
         }
     }
-    (heartbeat_age > SILENT_AFTER).then(|| format!("no heartbeat for {:.0} s (limit {} s)", heartbeat_age.as_secs_f64(), SILENT_AFTER.as_secs()))
+    (heartbeat_age > SILENT_AFTER).then(|| {
+        format!(
+            "no heartbeat for {:.0} s (limit {} s)",
+            heartbeat_age.as_secs_f64(),
+            SILENT_AFTER.as_secs()
+        )
+    })
 }
 
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -115,12 +132,27 @@ fn process_alive(pid: u32) -> bool {
 /// Whether SLURM still runs `job`, per `squeue`; None where squeue is missing or fails oddly.
 /// A job that ended stays listed for a while (MinJobAge) in a final state, which counts as ended.
 fn slurm_job_running(job: &str) -> Option<bool> {
-    let out = std::process::Command::new("squeue").args(["-h", "-j", job, "-o", "%T"]).output().ok()?;
+    let out = std::process::Command::new("squeue")
+        .args(["-h", "-j", job, "-o", "%T"])
+        .output()
+        .ok()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return String::from_utf8_lossy(&out.stderr).contains("Invalid job id").then_some(false);
+        return String::from_utf8_lossy(&out.stderr)
+            .contains("Invalid job id")
+            .then_some(false);
     }
-    const ACTIVE: [&str; 9] = ["PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING", "SIGNALING", "STAGE_OUT"];
+    const ACTIVE: [&str; 9] = [
+        "PENDING",
+        "RUNNING",
+        "SUSPENDED",
+        "COMPLETING",
+        "CONFIGURING",
+        "REQUEUED",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+    ];
     Some(stdout.lines().any(|state| ACTIVE.contains(&state.trim())))
 }
 
@@ -132,7 +164,9 @@ pub fn holder(run_dir: &Path, id: &str) -> Option<ClaimInfo> {
 
 /// Every claim under `run_dir`, by run id (for `repro status`).
 pub fn all(run_dir: &Path) -> Vec<(String, Found)> {
-    let Ok(entries) = std::fs::read_dir(run_dir.join("claims")) else { return vec![] };
+    let Ok(entries) = std::fs::read_dir(run_dir.join("claims")) else {
+        return vec![];
+    };
     let mut found: Vec<(String, Found)> = entries
         .flatten()
         .filter_map(|e| {
@@ -154,7 +188,10 @@ struct Held {
 
 impl Held {
     fn still_ours(&self) -> bool {
-        Found::read(&self.path).ok().and_then(|f| f.info).is_some_and(|i| i.token == self.token)
+        Found::read(&self.path)
+            .ok()
+            .and_then(|f| f.info)
+            .is_some_and(|i| i.token == self.token)
     }
 }
 
@@ -208,9 +245,15 @@ impl Claims {
             let info = me(id, label);
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut file) => {
-                    file.write_all(&serde_json::to_vec_pretty(&info)?).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", path.display()))?;
+                    file.write_all(&serde_json::to_vec_pretty(&info)?)
+                        .and_then(|()| file.sync_all())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
                     self.lost.store(false, Ordering::SeqCst);
-                    *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Held { file, path, token: info.token });
+                    *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Held {
+                        file,
+                        path,
+                        token: info.token,
+                    });
                     return Ok(Attempt::Claimed);
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
@@ -226,7 +269,10 @@ impl Claims {
                 Some(why) => self.take_over(&path, &found, &why)?,
             }
         }
-        anyhow::bail!("{}: could not claim the run after several attempts (other workers keep racing for it)", path.display())
+        anyhow::bail!(
+            "{}: could not claim the run after several attempts (other workers keep racing for it)",
+            path.display()
+        )
     }
 
     /// Removes the stale claim at `path` if it is still the one judged stale.
@@ -244,18 +290,34 @@ impl Claims {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", guard.display())),
         }
-        let same = Found::read(path).ok().is_some_and(|now| now.info.as_ref().map(|i| &i.token) == judged.info.as_ref().map(|i| &i.token));
+        let same = Found::read(path)
+            .ok()
+            .is_some_and(|now| now.info.as_ref().map(|i| &i.token) == judged.info.as_ref().map(|i| &i.token));
         if same {
             let whose = judged.info.as_ref().map_or("an unknown worker".into(), |i| i.worker());
             eprintln!("taking over {} from {whose}: {why}", path.display());
-            std::fs::remove_file(path).or_else(|e| if e.kind() == ErrorKind::NotFound { Ok(()) } else { Err(e) }).with_context(|| format!("cannot remove {}", path.display()))?;
+            std::fs::remove_file(path)
+                .or_else(|e| {
+                    if e.kind() == ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .with_context(|| format!("cannot remove {}", path.display()))?;
         }
         std::fs::remove_file(&guard).with_context(|| format!("cannot remove {}", guard.display()))
     }
 
     /// Whether the claim held now is still this worker's (it was not taken over).
     pub fn still_ours(&self) -> bool {
-        !self.lost.load(Ordering::SeqCst) && self.held.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(Held::still_ours)
+        !self.lost.load(Ordering::SeqCst)
+            && self
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(Held::still_ours)
     }
 
     /// Gives up the claim held now; a claim taken over by another worker is left to it.
@@ -289,14 +351,28 @@ fn me(id: &str, label: &str) -> ClaimInfo {
 
 /// A claim whose file is being written (not yet readable).
 fn unknown(id: &str, label: &str) -> ClaimInfo {
-    ClaimInfo { host: "another worker".into(), pid: 0, slurm_job_id: None, slurm_array_job_id: None, slurm_array_task_id: None, started_at: super::now(), token: String::new(), ..me(id, label) }
+    ClaimInfo {
+        host: "another worker".into(),
+        pid: 0,
+        slurm_job_id: None,
+        slurm_array_job_id: None,
+        slurm_array_task_id: None,
+        started_at: super::now(),
+        token: String::new(),
+        ..me(id, label)
+    }
 }
 
 /// Enough entropy to tell two claims of one pid apart (the std hasher is randomly keyed).
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.finish()
 }
 
@@ -305,7 +381,12 @@ mod tests {
     use super::*;
 
     fn info(host: &str, job: Option<&str>) -> ClaimInfo {
-        ClaimInfo { host: host.into(), pid: 42, slurm_job_id: job.map(Into::into), ..me("abc", "label") }
+        ClaimInfo {
+            host: host.into(),
+            pid: 42,
+            slurm_job_id: job.map(Into::into),
+            ..me("abc", "label")
+        }
     }
 
     #[test]
@@ -314,15 +395,23 @@ mod tests {
         let never = |_: &str| -> Option<bool> { panic!("squeue asked without a job") };
         // Same host: the pid decides.
         assert!(judge(Some(&info("h", None)), fresh, "h", |_| true, never).is_none());
-        assert!(judge(Some(&info("h", None)), fresh, "h", |_| false, never).unwrap().contains("process 42 on h is gone"));
+        assert!(judge(Some(&info("h", None)), fresh, "h", |_| false, never)
+            .unwrap()
+            .contains("process 42 on h is gone"));
         // Another host's pid says nothing; its SLURM job does.
         assert!(judge(Some(&info("other", None)), fresh, "h", |_| false, never).is_none());
         assert!(judge(Some(&info("other", Some("7"))), fresh, "h", |_| false, |_| Some(true)).is_none());
-        assert!(judge(Some(&info("other", Some("7"))), fresh, "h", |_| false, |_| Some(false)).unwrap().contains("SLURM job 7 is no longer running"));
+        assert!(
+            judge(Some(&info("other", Some("7"))), fresh, "h", |_| false, |_| Some(false))
+                .unwrap()
+                .contains("SLURM job 7 is no longer running")
+        );
         // squeue unavailable: the heartbeat decides.
         assert!(judge(Some(&info("other", Some("7"))), fresh, "h", |_| true, |_| None).is_none());
         let silent = SILENT_AFTER + Duration::from_secs(1);
-        assert!(judge(Some(&info("other", None)), silent, "h", |_| true, never).unwrap().contains("no heartbeat for 301 s"));
+        assert!(judge(Some(&info("other", None)), silent, "h", |_| true, never)
+            .unwrap()
+            .contains("no heartbeat for 301 s"));
         // A claim being written is left alone for a while.
         assert!(judge(None, fresh, "h", |_| true, never).is_none());
         assert!(judge(None, UNREADABLE_AFTER * 2, "h", |_| true, never).is_some());

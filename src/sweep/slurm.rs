@@ -69,9 +69,15 @@ pub struct FrozenArray {
 /// The runs of task `index` of the frozen array `path`, found in the sweep's current plan.
 pub fn task_runs<'a>(path: &Path, index: usize, planned: &'a [Planned]) -> Result<Vec<&'a Planned>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("--plan {}: cannot read it", path.display()))?;
-    let frozen: FrozenArray = serde_json::from_str(&text).with_context(|| format!("--plan {}: not a frozen plan of `repro slurm`", path.display()))?;
+    let frozen: FrozenArray = serde_json::from_str(&text)
+        .with_context(|| format!("--plan {}: not a frozen plan of `repro slurm`", path.display()))?;
     let Some(task) = frozen.tasks.get(index) else {
-        bail!("--task-index {index}: {} has {} task(s) (0 to {})", path.display(), frozen.tasks.len(), frozen.tasks.len().saturating_sub(1));
+        bail!(
+            "--task-index {index}: {} has {} task(s) (0 to {})",
+            path.display(),
+            frozen.tasks.len(),
+            frozen.tasks.len().saturating_sub(1)
+        );
     };
     task.iter()
         .map(|entry| {
@@ -115,14 +121,38 @@ fn dtype_bytes(dtype: Option<&str>, device: &str) -> u64 {
 ///   streamed), 0.25 W + 4 GiB when streamed or on a GPU, whole GiB;
 /// - time: 1.5 x the mean time of finished runs of the same model and method, summed over the
 ///   task's runs, plus 10 minutes, when every run has such a timing; else `--time`.
-fn request(runs: &[&Planned], params: &dyn Fn(&str) -> Option<u64>, timings: &BTreeMap<(String, String), f64>, args: &SlurmArgs) -> Request {
+fn request(
+    runs: &[&Planned],
+    params: &dyn Fn(&str) -> Option<u64>,
+    timings: &BTreeMap<(String, String), f64>,
+    args: &SlurmArgs,
+) -> Request {
     const GIB: u64 = 1 << 30;
-    let weights = |p: &Planned| params(&p.run.spec.model.model).map(|n| n * dtype_bytes(p.run.spec.model.dtype.as_deref(), &p.run.spec.model.device));
+    let weights = |p: &Planned| {
+        params(&p.run.spec.model.model)
+            .map(|n| n * dtype_bytes(p.run.spec.model.dtype.as_deref(), &p.run.spec.model.device))
+    };
     let on_gpu = |p: &Planned| p.run.spec.model.device.starts_with("cuda");
     let streamed = |p: &Planned| p.run.spec.model.streaming == crate::model::Streaming::On;
-    let host_gib = runs.iter().map(|p| weights(p).map(|w| (if on_gpu(p) || streamed(p) { w / 4 } else { w + w / 4 }).div_ceil(GIB) + 4)).max().flatten();
-    let gpu_mem_gib = runs.iter().filter(|p| on_gpu(p)).map(|p| weights(p).map(|w| (w + w / 4).div_ceil(GIB) + 2)).max().flatten();
-    let seconds: Option<f64> = runs.iter().map(|p| timings.get(&(p.run.spec.model.model.clone(), p.run.spec.method_name().to_string())).map(|s| 1.5 * s)).sum();
+    let host_gib = runs
+        .iter()
+        .map(|p| weights(p).map(|w| (if on_gpu(p) || streamed(p) { w / 4 } else { w + w / 4 }).div_ceil(GIB) + 4))
+        .max()
+        .flatten();
+    let gpu_mem_gib = runs
+        .iter()
+        .filter(|p| on_gpu(p))
+        .map(|p| weights(p).map(|w| (w + w / 4).div_ceil(GIB) + 2))
+        .max()
+        .flatten();
+    let seconds: Option<f64> = runs
+        .iter()
+        .map(|p| {
+            timings
+                .get(&(p.run.spec.model.model.clone(), p.run.spec.method_name().to_string()))
+                .map(|s| 1.5 * s)
+        })
+        .sum();
     Request {
         time: seconds.map(|s| slurm_duration(s + 600.0)).or_else(|| args.time.clone()),
         mem: args.mem.clone().or(host_gib.map(|g| format!("{g}G"))),
@@ -140,9 +170,16 @@ fn slurm_duration(seconds: f64) -> String {
 /// A model's parameter count from its safetensors headers, where its files are on this machine.
 fn parameter_count(hub: &Hub, model: &str) -> Option<u64> {
     let repo = hub.repo(model, RepoKind::Model);
-    let dir = repo.local_dir().map(Path::to_path_buf).or_else(|| repo.cached_snapshot())?;
+    let dir = repo
+        .local_dir()
+        .map(Path::to_path_buf)
+        .or_else(|| repo.cached_snapshot())?;
     let mut total = 0;
-    for path in crate::data::files_under(&dir).ok()?.iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")) {
+    for path in crate::data::files_under(&dir)
+        .ok()?
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+    {
         use std::io::Read;
         let mut f = std::fs::File::open(path).ok()?;
         let mut len = [0u8; 8];
@@ -150,7 +187,11 @@ fn parameter_count(hub: &Hub, model: &str) -> Option<u64> {
         let mut header = vec![0u8; u64::from_le_bytes(len).min(100 << 20) as usize];
         f.read_exact(&mut header).ok()?;
         let tensors: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
-        total += tensors.values().filter_map(|t| t["shape"].as_array()).map(|s| s.iter().filter_map(|d| d.as_u64()).product::<u64>()).sum::<u64>();
+        total += tensors
+            .values()
+            .filter_map(|t| t["shape"].as_array())
+            .map(|s| s.iter().filter_map(|d| d.as_u64()).product::<u64>())
+            .sum::<u64>();
     }
     (total > 0).then_some(total)
 }
@@ -166,13 +207,19 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// `name` as found on PATH.
 fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// The `#SBATCH` lines every job of a submission shares.
 fn common_lines(args: &SlurmArgs, name: &str, cwd: &Path) -> Vec<String> {
     let mut lines = vec![format!("--job-name={name}"), format!("--chdir={}", cwd.display())];
-    for (flag, value) in [("partition", &args.partition), ("account", &args.account), ("qos", &args.qos)] {
+    for (flag, value) in [
+        ("partition", &args.partition),
+        ("account", &args.account),
+        ("qos", &args.qos),
+    ] {
         if let Some(v) = value {
             lines.push(format!("--{flag}={v}"));
         }
@@ -204,7 +251,10 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     }
     cfg.artefacts(&args.config)?;
     if cfg.output.as_os_str().is_empty() {
-        bail!("{}: `output` is empty: name the directory for the sweep's records and report", args.config.display());
+        bail!(
+            "{}: `output` is empty: name the directory for the sweep's records and report",
+            args.config.display()
+        );
     }
     let output = absolute(&cfg.output)?;
     let sbatch = match (args.submit, on_path("sbatch")) {
@@ -229,7 +279,13 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
             *unresolved.entry(e).or_default() += 1;
             continue;
         }
-        if store.get(p.id()).ok().flatten().is_some_and(|r| r.status == Status::Failed) && !args.retry_failed {
+        if store
+            .get(p.id())
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.status == Status::Failed)
+            && !args.retry_failed
+        {
             failed += 1;
         } else if claim::holder(&output, p.id()).is_some() {
             running += 1;
@@ -241,7 +297,13 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
         eprintln!("warning: {n} run(s) cannot be identified, so they are not submitted: {why}");
     }
     let cached = planned.iter().filter(|p| p.cached).count();
-    println!("sweep `{}`: {} runs: {cached} done, {running} running, {failed} failed, {} to submit -> {}", cfg.name, planned.len(), todo.len(), output.display());
+    println!(
+        "sweep `{}`: {} runs: {cached} done, {running} running, {failed} failed, {} to submit -> {}",
+        cfg.name,
+        planned.len(),
+        todo.len(),
+        output.display()
+    );
     if failed > 0 && !args.retry_failed {
         println!("  ({failed} failed run(s) are not resubmitted; add --retry-failed to retry them; `repro status {}` shows their errors)", output.display());
     }
@@ -253,7 +315,10 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     // Tasks, then arrays of tasks that ask for the same resources.
     let mut tasks: Vec<Vec<&Planned>> = Vec::new();
     for p in todo {
-        match tasks.iter_mut().find(|t| args.group_by_model && t[0].run.spec.model.model == p.run.spec.model.model) {
+        match tasks
+            .iter_mut()
+            .find(|t| args.group_by_model && t[0].run.spec.model.model == p.run.spec.model.model)
+        {
             Some(t) => t.push(p),
             None => tasks.push(vec![p]),
         }
@@ -261,13 +326,21 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     let mut timings: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for p in planned.iter().filter(|p| p.cached) {
         if let Ok(Some(r)) = store.get(p.id()) {
-            timings.entry((r.settings.model.model.clone(), r.settings.method_name().to_string())).or_default().push(r.finished_at - r.started_at);
+            timings
+                .entry((r.settings.model.model.clone(), r.settings.method_name().to_string()))
+                .or_default()
+                .push(r.finished_at - r.started_at);
         }
     }
-    let timings: BTreeMap<(String, String), f64> = timings.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64)).collect();
+    let timings: BTreeMap<(String, String), f64> = timings
+        .into_iter()
+        .map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64))
+        .collect();
     let mut params: BTreeMap<&str, Option<u64>> = BTreeMap::new();
     for p in tasks.iter().flatten() {
-        params.entry(&p.run.spec.model.model).or_insert_with(|| parameter_count(hub, &p.run.spec.model.model));
+        params
+            .entry(&p.run.spec.model.model)
+            .or_insert_with(|| parameter_count(hub, &p.run.spec.model.model));
     }
     let mut arrays: Vec<(Request, Vec<Vec<&Planned>>)> = Vec::new();
     for t in tasks {
@@ -279,7 +352,12 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     }
 
     // The submission's directory: scripts, frozen plans, logs.
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_string();
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace([':', '-'], "")
+        .replace('T', "-")
+        .trim_end_matches('Z')
+        .to_string();
     let mut dir = output.join("slurm").join(&stamp);
     for n in 2.. {
         if !dir.exists() {
@@ -290,7 +368,14 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     let logs = dir.join("logs");
     let exe = std::env::current_exe().context("cannot find the repro binary to put in the scripts")?;
     let config = absolute(&args.config)?;
-    let mirror = hub.mirror.as_ref().map(|m| absolute(m)).transpose()?.map_or(String::new(), |m| format!(" --hub-mirror {}", quote(&m.to_string_lossy())));
+    let mirror = hub
+        .mirror
+        .as_ref()
+        .map(|m| absolute(m))
+        .transpose()?
+        .map_or(String::new(), |m| {
+            format!(" --hub-mirror {}", quote(&m.to_string_lossy()))
+        });
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let common = common_lines(args, &format!("repro-{}", cfg.name), &cwd);
 
@@ -300,7 +385,11 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
         .map(|(k, (req, tasks))| {
             let mut lines = common.clone();
             lines.push(format!("--output={}/%x-%A_%a.out", logs.display()));
-            lines.push(format!("--array=0-{}{}", tasks.len() - 1, args.max_parallel.map_or(String::new(), |m| format!("%{m}"))));
+            lines.push(format!(
+                "--array=0-{}{}",
+                tasks.len() - 1,
+                args.max_parallel.map_or(String::new(), |m| format!("%{m}"))
+            ));
             lines.extend(req.time.as_ref().map(|t| format!("--time={t}")));
             lines.extend(req.mem.as_ref().map(|m| format!("--mem={m}")));
             lines.extend(req.gpus.map(|g| format!("--gpus-per-task={g}")));
@@ -320,29 +409,68 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
             ));
             let frozen = FrozenArray {
                 sweep: cfg.name.clone(),
-                tasks: tasks.iter().map(|t| t.iter().map(|p| PlanEntry { id: p.id().to_string(), label: p.run.label.clone() }).collect()).collect(),
+                tasks: tasks
+                    .iter()
+                    .map(|t| {
+                        t.iter()
+                            .map(|p| PlanEntry {
+                                id: p.id().to_string(),
+                                label: p.run.label.clone(),
+                            })
+                            .collect()
+                    })
+                    .collect(),
             };
-            Array { script: script(&lines, &command), frozen }
+            Array {
+                script: script(&lines, &command),
+                frozen,
+            }
         })
         .collect();
     let mut report_lines = common.clone();
-    report_lines.extend([format!("--output={}/%x-%j.out", logs.display()), "--time=00:30:00".into(), "--mem=4G".into(), "--cpus-per-task=1".into()]);
-    let report = script(&report_lines, &format!("exec {} report {}", quote(&exe.to_string_lossy()), quote(&output.to_string_lossy())));
+    report_lines.extend([
+        format!("--output={}/%x-%j.out", logs.display()),
+        "--time=00:30:00".into(),
+        "--mem=4G".into(),
+        "--cpus-per-task=1".into(),
+    ]);
+    let report = script(
+        &report_lines,
+        &format!(
+            "exec {} report {}",
+            quote(&exe.to_string_lossy()),
+            quote(&output.to_string_lossy())
+        ),
+    );
 
     if args.dry_run {
         for (k, a) in arrays.iter().enumerate() {
-            println!("# {} (tasks: {})\n{}", dir.join(format!("array-{k}.sbatch")).display(), a.frozen.tasks.len(), a.script);
+            println!(
+                "# {} (tasks: {})\n{}",
+                dir.join(format!("array-{k}.sbatch")).display(),
+                a.frozen.tasks.len(),
+                a.script
+            );
             for (i, t) in a.frozen.tasks.iter().enumerate() {
-                println!("#   task {i}: {}", t.iter().map(|e| e.label.as_str()).collect::<Vec<_>>().join("; "));
+                println!(
+                    "#   task {i}: {}",
+                    t.iter().map(|e| e.label.as_str()).collect::<Vec<_>>().join("; ")
+                );
             }
         }
-        println!("# {} (after every array: --dependency=afterany:...)\n{report}", dir.join("report.sbatch").display());
+        println!(
+            "# {} (after every array: --dependency=afterany:...)\n{report}",
+            dir.join("report.sbatch").display()
+        );
         return Ok(());
     }
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let mut scripts = Vec::new();
     for (k, a) in arrays.iter().enumerate() {
-        super::store::write_atomic(&dir.join(format!("array-{k}.json")), &serde_json::to_vec_pretty(&a.frozen)?)?;
+        super::store::write_atomic(
+            &dir.join(format!("array-{k}.json")),
+            &serde_json::to_vec_pretty(&a.frozen)?,
+        )?;
         let path = dir.join(format!("array-{k}.sbatch"));
         super::store::write_atomic(&path, a.script.as_bytes())?;
         scripts.push(path);
@@ -350,7 +478,11 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     let report_path = dir.join("report.sbatch");
     super::store::write_atomic(&report_path, report.as_bytes())?;
     let tasks: usize = arrays.iter().map(|a| a.frozen.tasks.len()).sum();
-    println!("wrote {} array script(s) ({tasks} task(s)) and report.sbatch in {}", scripts.len(), dir.display());
+    println!(
+        "wrote {} array script(s) ({tasks} task(s)) and report.sbatch in {}",
+        scripts.len(),
+        dir.display()
+    );
     let Some(sbatch) = sbatch.filter(|_| args.submit) else {
         println!("submit with:");
         for s in &scripts {
@@ -363,14 +495,30 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     for s in &scripts {
         let id = submit(&sbatch, &[], s).with_context(|| match ids.is_empty() {
             true => "nothing was submitted".to_string(),
-            false => format!("array job(s) {} were submitted already (scancel them, or let them run)", ids.join(", ")),
+            false => format!(
+                "array job(s) {} were submitted already (scancel them, or let them run)",
+                ids.join(", ")
+            ),
         })?;
         println!("submitted array job {id}: {}", s.display());
         ids.push(id);
     }
-    let report_id = submit(&sbatch, &[format!("--dependency=afterany:{}", ids.join(":"))], &report_path)
-        .with_context(|| format!("the arrays ({}) run, but their report will not be written by a job: run `repro report {}` when they end", ids.join(", "), output.display()))?;
-    println!("submitted report job {report_id} (runs when job(s) {} end)", ids.join(", "));
+    let report_id = submit(
+        &sbatch,
+        &[format!("--dependency=afterany:{}", ids.join(":"))],
+        &report_path,
+    )
+    .with_context(|| {
+        format!(
+            "the arrays ({}) run, but their report will not be written by a job: run `repro report {}` when they end",
+            ids.join(", "),
+            output.display()
+        )
+    })?;
+    println!(
+        "submitted report job {report_id} (runs when job(s) {} end)",
+        ids.join(", ")
+    );
     println!("watch with: repro status {}", output.display());
     Ok(())
 }
@@ -378,9 +526,17 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
 /// Submits `script`; the job id, or sbatch's own message.
 fn submit(sbatch: &Path, extra: &[String], script: &Path) -> Result<String> {
     let out = crate::threads::without_own_settings(&mut std::process::Command::new(sbatch))
-        .arg("--parsable").args(extra).arg(script).output().with_context(|| format!("cannot run {}", sbatch.display()))?;
+        .arg("--parsable")
+        .args(extra)
+        .arg(script)
+        .output()
+        .with_context(|| format!("cannot run {}", sbatch.display()))?;
     if !out.status.success() {
-        bail!("sbatch rejected {}: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "sbatch rejected {}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     // `--parsable` prints `jobid` or `jobid;cluster`.
@@ -403,22 +559,51 @@ mod tests {
         let planned = |extra: &str| -> Vec<Planned> {
             let text = format!("name: t\noutput: o\nmodels: [m]\nmethods: [magnitude]\nsparsities: [0.5]\nevaluation: {{ppl: [wikitext2]}}\n{extra}");
             let cfg = SweepConfig::parse(&text, Path::new("t.yaml")).unwrap();
-            cfg.expand().unwrap().into_iter().map(|run| Planned { run, id: Ok(("x".into(), serde_json::Value::Null, BTreeMap::new())), cached: false }).collect()
+            cfg.expand()
+                .unwrap()
+                .into_iter()
+                .map(|run| Planned {
+                    run,
+                    id: Ok(("x".into(), serde_json::Value::Null, BTreeMap::new())),
+                    cached: false,
+                })
+                .collect()
         };
         let args = Cli::parse_from(["repro", "c.yaml", "--time", "2:00:00"]).args;
         let params = |_: &str| Some(1u64 << 30);
         let none = BTreeMap::new();
-        let req = |runs: &[Planned], timings: &BTreeMap<(String, String), f64>, args: &SlurmArgs| request(&runs.iter().collect::<Vec<_>>(), &params, timings, args);
+        let req = |runs: &[Planned], timings: &BTreeMap<(String, String), f64>, args: &SlurmArgs| {
+            request(&runs.iter().collect::<Vec<_>>(), &params, timings, args)
+        };
 
         let resident = req(&planned(""), &none, &args);
-        assert_eq!(resident, Request { time: Some("2:00:00".into()), mem: Some("9G".into()), gpus: None, gpu_mem_gib: None });
+        assert_eq!(
+            resident,
+            Request {
+                time: Some("2:00:00".into()),
+                mem: Some("9G".into()),
+                gpus: None,
+                gpu_mem_gib: None
+            }
+        );
         assert_eq!(req(&planned("stream: on\n"), &none, &args).mem.as_deref(), Some("5G"));
         let gpu = req(&planned("device: cuda\n"), &none, &args);
-        assert_eq!((gpu.mem.as_deref(), gpu.gpus, gpu.gpu_mem_gib), (Some("5G"), Some(1), Some(5)));
+        assert_eq!(
+            (gpu.mem.as_deref(), gpu.gpus, gpu.gpu_mem_gib),
+            (Some("5G"), Some(1), Some(5))
+        );
         // A finished run of the same model and method sets the time; --mem wins over the rule.
         let timed = BTreeMap::from([(("m".to_string(), "magnitude".to_string()), 100.0)]);
         let given = Cli::parse_from(["repro", "c.yaml", "--mem", "64G"]).args;
-        assert_eq!(req(&planned(""), &timed, &given), Request { time: Some("0-00:13:00".into()), mem: Some("64G".into()), gpus: None, gpu_mem_gib: None });
+        assert_eq!(
+            req(&planned(""), &timed, &given),
+            Request {
+                time: Some("0-00:13:00".into()),
+                mem: Some("64G".into()),
+                gpus: None,
+                gpu_mem_gib: None
+            }
+        );
     }
 
     #[test]

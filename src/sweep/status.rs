@@ -81,12 +81,19 @@ pub fn status(args: &StatusArgs) -> Result<()> {
                 r.since.as_deref().unwrap_or_default(),
                 r.heartbeat_seconds_ago.unwrap_or_default()
             ),
-            _ => r.stale_claim.as_ref().map_or(String::new(), |c| format!("stale claim: {c}")),
+            _ => r
+                .stale_claim
+                .as_ref()
+                .map_or(String::new(), |c| format!("stale claim: {c}")),
         };
         println!("  {:<8} {:<16} {}  {detail}", r.state, r.id, r.label);
     }
     match summary.eta_seconds {
-        Some(eta) => println!("ETA: ~{} (from the {} finished runs' mean time)", humantime::format_duration(Duration::from_secs(eta.round() as u64)), summary.done + summary.failed),
+        Some(eta) => println!(
+            "ETA: ~{} (from the {} finished runs' mean time)",
+            humantime::format_duration(Duration::from_secs(eta.round() as u64)),
+            summary.done + summary.failed
+        ),
         None if summary.running + summary.pending == 0 => println!("nothing left to run"),
         None => println!("ETA: unknown until a run finishes"),
     }
@@ -98,7 +105,8 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
     if !sweep_path.is_file() {
         bail!("{}: no sweep.json; is this the output directory of a `repro run` (or of the tasks `repro slurm` submitted, once one has started)?", run_dir.display());
     }
-    let sweep: SweepFile = serde_json::from_str(&std::fs::read_to_string(&sweep_path)?).with_context(|| format!("{}: not a sweep file", sweep_path.display()))?;
+    let sweep: SweepFile = serde_json::from_str(&std::fs::read_to_string(&sweep_path)?)
+        .with_context(|| format!("{}: not a sweep file", sweep_path.display()))?;
     let store = Store::open(run_dir);
     let claims = claim::all(run_dir);
     let mut runs = Vec::new();
@@ -127,15 +135,31 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
         } else if let Some(r) = &record {
             state.state = if r.status == Status::Ok { "done" } else { "failed" };
         } else if let Some(why) = stale {
-            let whose = claim.and_then(|c| c.info.as_ref()).map_or("unknown worker".into(), |i| i.worker());
+            let whose = claim
+                .and_then(|c| c.info.as_ref())
+                .map_or("unknown worker".into(), |i| i.worker());
             state.stale_claim = Some(format!("{whose}: {why}"));
         }
         runs.push(state);
     }
     let count = |s: &str| runs.iter().filter(|r| r.state == s).count();
     let (done, failed, running, pending) = (count("done"), count("failed"), count("running"), count("pending"));
-    let finished: Vec<f64> = runs.iter().filter(|r| matches!(r.state, "done" | "failed")).filter_map(|r| r.seconds).collect();
-    let eta_seconds = (!finished.is_empty() && running + pending > 0)
-        .then(|| finished.iter().sum::<f64>() / finished.len() as f64 * (running + pending) as f64 / running.max(1) as f64);
-    Ok(Summary { sweep: sweep.name, run_dir: run_dir.display().to_string(), done, failed, running, pending, eta_seconds, runs })
+    let finished: Vec<f64> = runs
+        .iter()
+        .filter(|r| matches!(r.state, "done" | "failed"))
+        .filter_map(|r| r.seconds)
+        .collect();
+    let eta_seconds = (!finished.is_empty() && running + pending > 0).then(|| {
+        finished.iter().sum::<f64>() / finished.len() as f64 * (running + pending) as f64 / running.max(1) as f64
+    });
+    Ok(Summary {
+        sweep: sweep.name,
+        run_dir: run_dir.display().to_string(),
+        done,
+        failed,
+        running,
+        pending,
+        eta_seconds,
+        runs,
+    })
 }
