@@ -1,10 +1,10 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // Before anything starts a thread (clap's errors do not, the interrupt handler does).
-    let threads = repro::threads::configure();
+    // Before anything starts a thread (the interrupt handler does).
+    repro::threads::configure();
     let cli = repro::cli::Cli::parse();
-    match threads.and_then(|()| repro::model::stream::remove_temp_blocks_on_interrupt()).and_then(|()| repro::cli::run(cli)) {
+    match repro::model::stream::remove_temp_blocks_on_interrupt().and_then(|()| repro::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,7 +1,6 @@
 //! Thread pools sized to the CPUs this process was given, so that a task on a shared node (a
 //! SLURM job, a container with a CPU quota, `taskset`) does not oversubscribe its cores.
 
-use anyhow::{Context, Result};
 use std::os::unix::process::CommandExt;
 
 /// CPUs this process may use: the smallest of `SLURM_CPUS_PER_TASK`, the CPU affinity mask and
@@ -26,9 +25,9 @@ const CONFIGURED: &str = "REPRO_THREADS_CONFIGURED";
 /// OpenMP's threads also get `OMP_WAIT_POLICY=PASSIVE`: by default libgomp's idle workers spin
 /// for up to 300,000 iterations between parallel regions, which on cores shared with another
 /// process steals them from the very thread they wait for (measured: scripts/bench_contention.sh).
-/// libgomp reads these variables once, when it is loaded, which is before `main`; so the first
-/// time through, the process re-executes itself with them set.
-pub fn configure() -> Result<()> {
+/// libgomp reads that variable once, when it is loaded, which is before `main`; so the first
+/// time through, the process re-executes itself (same pid) with it set.
+pub fn configure() {
     let unset = |var: &str| std::env::var_os(var).is_none();
     if unset(CONFIGURED) {
         let n = allowed().to_string();
@@ -49,17 +48,27 @@ pub fn configure() -> Result<()> {
             }
         }
         std::env::set_var(CONFIGURED, set.join(","));
-        let exe =
-            std::env::current_exe().context("cannot find the repro binary to restart it with its thread settings")?;
-        let err = std::process::Command::new(&exe)
-            .args(std::env::args_os().skip(1))
-            .exec();
-        return Err(err).with_context(|| format!("cannot restart {} with its thread settings", exe.display()));
+        if set.contains(&"OMP_WAIT_POLICY") {
+            let err = restart();
+            eprintln!("warning: {err:#}; OpenMP threads spin while they wait, which is slow on shared cores");
+        }
     }
     if let Ok(threads) = std::env::var("OMP_NUM_THREADS").unwrap_or_default().parse::<i32>() {
         tch::set_num_threads(threads);
     }
-    Ok(())
+}
+
+/// Replaces this process with a fresh run of its own binary and arguments; returns only on failure.
+fn restart() -> anyhow::Error {
+    match std::env::current_exe() {
+        Ok(exe) => {
+            let err = std::process::Command::new(&exe)
+                .args(std::env::args_os().skip(1))
+                .exec();
+            anyhow::Error::new(err).context(format!("cannot restart {} with its thread settings", exe.display()))
+        }
+        Err(e) => anyhow::Error::new(e).context("cannot find the repro binary to restart it with its thread settings"),
+    }
 }
 
 /// `cmd` without the variables [`configure`] set for this process: a job submitted from here

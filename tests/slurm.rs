@@ -133,7 +133,7 @@ fn logs(out: &Path) -> String {
 
 /// The quickstart sweep, cut to what runs in seconds: llama-tiny dense, magnitude and Wanda at
 /// 50%, perplexity and zero-shot accuracy.
-fn quick_config(dir: &Path, extra: &str) -> PathBuf {
+fn quick_config(dir: &Path) -> PathBuf {
     let quickstart =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.yaml")).unwrap();
     let text = quickstart
@@ -149,7 +149,7 @@ fn quick_config(dir: &Path, extra: &str) -> PathBuf {
         .replace("tasks: [arc_easy, winogrande]", "tasks: [arc_easy]")
         .replace("limit: 10", "limit: 4");
     let path = dir.join("quick.yaml");
-    std::fs::write(&path, format!("{text}{extra}\nreport:\n  - {{name: ppl, title: t, kind: table, metric: \"ppl:wikitext2\", rows: [{{label: dense, where: {{method: dense}}}}], columns: [{{label: m, where: {{}}}}]}}\n")).unwrap();
+    std::fs::write(&path, format!("{text}\nreport:\n  - {{name: ppl, title: t, kind: table, metric: \"ppl:wikitext2\", rows: [{{label: dense, where: {{method: dense}}}}], columns: [{{label: m, where: {{}}}}]}}\n")).unwrap();
     path
 }
 
@@ -172,7 +172,7 @@ fn a_job_array_gives_the_same_numbers_as_a_local_run() {
     let cluster = Cluster::start();
     // The shared directory must not be under /tmp for real clusters; one node shares it anyway.
     let tmp = tempfile::tempdir_in(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
-    let config = quick_config(tmp.path(), "");
+    let config = quick_config(tmp.path());
     let local = tmp.path().join("local");
     // One thread, as the tasks (--cpus-per-task 1): GEMM results may depend on the thread count.
     ok(repro()
@@ -248,7 +248,7 @@ fn a_cancelled_task_is_taken_over_by_the_resubmission() {
     let cluster = Cluster::start();
     let tmp = tempfile::tempdir_in(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
     // Four Wanda runs long enough (many windows) to cancel one mid-run.
-    let config = quick_config(tmp.path(), "");
+    let config = quick_config(tmp.path());
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("[dense, magnitude, wanda]", "[wanda]")
@@ -325,11 +325,12 @@ fn a_cancelled_task_is_taken_over_by_the_resubmission() {
     assert!(!claim.exists());
 }
 
-/// Errors that need no cluster: no sbatch, and a rejected submission shows sbatch's message.
+/// Errors: no sbatch on PATH, a rejected submission (sbatch's message shown), another sweep's
+/// directory, an output under /tmp.
 #[test]
 fn submission_errors_are_clear_and_lose_nothing() {
     let tmp = tempfile::tempdir_in(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
-    let config = quick_config(tmp.path(), "");
+    let config = quick_config(tmp.path());
     let out = tmp.path().join("out");
     let e = text(
         &repro()
@@ -365,8 +366,32 @@ fn submission_errors_are_clear_and_lose_nothing() {
             && e.contains("nothing was submitted"),
         "{e}"
     );
-    // The scripts stay for a look, and a submission after fixing the flag goes through.
+    // The scripts stay for a look; no record, claim or report was touched.
     assert!(std::fs::read_dir(out.join("slurm")).unwrap().count() == 1);
+    assert!(!out.join("runs").exists() && !out.join("claims").exists());
+
+    // An output directory that holds another sweep's records is refused before anything is written.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("sweep.json"),
+        r#"{"name": "table2", "config": "configs/table2.yaml", "runs": [], "artefacts": []}"#,
+    )
+    .unwrap();
+    let o = cluster
+        .repro()
+        .arg("slurm")
+        .arg(&config)
+        .arg("--output")
+        .arg(&other)
+        .arg("--submit")
+        .output()
+        .unwrap();
+    let e = text(&o);
+    assert!(
+        !o.status.success() && e.contains("holds the records of sweep `table2`") && !other.join("slurm").exists(),
+        "{e}"
+    );
 
     let e = text(
         &cluster
