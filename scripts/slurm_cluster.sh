@@ -37,7 +37,9 @@ install_packages() {
   return 0
 }
 
+# Starts munged unless one runs already; a munged started here is stopped with the cluster.
 start_munge() {
+  local state=$1
   if [ ! -s /etc/munge/munge.key ]; then
     mkdir -p /etc/munge
     dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
@@ -48,6 +50,7 @@ start_munge() {
   chown munge:munge /run/munge /var/lib/munge /var/log/munge
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     runuser -u munge -- munged
+    touch "$state/munged.started"
     for _ in $(seq 50); do
       munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
       sleep 0.1
@@ -102,7 +105,7 @@ start_cluster() {
     command -v "$bin" >/dev/null || { echo "slurm_cluster.sh start: $bin is not installed; run \`$0 install\` first" >&2; exit 1; }
   done
   mkdir -p "$state"
-  start_munge
+  start_munge "$state"
   write_conf "$state" "$host"
   export SLURM_CONF=$state/slurm.conf
   slurmctld -f "$SLURM_CONF"
@@ -132,6 +135,10 @@ stop_cluster() {
       rm -f "$state/$daemon.pid"
     fi
   done
+  if [ -e "$state/munged.started" ] && [ -s /run/munge/munged.pid ]; then
+    kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true
+    rm -f "$state/munged.started"
+  fi
 }
 
 case "${1:-}" in

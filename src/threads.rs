@@ -18,34 +18,35 @@ pub fn allowed() -> usize {
 /// the variables it set, which must not leak into jobs it submits.
 const CONFIGURED: &str = "REPRO_THREADS_CONFIGURED";
 
-/// Sizes every pool to [`allowed`] CPUs, unless the user set that pool's own variable: libtorch
-/// and OpenMP (`OMP_NUM_THREADS`), polars (`POLARS_MAX_THREADS`), tokenizers (rayon,
-/// `RAYON_NUM_THREADS`). Must run first in `main`, before any thread starts.
+/// Sizes every pool to [`allowed`] CPUs: libtorch and OpenMP (`OMP_NUM_THREADS`), polars
+/// (`POLARS_MAX_THREADS`), tokenizers (rayon, `RAYON_NUM_THREADS`). A smaller value the user set
+/// stands; a larger one (often exported from a login node into a job) is lowered. Must run first
+/// in `main`, before any thread starts.
 ///
-/// OpenMP's threads also get `OMP_WAIT_POLICY=PASSIVE`: by default libgomp's idle workers spin
-/// for up to 300,000 iterations between parallel regions, which on cores shared with another
-/// process steals them from the very thread they wait for (measured: scripts/bench_contention.sh).
-/// libgomp reads that variable once, when it is loaded, which is before `main`; so the first
-/// time through, the process re-executes itself (same pid) with it set.
+/// OpenMP's threads also get `OMP_WAIT_POLICY=PASSIVE` unless `OMP_WAIT_POLICY` or
+/// `GOMP_SPINCOUNT` is set: by default libgomp's idle workers spin for up to 300,000 iterations
+/// between parallel regions, which on cores shared with another process steals them from the
+/// very thread they wait for (measured: scripts/bench_contention.sh). libgomp reads that variable
+/// once, when it is loaded, which is before `main`; so the first time through, the process
+/// re-executes itself (same pid) with it set.
 pub fn configure() {
     let unset = |var: &str| std::env::var_os(var).is_none();
     if unset(CONFIGURED) {
-        let n = allowed().to_string();
+        let n = allowed();
         let mut set = Vec::new();
-        // GOMP_SPINCOUNT set means the user chose how OpenMP threads wait.
-        let passive = unset("GOMP_SPINCOUNT").then_some(("OMP_WAIT_POLICY", "PASSIVE"));
-        for (var, value) in [
-            ("OMP_NUM_THREADS", n.as_str()),
-            ("POLARS_MAX_THREADS", n.as_str()),
-            ("RAYON_NUM_THREADS", n.as_str()),
-        ]
-        .into_iter()
-        .chain(passive)
-        {
-            if unset(var) {
-                std::env::set_var(var, value);
+        for var in ["OMP_NUM_THREADS", "POLARS_MAX_THREADS", "RAYON_NUM_THREADS"] {
+            let given = std::env::var(var)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&g| g > 0);
+            if given.is_none_or(|g| g > n) {
+                std::env::set_var(var, n.to_string());
                 set.push(var);
             }
+        }
+        if unset("OMP_WAIT_POLICY") && unset("GOMP_SPINCOUNT") {
+            std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+            set.push("OMP_WAIT_POLICY");
         }
         std::env::set_var(CONFIGURED, set.join(","));
         if set.contains(&"OMP_WAIT_POLICY") {
@@ -82,4 +83,19 @@ pub fn without_own_settings(cmd: &mut std::process::Command) -> &mut std::proces
         cmd.env_remove(var);
     }
     cmd.env_remove(CONFIGURED)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slurm_allocation_caps_the_cpus() {
+        let available = std::thread::available_parallelism().unwrap().get();
+        std::env::set_var("SLURM_CPUS_PER_TASK", "1");
+        assert_eq!(super::allowed(), 1);
+        // More than the affinity mask and quota allow is capped by them.
+        std::env::set_var("SLURM_CPUS_PER_TASK", "100000");
+        assert_eq!(super::allowed(), available);
+        std::env::remove_var("SLURM_CPUS_PER_TASK");
+        assert_eq!(super::allowed(), available);
+    }
 }

@@ -243,3 +243,72 @@ fn force_does_not_redo_a_run_a_live_worker_holds() {
         "{status}"
     );
 }
+
+/// A worker's thread pools follow its allocation (`SLURM_CPUS_PER_TASK`): a larger thread count
+/// in the environment is lowered, a smaller one stands; its OpenMP threads wait passively unless
+/// told otherwise. The process restarts itself once to apply that, keeping its pid (claims and
+/// SLURM's signals name it).
+#[test]
+fn thread_pools_follow_the_allocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, _) = config(tmp.path());
+    let environ = |extra: &[(&str, &str)]| {
+        let mut cmd = repro();
+        for var in [
+            "OMP_NUM_THREADS",
+            "POLARS_MAX_THREADS",
+            "RAYON_NUM_THREADS",
+            "OMP_WAIT_POLICY",
+            "GOMP_SPINCOUNT",
+            "SLURM_CPUS_PER_TASK",
+        ] {
+            cmd.env_remove(var);
+        }
+        let mut child = cmd
+            .envs(extra.iter().copied())
+            .arg("run")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let path = format!("/proc/{}/environ", child.id());
+        let start = Instant::now();
+        let vars: Vec<String> = loop {
+            let vars: Vec<String> = std::fs::read(&path)
+                .map(|b| {
+                    b.split(|&c| c == 0)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if vars.iter().any(|v| v.starts_with("REPRO_THREADS_CONFIGURED=")) {
+                break vars;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the worker never restarted with its settings"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        vars
+    };
+    let has = |vars: &[String], want: &str| vars.iter().any(|v| v == want);
+    let vars = environ(&[("SLURM_CPUS_PER_TASK", "1"), ("OMP_NUM_THREADS", "4")]);
+    for want in [
+        "OMP_NUM_THREADS=1",
+        "POLARS_MAX_THREADS=1",
+        "RAYON_NUM_THREADS=1",
+        "OMP_WAIT_POLICY=PASSIVE",
+    ] {
+        assert!(has(&vars, want), "{want} missing from {vars:?}");
+    }
+    // Fewer threads than allowed stand.
+    let vars = environ(&[("POLARS_MAX_THREADS", "1"), ("SLURM_CPUS_PER_TASK", "2")]);
+    assert!(
+        has(&vars, "POLARS_MAX_THREADS=1") && has(&vars, "OMP_WAIT_POLICY=PASSIVE"),
+        "{vars:?}"
+    );
+}
