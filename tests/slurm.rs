@@ -419,3 +419,54 @@ fn submission_errors_are_clear_and_lose_nothing() {
         "{e}"
     );
 }
+
+/// Runs that failed with an error are not resubmitted unless --retry-failed (no cluster needed:
+/// the failed record comes from a local run, and the plan is a dry run).
+#[test]
+fn failed_runs_are_resubmitted_only_when_asked() {
+    let tmp = tempfile::tempdir_in(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
+    // 3:7 passes the config check, but llama-tiny's widths are not multiples of 7: that run fails.
+    let config = quick_config(tmp.path());
+    let yaml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[dense, magnitude, wanda]", "[dense, magnitude]")
+        .replace("patterns: [unstructured]", "patterns: [\"3:7\"]");
+    std::fs::write(&config, yaml).unwrap();
+    let out = tmp.path().join("out");
+    let o = repro()
+        .arg("run")
+        .arg(&config)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && text(&o).contains("1 run(s) failed"),
+        "{}",
+        text(&o)
+    );
+
+    let plan = |extra: &[&str]| {
+        ok(repro()
+            .arg("slurm")
+            .arg(&config)
+            .arg("--output")
+            .arg(&out)
+            .arg("--dry-run")
+            .args(extra)
+            .output()
+            .unwrap())
+    };
+    let again = plan(&[]);
+    assert!(
+        again.contains("1 done, 0 running, 1 failed, 0 to submit")
+            && again.contains("--retry-failed")
+            && again.contains("nothing to submit"),
+        "{again}"
+    );
+    let retry = plan(&["--retry-failed"]);
+    assert!(
+        retry.contains("1 to submit") && retry.contains("task 0: ") && retry.contains("magnitude 3:7"),
+        "{retry}"
+    );
+}

@@ -312,3 +312,44 @@ fn thread_pools_follow_the_allocation() {
         "{vars:?}"
     );
 }
+
+/// A worker whose claim another worker took over (here: this test, as if the worker had gone
+/// silent) finishes the computation but writes no record, and leaves the new owner's claim alone.
+#[test]
+fn a_worker_whose_claim_was_taken_over_drops_its_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, out) = config(tmp.path());
+    let child = spawn(&cfg, &["--only", "wanda*0.5"]);
+    let start = Instant::now();
+    let claim = loop {
+        assert!(start.elapsed() < Duration::from_secs(120), "no claim appeared");
+        if let Some(c) = files(&out.join("claims"), "json").pop() {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let id = claim.file_stem().unwrap().to_string_lossy().into_owned();
+    std::fs::remove_file(&claim).unwrap();
+    let theirs = serde_json::json!({
+        "id": id, "label": "wanda", "host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(),
+        "pid": std::process::id(), "slurm_job_id": null, "slurm_array_job_id": null, "slurm_array_task_id": null,
+        "started_at": 1.7e9, "token": "the-new-owner",
+    })
+    .to_string();
+    std::fs::write(&claim, &theirs).unwrap();
+
+    let text = finish(child);
+    assert!(
+        text.contains(&format!("DROPPED {id}")) && text.contains("taken over") && executed(&text).is_empty(),
+        "{text}"
+    );
+    assert!(
+        !out.join("runs").join(format!("{id}.json")).exists(),
+        "a dropped run writes no record"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&claim).unwrap(),
+        theirs,
+        "the new owner's claim is untouched"
+    );
+}
