@@ -80,21 +80,34 @@ impl Found {
 
     /// Why this claim's worker is gone, or None while it may still be working.
     pub fn stale(&self) -> Option<String> {
+        let (host, job) = (hostname(), std::env::var("SLURM_JOB_ID").ok());
+        let me = Judge {
+            host: &host,
+            pid: std::process::id(),
+            job: job.as_deref(),
+        };
         judge(
             self.info.as_ref(),
             self.heartbeat_age(),
-            &hostname(),
+            &me,
             process_alive,
             slurm_job_running,
         )
     }
 }
 
+/// Who is judging a claim: this process, and its SLURM job if any.
+struct Judge<'a> {
+    host: &'a str,
+    pid: u32,
+    job: Option<&'a str>,
+}
+
 /// The staleness rules, with the process and SLURM probes passed in so they can be tested.
 fn judge(
     info: Option<&ClaimInfo>,
     heartbeat_age: Duration,
-    this_host: &str,
+    me: &Judge,
     alive: impl Fn(u32) -> bool,
     job_running: impl Fn(&str) -> Option<bool>,
 ) -> Option<String> {
@@ -102,10 +115,14 @@ fn judge(
         return (heartbeat_age > UNREADABLE_AFTER)
             .then(|| format!("unreadable claim, untouched for {:.0} s", heartbeat_age.as_secs_f64()));
     };
-    if info.host == this_host && !alive(info.pid) {
+    if info.host == me.host && !alive(info.pid) {
         return Some(format!("process {} on {} is gone", info.pid, info.host));
     }
     if let Some(job) = &info.slurm_job_id {
+        // A requeued (preempted) job runs again under its old id, in a new process.
+        if me.job == Some(job.as_str()) && (info.host != me.host || info.pid != me.pid) {
+            return Some(format!("SLURM job {job} was requeued and runs again here"));
+        }
         if job_running(job) == Some(false) {
             return Some(format!("SLURM job {job} is no longer running"));
         }
@@ -392,29 +409,49 @@ mod tests {
     #[test]
     fn stale_claims_are_told_apart_from_live_ones() {
         let fresh = Duration::from_secs(5);
+        let h = Judge {
+            host: "h",
+            pid: 1,
+            job: None,
+        };
         let never = |_: &str| -> Option<bool> { panic!("squeue asked without a job") };
         // Same host: the pid decides.
-        assert!(judge(Some(&info("h", None)), fresh, "h", |_| true, never).is_none());
-        assert!(judge(Some(&info("h", None)), fresh, "h", |_| false, never)
+        assert!(judge(Some(&info("h", None)), fresh, &h, |_| true, never).is_none());
+        assert!(judge(Some(&info("h", None)), fresh, &h, |_| false, never)
             .unwrap()
             .contains("process 42 on h is gone"));
         // Another host's pid says nothing; its SLURM job does.
-        assert!(judge(Some(&info("other", None)), fresh, "h", |_| false, never).is_none());
-        assert!(judge(Some(&info("other", Some("7"))), fresh, "h", |_| false, |_| Some(true)).is_none());
+        assert!(judge(Some(&info("other", None)), fresh, &h, |_| false, never).is_none());
+        assert!(judge(Some(&info("other", Some("7"))), fresh, &h, |_| false, |_| Some(true)).is_none());
         assert!(
-            judge(Some(&info("other", Some("7"))), fresh, "h", |_| false, |_| Some(false))
+            judge(Some(&info("other", Some("7"))), fresh, &h, |_| false, |_| Some(false))
                 .unwrap()
                 .contains("SLURM job 7 is no longer running")
         );
+        // This process runs in the job the claim names, so that job was requeued.
+        let requeued = Judge {
+            host: "h",
+            pid: 1,
+            job: Some("7"),
+        };
+        assert!(judge(
+            Some(&info("other", Some("7"))),
+            fresh,
+            &requeued,
+            |_| true,
+            |_| Some(true)
+        )
+        .unwrap()
+        .contains("requeued"));
         // squeue unavailable: the heartbeat decides.
-        assert!(judge(Some(&info("other", Some("7"))), fresh, "h", |_| true, |_| None).is_none());
+        assert!(judge(Some(&info("other", Some("7"))), fresh, &h, |_| true, |_| None).is_none());
         let silent = SILENT_AFTER + Duration::from_secs(1);
-        assert!(judge(Some(&info("other", None)), silent, "h", |_| true, never)
+        assert!(judge(Some(&info("other", None)), silent, &h, |_| true, never)
             .unwrap()
             .contains("no heartbeat for 301 s"));
         // A claim being written is left alone for a while.
-        assert!(judge(None, fresh, "h", |_| true, never).is_none());
-        assert!(judge(None, UNREADABLE_AFTER * 2, "h", |_| true, never).is_some());
+        assert!(judge(None, fresh, &h, |_| true, never).is_none());
+        assert!(judge(None, UNREADABLE_AFTER * 2, &h, |_| true, never).is_some());
     }
 
     #[test]
