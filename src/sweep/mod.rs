@@ -1,4 +1,5 @@
 //! `repro run`: plans a sweep (ids, what is cached), runs what is missing one job at a time,
+//! each under a claim so that many workers can share the output directory (`claim.rs`),
 //! records each outcome atomically, and renders the report.
 
 pub mod claim;
