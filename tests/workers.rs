@@ -31,6 +31,16 @@ evaluation: {{ppl: [wikitext2], max_windows: 2}}
     (path, out)
 }
 
+/// The claim file of a live worker (this test process, on this host) on run `id`.
+fn live_claim(id: &str, token: &str) -> String {
+    serde_json::json!({
+        "id": id, "label": "held by the test", "host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(),
+        "pid": std::process::id(), "slurm_job_id": null, "slurm_array_job_id": null, "slurm_array_task_id": null,
+        "started_at": 1.7e9, "token": token,
+    })
+    .to_string()
+}
+
 const RUNS: usize = 8;
 
 fn spawn(config: &Path, extra: &[&str]) -> Child {
@@ -192,12 +202,8 @@ fn force_does_not_redo_a_run_a_live_worker_holds() {
         .into_owned();
     let record = std::fs::read_to_string(out.join("runs").join(format!("{id}.json"))).unwrap();
     // A live worker (this test process, on this host) holds the dense run.
-    let claim = serde_json::json!({
-        "id": id, "label": "dense", "host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(),
-        "pid": std::process::id(), "slurm_job_id": null, "slurm_array_job_id": null, "slurm_array_task_id": null,
-        "started_at": 1.7e9, "token": "held-by-the-test",
-    });
-    std::fs::write(out.join("claims").join(format!("{id}.json")), claim.to_string()).unwrap();
+    let claim = live_claim(&id, "held-by-the-test");
+    std::fs::write(out.join("claims").join(format!("{id}.json")), &claim).unwrap();
 
     let plan = repro()
         .arg("run")
@@ -210,7 +216,7 @@ fn force_does_not_redo_a_run_a_live_worker_holds() {
         plan.contains(&format!("running    {id}"))
             && plan.contains(&format!(
                 "held by another worker: {} pid {}",
-                claim["host"].as_str().unwrap(),
+                std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(),
                 std::process::id()
             )),
         "{plan}"
@@ -330,12 +336,7 @@ fn a_worker_whose_claim_was_taken_over_drops_its_run() {
     };
     let id = claim.file_stem().unwrap().to_string_lossy().into_owned();
     std::fs::remove_file(&claim).unwrap();
-    let theirs = serde_json::json!({
-        "id": id, "label": "wanda", "host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(),
-        "pid": std::process::id(), "slurm_job_id": null, "slurm_array_job_id": null, "slurm_array_task_id": null,
-        "started_at": 1.7e9, "token": "the-new-owner",
-    })
-    .to_string();
+    let theirs = live_claim(&id, "the-new-owner");
     std::fs::write(&claim, &theirs).unwrap();
 
     let text = finish(child);

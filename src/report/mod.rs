@@ -324,12 +324,7 @@ pub(crate) fn warn_mixed<'a>(a: &Artefact, cells: impl IntoIterator<Item = (Stri
 /// Reads `RUN_DIR/sweep.json` and the records of its latest plan; writes results.parquet,
 /// results.csv and every artefact; returns the files written.
 pub fn report(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    let sweep_path = run_dir.join("sweep.json");
-    if !sweep_path.is_file() {
-        bail!("{}: no sweep.json; is this the `output` directory of a `repro run`?", run_dir.display());
-    }
-    let sweep: SweepFile = serde_json::from_str(&std::fs::read_to_string(&sweep_path)?)
-        .with_context(|| format!("{}: not a sweep file", sweep_path.display()))?;
+    let sweep = SweepFile::load(run_dir)?;
     let store = Store::open(run_dir);
     let mut records = Vec::new();
     for entry in &sweep.runs {

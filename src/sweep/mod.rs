@@ -36,6 +36,18 @@ pub struct SweepFile {
     pub unresolved: Vec<(String, String)>,
 }
 
+impl SweepFile {
+    /// `run_dir/sweep.json`, which `repro run` writes before its first run.
+    pub fn load(run_dir: &std::path::Path) -> Result<SweepFile> {
+        let path = run_dir.join("sweep.json");
+        if !path.is_file() {
+            bail!("{}: no sweep.json; is this the `output` directory of a `repro run` (or of `repro slurm`'s tasks, once one has started)?", run_dir.display());
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not a sweep file", path.display()))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlanEntry {
     pub id: String,

@@ -1,7 +1,7 @@
 //! `repro status RUN_DIR`: where a sweep stands, from its records and claims alone (no model,
 //! no scheduler), so it works from any machine that sees the directory.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -101,12 +101,7 @@ pub fn status(args: &StatusArgs) -> Result<()> {
 }
 
 fn summarise(run_dir: &Path) -> Result<Summary> {
-    let sweep_path = run_dir.join("sweep.json");
-    if !sweep_path.is_file() {
-        bail!("{}: no sweep.json; is this the output directory of a `repro run` (or of the tasks `repro slurm` submitted, once one has started)?", run_dir.display());
-    }
-    let sweep: SweepFile = serde_json::from_str(&std::fs::read_to_string(&sweep_path)?)
-        .with_context(|| format!("{}: not a sweep file", sweep_path.display()))?;
+    let sweep = SweepFile::load(run_dir)?;
     let store = Store::open(run_dir);
     let claims = claim::all(run_dir);
     let mut runs = Vec::new();
