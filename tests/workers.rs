@@ -88,6 +88,18 @@ fn status_json(out: &Path) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// `repro status --json`'s entry for run `id`.
+fn run_status(out: &Path, id: &str) -> serde_json::Value {
+    let status = status_json(out);
+    status["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {status}"))
+        .clone()
+}
+
 #[test]
 fn two_workers_on_one_directory_run_every_run_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -166,16 +178,10 @@ fn a_killed_workers_claim_is_taken_over_by_the_next_worker() {
     let before = files(&out.join("runs"), "json").len();
     assert!(before < RUNS);
 
-    let status = status_json(&out);
-    let run = status["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id.as_str())
-        .unwrap();
+    let run = run_status(&out, &id);
     assert!(
         run["stale_claim"].as_str().is_some_and(|c| c.contains("is gone")),
-        "{status}"
+        "{run}"
     );
 
     let text = finish(spawn(&cfg, &[]));
@@ -233,20 +239,14 @@ fn force_does_not_redo_a_run_a_live_worker_holds() {
         "the held run was not redone"
     );
 
-    let status = status_json(&out);
-    let run = status["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id.as_str())
-        .unwrap();
-    assert_eq!(run["state"], "running", "{status}");
+    let run = run_status(&out, &id);
+    assert_eq!(run["state"], "running", "{run}");
     assert!(
         run["worker"]
             .as_str()
             .unwrap()
             .contains(&format!("pid {}", std::process::id())),
-        "{status}"
+        "{run}"
     );
 }
 
