@@ -18,7 +18,8 @@ pub fn allowed() -> usize {
 /// the variables it set, which must not leak into jobs it submits.
 const CONFIGURED: &str = "REPRO_THREADS_CONFIGURED";
 
-/// Sizes every pool to [`allowed`] CPUs: libtorch and OpenMP (`OMP_NUM_THREADS`), polars
+/// Sizes every pool to [`allowed`] CPUs: libtorch and OpenMP (`OMP_NUM_THREADS`, and no more
+/// than libtorch's default of one per physical core), polars
 /// (`POLARS_MAX_THREADS`), tokenizers (rayon, `RAYON_NUM_THREADS`). A smaller value the user set
 /// stands; a larger one (often exported from a login node into a job) is lowered. Must run first
 /// in `main`, before any thread starts.
@@ -33,14 +34,23 @@ pub fn configure() {
     let unset = |var: &str| std::env::var_os(var).is_none();
     if unset(CONFIGURED) {
         let n = allowed();
+        // libtorch's own default is one thread per physical core (not per hyperthread): kept when smaller.
+        let torch = match unset("OMP_NUM_THREADS") {
+            true => usize::try_from(tch::get_num_threads()).unwrap_or(n).clamp(1, n),
+            false => n,
+        };
         let mut set = Vec::new();
-        for var in ["OMP_NUM_THREADS", "POLARS_MAX_THREADS", "RAYON_NUM_THREADS"] {
+        for (var, limit) in [
+            ("OMP_NUM_THREADS", torch),
+            ("POLARS_MAX_THREADS", n),
+            ("RAYON_NUM_THREADS", n),
+        ] {
             let given = std::env::var(var)
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .filter(|&g| g > 0);
-            if given.is_none_or(|g| g > n) {
-                std::env::set_var(var, n.to_string());
+            if given.is_none_or(|g| g > limit) {
+                std::env::set_var(var, limit.to_string());
                 set.push(var);
             }
         }
