@@ -32,6 +32,10 @@ pub enum Command {
     Run(RunArgs),
     /// Collect a sweep directory's records into results.parquet/csv, tables and charts (no model needed).
     Report(ReportArgs),
+    /// Submit a sweep's missing runs to SLURM as job arrays, with a report job after them.
+    Slurm(sweep::slurm::SlurmArgs),
+    /// Show a sweep directory's runs: done, running (where, since when), failed, pending; and an ETA.
+    Status(sweep::status::StatusArgs),
     /// Time dense vs 2:4 sparse (cuSPARSELt) f16 linear layers at LLaMA-65B shapes (Table 5).
     Kernels(KernelsArgs),
 }
@@ -68,6 +72,12 @@ pub struct RunArgs {
     /// Records and report go here instead of the config's `output`.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// A frozen plan written by `repro slurm` (array-K.json); with --task-index, run that task's runs.
+    #[arg(long, requires = "task_index", conflicts_with = "only")]
+    pub plan: Option<PathBuf>,
+    /// The task of --plan to run (a SLURM array task's $SLURM_ARRAY_TASK_ID).
+    #[arg(long, requires = "plan")]
+    pub task_index: Option<usize>,
 }
 
 #[derive(Args)]
@@ -182,7 +192,7 @@ fn trimmed(item: &str) -> Result<String, std::convert::Infallible> {
 pub fn run(cli: Cli) -> Result<()> {
     let _no_grad = tch::no_grad_guard();
     let hub = Hub::new(cli.hub_mirror);
-    let needs_hub = !matches!(cli.command, Command::Report(_) | Command::Kernels(_));
+    let needs_hub = !matches!(cli.command, Command::Report(_) | Command::Status(_) | Command::Kernels(_));
     if let Some(m) = hub.mirror.as_ref().filter(|m| needs_hub && !m.is_dir()) {
         bail!("hub mirror {}: no such directory (from --hub-mirror or REPRO_HUB_MIRROR; an empty value means none)", m.display());
     }
@@ -191,6 +201,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prune(args) => prune(&hub, args),
         Command::Run(args) => sweep::run(&hub, &args),
         Command::Report(args) => report::report(&args.run_dir).map(|_| ()),
+        Command::Slurm(args) => sweep::slurm::slurm(&hub, &args),
+        Command::Status(args) => sweep::status::status(&args),
         Command::Kernels(args) => crate::kernels::main(&args.device, args.small, args.json),
     }
 }

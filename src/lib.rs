@@ -17,4 +17,5 @@ pub mod prune;
 pub mod report;
 pub mod resources;
 pub mod sweep;
+pub mod threads;
 pub mod tokenizer;

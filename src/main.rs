@@ -1,6 +1,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Before anything starts a thread (the interrupt handler does).
+    repro::threads::configure();
     let cli = repro::cli::Cli::parse();
     match repro::model::stream::remove_temp_blocks_on_interrupt().and_then(|()| repro::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -227,10 +227,7 @@ fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
         assert!(start.elapsed() < Duration::from_secs(120), "no record appeared");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // A second sweep on the same directory meanwhile is refused rather than racing the first.
-    let out = repro().args(["run", cfg.to_str().unwrap()]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("another `repro run` is writing to this directory"), "{stderr}");
+    // (A second worker on the same directory would share the runs: tests/workers.rs.)
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let done: Vec<(PathBuf, String)> = records(&killed_out).into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect();

@@ -324,12 +324,7 @@ pub(crate) fn warn_mixed<'a>(a: &Artefact, cells: impl IntoIterator<Item = (Stri
 /// Reads `RUN_DIR/sweep.json` and the records of its latest plan; writes results.parquet,
 /// results.csv and every artefact; returns the files written.
 pub fn report(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    let sweep_path = run_dir.join("sweep.json");
-    if !sweep_path.is_file() {
-        bail!("{}: no sweep.json; is this the `output` directory of a `repro run`?", run_dir.display());
-    }
-    let sweep: SweepFile = serde_json::from_str(&std::fs::read_to_string(&sweep_path)?)
-        .with_context(|| format!("{}: not a sweep file", sweep_path.display()))?;
+    let sweep = SweepFile::load(run_dir)?;
     let store = Store::open(run_dir);
     let mut records = Vec::new();
     for entry in &sweep.runs {
@@ -339,8 +334,11 @@ pub fn report(run_dir: &Path) -> Result<Vec<PathBuf>> {
             Err(e) => eprintln!("warning: {e:#}; left out of the report (`repro run` redoes that run)"),
         }
     }
-    let mut written = frame::write(&records, run_dir)?;
-    let out = run_dir.join("report");
+    // Everything is rendered into a staging directory, then renamed into place file by file, so
+    // workers that finish together (`repro run` on a cluster) never leave a half-written file.
+    let stage = tempfile::Builder::new().prefix(".report-").tempdir_in(run_dir).with_context(|| format!("cannot write in {}", run_dir.display()))?;
+    let mut written = frame::write(&records, stage.path())?;
+    let out = stage.path().join("report");
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     for a in &sweep.artefacts {
         let unmatched = a.unmatched_slots(&records);
@@ -356,6 +354,15 @@ pub fn report(run_dir: &Path) -> Result<Vec<PathBuf>> {
             ArtefactKind::Line | ArtefactKind::Bars => written.extend(charts::write(a, &records, &out)?),
         }
     }
+    let written = written
+        .into_iter()
+        .map(|staged| {
+            let path = run_dir.join(staged.strip_prefix(stage.path()).unwrap_or(&staged));
+            std::fs::create_dir_all(path.parent().unwrap_or(run_dir))?;
+            std::fs::rename(&staged, &path).map(|()| path)
+        })
+        .collect::<std::io::Result<Vec<PathBuf>>>()
+        .with_context(|| format!("cannot move the report into {}", run_dir.display()))?;
     let ok = records.iter().filter(|r| r.status == Status::Ok).count();
     for (label, why) in &sweep.unresolved {
         eprintln!("warning: planned run `{label}` could not be identified, so it has no record: {why}");

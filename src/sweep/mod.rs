@@ -1,7 +1,11 @@
 //! `repro run`: plans a sweep (ids, what is cached), runs what is missing one job at a time,
+//! each under a claim so that many workers can share the output directory (`claim.rs`),
 //! records each outcome atomically, and renders the report.
 
+pub mod claim;
 pub mod identity;
+pub mod slurm;
+pub mod status;
 pub mod store;
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +19,7 @@ use crate::config::{PlannedRun, SweepConfig};
 use crate::hub::Hub;
 use crate::pipeline::{run_job, Observer};
 use crate::report::Artefact;
+use claim::{Attempt, Claims};
 use identity::{run_id, Fingerprinter};
 use store::{Environment, Record, Status, Store, RECORD_SCHEMA};
 
@@ -29,6 +34,18 @@ pub struct SweepFile {
     /// Planned runs whose model or data could not be identified (no id, so no record): label and reason.
     #[serde(default)]
     pub unresolved: Vec<(String, String)>,
+}
+
+impl SweepFile {
+    /// `run_dir/sweep.json`, which `repro run` writes before its first run.
+    pub fn load(run_dir: &std::path::Path) -> Result<SweepFile> {
+        let path = run_dir.join("sweep.json");
+        if !path.is_file() {
+            bail!("{}: no sweep.json; is this the `output` directory of a `repro run` (or of `repro slurm`'s tasks, once one has started)?", run_dir.display());
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not a sweep file", path.display()))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,38 +124,25 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         bail!("{}: `output` is empty: name the directory for the sweep's records and report", args.config.display());
     }
     let store = Store::open(&cfg.output);
-    let _lock = match args.dry_run {
-        true => None,
-        false => {
-            std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create the sweep's output {}", cfg.output.display()))?;
-            Some(store.lock()?)
-        }
-    };
+    if !args.dry_run {
+        std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create the sweep's output {}", cfg.output.display()))?;
+        store.check_writable()?;
+    }
     let planned = plan(&cfg, hub, &store, args.force, args.dry_run)?;
     if planned.is_empty() {
         bail!("{}: the sweep plans no runs (does `exclude` drop every grid point?)", args.config.display());
     }
-    let selected = select(&planned, args.only.as_deref())?;
+    let selected = match (&args.plan, args.task_index) {
+        (Some(frozen), Some(task)) => slurm::task_runs(frozen, task, &planned)?,
+        _ => select(&planned, args.only.as_deref())?,
+    };
     print_plan(&cfg, &planned, &selected, &store)?;
     if args.dry_run {
         return Ok(());
     }
     // A device that is not there fails the sweep once, not each of its runs.
     crate::device::parse_device(&cfg.device.0).with_context(|| format!("{}: `device`", args.config.display()))?;
-    // Records of another sweep would vanish from this one's report; refuse to mix them.
-    if let Ok(text) = std::fs::read_to_string(cfg.output.join("sweep.json")) {
-        if let Ok(earlier) = serde_json::from_str::<SweepFile>(&text) {
-            if earlier.name != cfg.name {
-                bail!(
-                    "{} holds the records of sweep `{}` (from {}); give sweep `{}` its own `output` (or --output)",
-                    cfg.output.display(),
-                    earlier.name,
-                    earlier.config,
-                    cfg.name
-                );
-            }
-        }
-    }
+    check_same_sweep(&cfg, &args.config)?;
     // The whole plan, so that a report after `--only` still shows every finished run.
     let sweep = SweepFile {
         name: cfg.name.clone(),
@@ -150,12 +154,38 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     store::write_atomic(&cfg.output.join("sweep.json"), &serde_json::to_vec_pretty(&sweep)?)?;
 
     let todo: Vec<&Planned> = selected.into_iter().filter(|p| !p.cached).collect();
+    let claims = Claims::open(&cfg.output)?;
+    let started = now();
     let bar = crate::progress::bar(todo.len() as u64, "sweep");
+    let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
     let mut failed = 0;
+    let mut held = 0;
     let mut stopped = None;
     for p in todo {
         bar.set_message(p.run.label.clone());
+        if p.id.is_ok() {
+            if let Attempt::HeldBy(worker) = claims.claim(p.id(), &p.run.label)? {
+                say(format!("held   {} {} (another worker runs it: {}, since {})", p.id(), p.run.label, worker.worker(), status::clock(worker.started_at)));
+                held += 1;
+                bar.inc(1);
+                continue;
+            }
+            // Another worker may have finished it between this one's plan and its claim.
+            if let Ok(Some(r)) = store.get(p.id()) {
+                if r.finished_at > started || (r.status == Status::Ok && !args.force) {
+                    claims.release()?;
+                    say(format!("skip   {} {} (another worker finished it meanwhile)", p.id(), p.run.label));
+                    bar.inc(1);
+                    continue;
+                }
+            }
+        }
         let record = execute(hub, p, &bar);
+        if p.id.is_ok() && !claims.still_ours() {
+            say(format!("DROPPED {} {}: its claim was taken over by another worker, which redoes it; no record written", record.id, record.label));
+            bar.inc(1);
+            continue;
+        }
         // A forced rerun that fails keeps the earlier successful record.
         let keeps_earlier = record.status == Status::Failed && store.get(&record.id).is_ok_and(|r| r.is_some_and(|r| r.status == Status::Ok));
         let line = match &record.error {
@@ -167,11 +197,8 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         if p.id.is_ok() && !keeps_earlier {
             store.put(&record)?;
         }
-        if bar.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            bar.println(line);
-        }
+        claims.release()?;
+        say(line);
         bar.inc(1);
         if record.status == Status::Failed {
             failed += 1;
@@ -183,11 +210,33 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     crate::report::report(&cfg.output)?;
+    if held > 0 {
+        eprintln!("{held} run(s) held by other workers: their records land when they finish (watch with `repro status {}`)", cfg.output.display());
+    }
     if let Some(why) = stopped {
         bail!(why);
     }
     if failed > 0 {
         bail!("{failed} run(s) failed; see the errors above (and their records in {})", cfg.output.join("runs").display());
+    }
+    Ok(())
+}
+
+/// Records of another sweep would vanish from this one's report; refuse to mix them.
+fn check_same_sweep(cfg: &SweepConfig, config: &std::path::Path) -> Result<()> {
+    if let Ok(text) = std::fs::read_to_string(cfg.output.join("sweep.json")) {
+        if let Ok(earlier) = serde_json::from_str::<SweepFile>(&text) {
+            if earlier.name != cfg.name {
+                bail!(
+                    "{}: {} holds the records of sweep `{}` (from {}); give sweep `{}` its own `output` (or --output); nothing was changed there",
+                    config.display(),
+                    cfg.output.display(),
+                    earlier.name,
+                    earlier.config,
+                    cfg.name
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -264,9 +313,11 @@ fn print_plan(cfg: &SweepConfig, all: &[Planned], planned: &[&Planned], store: &
     let mut total = 0.0;
     let mut unknown = 0;
     for p in planned {
-        let state = match (&p.id, p.cached) {
-            (Err(_), _) => "unresolved",
-            (_, true) => "cached",
+        let holder = (p.id.is_ok() && !p.cached).then(|| claim::holder(&store.dir, p.id())).flatten();
+        let state = match (&p.id, p.cached, &holder) {
+            (Err(_), _, _) => "unresolved",
+            (_, true, _) => "cached",
+            (_, _, Some(_)) => "running",
             _ => "todo",
         };
         let same: Vec<f64> = known.iter().filter(|(m, me, _)| *m == p.run.spec.model.model && me == p.run.spec.method_name()).map(|k| k.2).collect();
@@ -283,6 +334,9 @@ fn print_plan(cfg: &SweepConfig, all: &[Planned], planned: &[&Planned], store: &
         println!("  {state:<10} {:<16} {cost:>8}  {}", p.id(), p.run.label);
         if let Err(e) = &p.id {
             println!("             {e}");
+        }
+        if let Some(worker) = &holder {
+            println!("             held by another worker: {} since {}", worker.worker(), status::clock(worker.started_at));
         }
     }
     println!("estimated time: ~{total:.0} s for runs like finished ones, {unknown} run(s) without a timing yet");

@@ -61,7 +61,7 @@ impl Environment {
             libtorch_version: crate::device::libtorch_version(),
             os: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
+            hostname: super::claim::hostname(),
         }
     }
 }
@@ -112,22 +112,12 @@ impl Store {
         Ok(Some(record))
     }
 
-    /// Creates `runs/` and makes sure records can be written there, and that no other `repro
-    /// run` writes to this directory, before any run starts; the lock lasts as long as the
-    /// returned file is open.
-    pub fn lock(&self) -> Result<std::fs::File> {
+    /// Creates `runs/` and makes sure records can be written there before any run starts.
+    pub fn check_writable(&self) -> Result<()> {
         let runs = self.dir.join("runs");
         std::fs::create_dir_all(&runs).with_context(|| format!("cannot create {}", runs.display()))?;
         tempfile::NamedTempFile::new_in(&runs).with_context(|| format!("cannot write records in {}", runs.display()))?;
-        let path = self.dir.join(".lock");
-        let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                anyhow::bail!("{}: another `repro run` is writing to this directory; wait for it or use another --output", self.dir.display())
-            }
-            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
-        }
+        Ok(())
     }
 
     pub fn put(&self, record: &Record) -> Result<()> {
