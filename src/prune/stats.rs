@@ -47,28 +47,32 @@ impl InputNorms {
     }
 }
 
-/// SparseGPT's Hessian H = 2/n Σ x xᵀ over all calibration tokens, in f32. The official hook
-/// rescales a running H per sample; summing whole batches in one GEMM and scaling once at the end
-/// is the same sum, much faster, and differs only by float rounding.
+/// SparseGPT's Hessian H = 2/n Σ x xᵀ over all calibration tokens, in f32, accumulated sample by
+/// sample exactly as the official hook does (rescale the running H, add the √(2/n)-scaled
+/// sample's product). One GEMM per batch is the same sum rounded otherwise, and on some CPUs
+/// (an AMD EPYC here) that rounding flipped near-tied 2:4 choices against the reference.
 pub struct Hessian {
-    sum: Tensor,
+    h: Tensor,
     nsamples: i64,
 }
 
 impl Hessian {
     pub fn new(columns: i64, device: tch::Device) -> Self {
-        Hessian { sum: Tensor::zeros([columns, columns], (Kind::Float, device)), nsamples: 0 }
+        Hessian { h: Tensor::zeros([columns, columns], (Kind::Float, device)), nsamples: 0 }
     }
 
-    /// `x` is (B, L, C): B calibration samples.
+    /// `x` is (B, L, C): B calibration samples, each one hook call.
     pub fn add_batch(&mut self, x: &Tensor) {
-        let c = x.size()[2];
-        let flat = x.to_kind(Kind::Float).reshape([-1, c]);
-        self.sum += flat.transpose(0, 1).matmul(&flat);
-        self.nsamples += x.size()[0];
+        let xf = x.to_kind(Kind::Float);
+        for s in 0..x.size()[0] {
+            self.h *= self.nsamples as f64 / (self.nsamples + 1) as f64;
+            self.nsamples += 1;
+            let inp = xf.get(s).tr() * (2.0 / self.nsamples as f64).sqrt();
+            self.h += inp.matmul(&inp.tr());
+        }
     }
 
     pub fn finish(self) -> Tensor {
-        self.sum * (2.0 / self.nsamples.max(1) as f64)
+        self.h
     }
 }
