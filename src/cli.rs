@@ -53,6 +53,12 @@ pub struct RunArgs {
     /// Records and report go here instead of the config's `output`.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// The plan also lists, one by one, the runs each problem blocks, and each run's phases.
+    #[arg(long)]
+    pub verbose: bool,
+    /// The plan's wall time spread over this many workers (SLURM tasks, GPUs).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub workers: usize,
 }
 
 #[derive(Args)]

@@ -31,7 +31,11 @@ pub fn golden(path: &std::path::Path) -> serde_json::Value {
 }
 
 pub fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
 /// |a - b| <= rel * |b| + abs, elementwise, with a message naming what differs.
@@ -42,9 +46,16 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64, abs: f64) {
     }
 }
 
+/// The user cache (device probe, token counts) of every `repro` the tests start, not the user's own.
+pub fn user_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("user-cache")
+}
+
 pub fn repro() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_repro"));
-    c.env("REPRO_HUB_MIRROR", fixtures()).env("HF_HUB_OFFLINE", "1");
+    c.env("REPRO_HUB_MIRROR", fixtures())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("XDG_CACHE_HOME", user_cache());
     c
 }
 
@@ -59,7 +70,11 @@ pub fn json_of(out: &std::process::Output) -> serde_json::Value {
 pub fn run_err(args: &[&str]) -> String {
     let out = repro().args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "expected a clean failure for {args:?}, stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a clean failure for {args:?}, stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
     stderr
 }
