@@ -20,9 +20,12 @@ use crate::eval::tasks::task;
 use crate::hub::{Hub, RepoKind};
 use crate::model::shape::ModelShape;
 
-/// What `--dry-run` prints besides the plan.
+/// How much of the plan to print.
 #[derive(Clone, Copy, Debug)]
 pub struct DryRunOptions {
+    /// Estimate costs (a dry run); a real run lists its plan only, so that counting tokens and
+    /// probing the device leave nothing in the memory its records measure.
+    pub costs: bool,
     /// List the runs blocked by a problem one by one.
     pub verbose: bool,
     /// Workers the wall time is spread over (the SLURM path runs one run per task).
@@ -177,7 +180,7 @@ struct ModelPlan {
     problem: Option<Problem>,
 }
 
-fn plan_model(hub: &Hub, model: &str, eval_names: &[String]) -> ModelPlan {
+fn plan_model(hub: &Hub, model: &str, eval_names: &[String], count_tokens: bool) -> ModelPlan {
     let config = model_config(hub, model);
     let problem = config.as_ref().err().cloned();
     let shape = match &config {
@@ -185,7 +188,7 @@ fn plan_model(hub: &Hub, model: &str, eval_names: &[String]) -> ModelPlan {
         Err(_) => Err("unknown shape".into()),
     };
     let tokens = match (&config, &shape) {
-        (Ok(c), Ok(_)) => {
+        (Ok(c), Ok(_)) if count_tokens => {
             let tok = tokenizer_of(hub, model, c);
             let id = tok.as_ref().map_or("characters".to_string(), |(_, id)| id.clone());
             count(hub, tok.as_ref().map(|(t, _)| t), &id, eval_names)
@@ -246,6 +249,11 @@ pub struct Estimator {
 impl Estimator {
     /// For the models of `selected`; the finished runs of `all` (in `store`) correct the rates.
     pub fn new(hub: &Hub, all: &[Planned], selected: &[&Planned], store: &Store) -> Estimator {
+        Self::build(hub, all, selected, store, true)
+    }
+
+    /// With `costs` false, only what can keep a model from running is worked out.
+    fn build(hub: &Hub, all: &[Planned], selected: &[&Planned], store: &Store, costs: bool) -> Estimator {
         // The runtime's own memory: this process with libtorch initialised, before the probe's
         // and the token counts' buffers (which a run does not hold) are allocated.
         let _ = tch::get_num_threads();
@@ -263,14 +271,15 @@ impl Estimator {
                     .flat_map(|q| q.run.spec.eval.names.clone())
                     .chain(calibrations)
                     .collect();
-                models.insert(m.clone(), plan_model(hub, m, &names));
+                models.insert(m.clone(), plan_model(hub, m, &names, costs));
             }
         }
         // Every run of a sweep has the sweep's device and dtype (the default written out).
         let spec = selected.first().map(|p| &p.run.spec.model);
         let device = spec.map_or("cpu", |s| s.device.as_str());
         let dtype = spec.and_then(|s| s.dtype.clone()).unwrap_or_else(|| "f32".into());
-        let (target, rates) = target(device, &dtype, models.values().any(|m| m.shape.is_ok()), runtime_bytes);
+        let needed = costs && models.values().any(|m| m.shape.is_ok());
+        let (target, rates) = target(device, &dtype, needed, runtime_bytes);
         let mut estimator = Estimator {
             models,
             target,
@@ -334,11 +343,15 @@ pub fn print_plan(
         selected.len() - cached,
         cfg.output.display()
     );
-    let est = Estimator::new(hub, all, selected, store);
+    let est = Estimator::build(hub, all, selected, store, opts.costs);
     let rows: Vec<Row> = selected
         .iter()
         .map(|p| {
-            let estimate = if p.cached { None } else { est.estimate(&p.run.spec) };
+            let estimate = if p.cached || !opts.costs {
+                None
+            } else {
+                est.estimate(&p.run.spec)
+            };
             Row {
                 planned: p,
                 seconds: estimate.as_ref().and_then(|e| e.seconds).map(|s| s.total()),
@@ -348,9 +361,11 @@ pub fn print_plan(
         .collect();
     let models: BTreeMap<&str, &ModelPlan> = est.models.iter().map(|(k, v)| (k.as_str(), v)).collect();
     print_problems(hub, &models, &rows, opts.verbose);
-    print_runs(&rows, &models, opts.verbose);
-    print_models(cfg, &models, &rows, &est.target);
-    print_totals(&rows, &est.rates, &est.measured, opts.workers);
+    print_runs(&rows, &models, opts);
+    if opts.costs {
+        print_models(cfg, &models, &rows, &est.target);
+        print_totals(&rows, &est.rates, &est.measured, opts.workers);
+    }
     Ok(())
 }
 
@@ -479,14 +494,14 @@ fn order<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     out
 }
 
-fn print_runs(rows: &[Row], models: &BTreeMap<&str, &ModelPlan>, verbose: bool) {
+fn print_runs(rows: &[Row], models: &BTreeMap<&str, &ModelPlan>, opts: DryRunOptions) {
     let blocked = |r: &Row| {
         r.planned.id.is_err()
             || models
                 .get(r.planned.run.spec.model.model.as_str())
                 .is_some_and(|m| m.problem.is_some())
     };
-    let shown: Vec<&Row> = rows.iter().filter(|r| verbose || !blocked(r)).collect();
+    let shown: Vec<&Row> = rows.iter().filter(|r| opts.verbose || !blocked(r)).collect();
     if shown.is_empty() {
         return;
     }
@@ -498,9 +513,16 @@ fn print_runs(rows: &[Row], models: &BTreeMap<&str, &ModelPlan>, verbose: bool) 
             (_, _, true) => "blocked",
             _ => "todo",
         };
-        let time = r
-            .seconds
-            .map_or_else(|| if r.planned.cached { String::new() } else { "?".into() }, duration);
+        let time = r.seconds.map_or_else(
+            || {
+                if r.planned.cached || !opts.costs {
+                    String::new()
+                } else {
+                    "?".into()
+                }
+            },
+            duration,
+        );
         let memory = r.estimate.as_ref().map_or(String::new(), |e| {
             bytes(peak_bytes(e, &r.planned.run.spec.model.device))
         });
@@ -509,7 +531,7 @@ fn print_runs(rows: &[Row], models: &BTreeMap<&str, &ModelPlan>, verbose: bool) 
             r.planned.id(),
             r.planned.run.label
         );
-        if let Some(p) = r.estimate.as_ref().and_then(|e| e.seconds).filter(|_| verbose) {
+        if let Some(p) = r.estimate.as_ref().and_then(|e| e.seconds).filter(|_| opts.verbose) {
             println!(
                 "  {:>39}  calibration {}, pruning {}, perplexity {}, zero-shot {}",
                 "",

@@ -123,7 +123,7 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         bail!("{}: the sweep plans no runs (does `exclude` drop every grid point?)", args.config.display());
     }
     let selected = select(&planned, args.only.as_deref())?;
-    let opts = dryrun::DryRunOptions { verbose: args.verbose, workers: args.workers };
+    let opts = dryrun::DryRunOptions { costs: args.dry_run, verbose: args.verbose, workers: args.workers };
     dryrun::print_plan(&cfg, hub, &planned, &selected, &store, opts)?;
     if args.dry_run {
         return Ok(());
