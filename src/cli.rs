@@ -78,6 +78,12 @@ pub struct RunArgs {
     /// The task of --plan to run (a SLURM array task's $SLURM_ARRAY_TASK_ID).
     #[arg(long, requires = "plan")]
     pub task_index: Option<usize>,
+    /// The plan also lists, one by one, the runs each problem blocks, and each run's phases.
+    #[arg(long)]
+    pub verbose: bool,
+    /// The plan's wall time spread over this many workers (SLURM tasks, GPUs).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub workers: usize,
 }
 
 #[derive(Args)]

@@ -302,12 +302,47 @@ fn dry_run_only_and_fail_fast() {
     let (ok, text) = run(&["--only", "no-such-run"]);
     assert!(!ok && text.contains("--only `no-such-run` matches none of the 3 runs"), "{text}");
 
-    // A dry run estimates a forced rerun from its own finished record, and writes nothing.
+    // A dry run estimates a forced rerun with the rates its plan's finished runs measured, and writes nothing.
     let hashes = sb.out.join(".fingerprints.json");
     let before = std::fs::metadata(&hashes).unwrap().modified().unwrap();
     let (ok, text) = run(&["--dry-run", "--only", "dense", "--force"]);
-    assert!(ok && text.contains("0 run(s) without a timing yet") && !text.contains("~? s"), "{text}");
+    assert!(ok && text.contains("scaled phase by phase to the 2 finished run(s) of this plan"), "{text}");
+    let todo: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("todo")).collect();
+    assert!(todo.len() == 1 && todo[0].ends_with("dense") && !todo[0].contains(" ? "), "{text}");
     assert_eq!(std::fs::metadata(&hashes).unwrap().modified().unwrap(), before, "a dry run rewrote the hash cache");
+}
+
+/// A dry run names each problem once, with its cause in plain words and the fix, and counts the
+/// runs it blocks under it (`--verbose` lists them); the runnable runs are listed with an
+/// estimate, and the wall time is spread over `--workers`.
+#[test]
+fn dry_run_names_each_problem_once() {
+    let sb = Sandbox::new();
+    let text = BASE.replace("models: [MODEL]", "models: [MODEL, no-such-org/no-such-model, other-org/missing]");
+    let cfg = sb.write("p.yaml", &text);
+    let empty_cache = sb.out.parent().unwrap().join("empty-cache");
+    let run = |extra: &[&str]| {
+        let out = repro().arg("run").arg(&cfg).arg("--dry-run").args(extra).env("HF_HUB_CACHE", &empty_cache).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run(&[]);
+    assert!(text.contains("21 runs, 0 cached, 21 to run"), "{text}");
+    assert!(text.contains("1 problem(s), 14 run(s) cannot run as planned"), "{text}");
+    let line = "14 run(s) - models `no-such-org/no-such-model` (7), `other-org/missing` (7): offline and not cached\n      fix: download it where there is network";
+    assert!(text.contains(line), "{text}");
+    for model in ["no-such-org/no-such-model", "other-org/missing"] {
+        assert!(!text.contains(&format!("{model} dense")), "a problem's runs are counted, not listed: {text}");
+    }
+    assert_eq!(text.matches("HF_HUB_OFFLINE").count(), 1, "the problem once: {text}");
+    let todo: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("todo")).collect();
+    assert_eq!(todo.len(), 7, "{text}");
+    assert!(todo.iter().all(|l| l.contains(" s ") && l.contains("MiB")), "every runnable run has a time and memory: {text}");
+    assert!(text.contains("wall time on 1 worker(s)") && text.contains("fits"), "{text}");
+    let verbose = run(&["--verbose", "--workers", "3"]);
+    assert!(verbose.contains("no-such-org/no-such-model dense") && verbose.contains("wall time on 3 worker(s)"), "{verbose}");
+    assert!(verbose.contains("calibration") && verbose.contains("zero-shot"), "each run's phases: {verbose}");
+    assert!(!sb.out.exists(), "a dry run writes nothing");
 }
 
 /// Records are only trusted when they are what they claim, and a forced rerun that fails does

@@ -4,6 +4,7 @@
 
 pub mod llama;
 pub mod opt;
+pub mod shape;
 pub mod stream;
 pub mod weights;
 

@@ -114,7 +114,8 @@ impl Fingerprinter {
                     RepoKind::Dataset => ("dataset", "check the name (wikitext2, c4, a local file, or a dataset repo id) or download it first with network access".into()),
                 };
                 anyhow::bail!(
-                    "{what} `{id}` is neither a local directory, in the hub mirror, nor in the Hugging Face cache, and its hub revision is unknown ({e:#}); {fix}"
+                    "{what} `{id}` is neither a local directory, in the hub mirror, nor in the Hugging Face cache, and its hub revision is unknown ({}); {fix}",
+                    super::dryrun::error_chain(&e)
                 )
             }
         }

@@ -3,10 +3,14 @@
 //! records each outcome atomically, and renders the report.
 
 pub mod claim;
+pub mod dryrun;
+pub mod estimate;
 pub mod identity;
+pub mod probe;
 pub mod slurm;
 pub mod status;
 pub mod store;
+pub mod tokens;
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
@@ -73,7 +77,7 @@ pub fn plan(cfg: &SweepConfig, hub: &Hub, store: &Store, force: bool, dry_run: b
     let mut fp = Fingerprinter::open(store.dir.join(".fingerprints.json"));
     let mut out: Vec<Planned> = Vec::new();
     for run in cfg.expand()? {
-        let id = fp.run(hub, &run.spec).map(|(m, d)| (run_id(&run.spec, &m, &d), m, d)).map_err(|e| format!("{e:#}"));
+        let id = fp.run(hub, &run.spec).map(|(m, d)| (run_id(&run.spec, &m, &d), m, d)).map_err(|e| dryrun::error_chain(&e));
         out.push(Planned { run, id, cached: false });
     }
     if store.dir.is_dir() && !dry_run {
@@ -136,7 +140,8 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         (Some(frozen), Some(task)) => slurm::task_runs(frozen, task, &planned)?,
         _ => select(&planned, args.only.as_deref())?,
     };
-    print_plan(&cfg, &planned, &selected, &store)?;
+    let opts = dryrun::DryRunOptions { costs: args.dry_run, verbose: args.verbose, workers: args.workers };
+    dryrun::print_plan(&cfg, hub, &planned, &selected, &store, opts)?;
     if args.dry_run {
         return Ok(());
     }
@@ -295,52 +300,6 @@ fn execute(hub: &Hub, p: &Planned, bar: &ProgressBar) -> Record {
         finished_at: now(),
         result,
     }
-}
-
-/// The selected runs, one line each, cached or not, with a rough cost from the plan's finished
-/// runs of the same model and method (selected or not, forced or not).
-fn print_plan(cfg: &SweepConfig, all: &[Planned], planned: &[&Planned], store: &Store) -> Result<()> {
-    let cached = planned.iter().filter(|p| p.cached).count();
-    println!("sweep `{}`: {} runs, {} cached, {} to run -> {}", cfg.name, planned.len(), cached, planned.len() - cached, cfg.output.display());
-    let mut known: Vec<(String, String, f64)> = Vec::new();
-    for p in all.iter().filter(|p| p.id.is_ok()) {
-        if let Ok(Some(r)) = store.get(p.id()) {
-            if r.status == Status::Ok {
-                known.push((r.settings.model.model.clone(), r.settings.method_name().to_string(), r.finished_at - r.started_at));
-            }
-        }
-    }
-    let mut total = 0.0;
-    let mut unknown = 0;
-    for p in planned {
-        let holder = (p.id.is_ok() && !p.cached).then(|| claim::holder(&store.dir, p.id())).flatten();
-        let state = match (&p.id, p.cached, &holder) {
-            (Err(_), _, _) => "unresolved",
-            (_, true, _) => "cached",
-            (_, _, Some(_)) => "running",
-            _ => "todo",
-        };
-        let same: Vec<f64> = known.iter().filter(|(m, me, _)| *m == p.run.spec.model.model && me == p.run.spec.method_name()).map(|k| k.2).collect();
-        let cost = if p.cached {
-            String::new()
-        } else if same.is_empty() {
-            unknown += 1;
-            "~? s".into()
-        } else {
-            let s = same.iter().sum::<f64>() / same.len() as f64;
-            total += s;
-            format!("~{s:.0} s")
-        };
-        println!("  {state:<10} {:<16} {cost:>8}  {}", p.id(), p.run.label);
-        if let Err(e) = &p.id {
-            println!("             {e}");
-        }
-        if let Some(worker) = &holder {
-            println!("             held by another worker: {} since {}", worker.worker(), status::clock(worker.started_at));
-        }
-    }
-    println!("estimated time: ~{total:.0} s for runs like finished ones, {unknown} run(s) without a timing yet");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -42,9 +42,14 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64, abs: f64) {
     }
 }
 
+/// The user cache (device probe, token counts) of every `repro` the tests start, not the user's own.
+pub fn user_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("user-cache")
+}
+
 pub fn repro() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_repro"));
-    c.env("REPRO_HUB_MIRROR", fixtures()).env("HF_HUB_OFFLINE", "1");
+    c.env("REPRO_HUB_MIRROR", fixtures()).env("HF_HUB_OFFLINE", "1").env("XDG_CACHE_HOME", user_cache());
     c
 }
 
