@@ -33,6 +33,11 @@ CASES=(
   "llama-tiny_ablate_mag_iter_unstructured  llama-tiny      ablate_mag_iter   unstructured"
   "llama-tiny_ablate_wanda_iter_unstructured llama-tiny     ablate_wanda_iter unstructured"
   "llama-tiny_ablate_wanda_iter_2_4         llama-tiny      ablate_wanda_iter 2:4"
+  # OWL (luuyin/OWL prune_*_outlier) at 70%, two (M, lambda) settings each
+  "llama-tiny_wanda_owl_m5_l0.08+masks      llama-tiny      wanda     unstructured --sparsity 0.7 --allocation owl --owl-m 5 --owl-lambda 0.08"
+  "llama-tiny_wanda_owl_m3_l0.2+masks       llama-tiny      wanda     unstructured --sparsity 0.7 --allocation owl --owl-m 3 --owl-lambda 0.2"
+  "llama-tiny_magnitude_owl_m5_l0.08        llama-tiny      magnitude unstructured --sparsity 0.7 --allocation owl --owl-m 5 --owl-lambda 0.08"
+  "llama-tiny_magnitude_owl_m3_l0.2         llama-tiny      magnitude unstructured --sparsity 0.7 --allocation owl --owl-m 3 --owl-lambda 0.2"
 )
 
 for c in "${CASES[@]}"; do

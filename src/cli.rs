@@ -9,7 +9,10 @@ use crate::eval::tasks::{task, ALL_TASKS};
 use crate::hub::Hub;
 use crate::model::Streaming;
 use crate::pipeline::{run_job, EvalSpec, ModelSpec, Observer, PrintLines, PruneSpec, Quiet};
+use crate::prune::allocation::Allocation;
 use crate::prune::mask::Pattern;
+use crate::prune::method_names;
+use crate::prune::metric::{Params, BUILTINS};
 use crate::{report, sweep};
 
 #[derive(Parser)]
@@ -153,15 +156,32 @@ pub struct EvalArgs {
 pub struct PruneArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// magnitude, wanda, ria, sparsegpt_metric (saliency without update), sparsegpt, ablate_mag_seq, ablate_mag_iter, ablate_wanda_seq, ablate_wanda_iter.
+    #[arg(long, required_unless_present = "metric", conflicts_with = "metric", help = method_help())]
+    pub method: Option<String>,
+    /// A metric expression instead of --method, over W, X, Hdiag, Hinv: e.g. "abs(W) * X^a"
+    /// (README, "Try your own metric").
     #[arg(long)]
-    pub method: String,
+    pub metric: Option<String>,
+    /// A metric option (`--method ria --param a=0.25`) or an expression parameter, NAME=VALUE; repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, f64)>,
     /// Fraction of each linear layer's weights to remove (default: N/M for an N:M pattern, else 0.5).
     #[arg(long)]
     pub sparsity: Option<f64>,
     /// unstructured, or N:M such as 2:4 and 4:8.
     #[arg(long, default_value = "unstructured")]
     pub pattern: String,
+    /// Sparsity per block: uniform (every block at --sparsity), owl (outlier-weighted, OWL's
+    /// paper; by the Wanda scores of the dense model, so it calibrates), or one sparsity per block
+    /// (0.6,0.7,...; the run's sparsity is their mean).
+    #[arg(long, default_value = "uniform")]
+    pub allocation: String,
+    /// OWL: a score is an outlier above M times its block's mean score (default 5, the paper's).
+    #[arg(long)]
+    pub owl_m: Option<f64>,
+    /// OWL: block densities spread over ±lambda around the target (default 0.08, the paper's for LLaMA).
+    #[arg(long)]
+    pub owl_lambda: Option<f64>,
     /// Comparison group for metric methods: per-output, per-input, per-layer, per-input-128, per-output-128 (default: the metric's own).
     #[arg(long)]
     pub group: Option<String>,
@@ -188,6 +208,34 @@ pub struct PruneArgs {
     /// Write the pruned model as a Hugging Face checkpoint into this directory.
     #[arg(long)]
     pub save: Option<PathBuf>,
+}
+
+/// `--method`'s help, from the method registry.
+fn method_help() -> String {
+    let options: Vec<String> = BUILTINS
+        .iter()
+        .flat_map(|b| {
+            b.options
+                .iter()
+                .map(move |o| format!("{} {}={} ({})", b.name, o.name, o.default, o.help))
+        })
+        .collect();
+    format!(
+        "One of: {} (sparsegpt_metric: SparseGPT's saliency without its update; ablate_*: Table 8). Metric options, set with --param: {}",
+        method_names().join(", "),
+        options.join("; ")
+    )
+}
+
+fn parse_param(s: &str) -> Result<(String, f64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE (e.g. a=0.5)"))?;
+    let value = value
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| format!("`{s}`: `{value}` is not a number"))?;
+    Ok((name.trim().to_string(), value))
 }
 
 /// List items as written after a comma and a space (`--ppl "wikitext2, c4"`).
@@ -273,10 +321,26 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
 
 fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
     let pattern = Pattern::parse(&args.pattern)?;
+    let mut params = Params::new();
+    for (name, value) in &args.params {
+        if params.insert(name.clone(), *value).is_some() {
+            bail!("--param {name} is given twice; give each parameter once");
+        }
+    }
+    let allocation = Allocation::parse(&args.allocation, args.owl_m, args.owl_lambda)?;
+    let sparsity = match (args.sparsity, allocation.list_target()) {
+        (Some(s), _) => s,
+        (None, Some(mean)) => mean,
+        (None, None) => pattern.default_sparsity(),
+    };
     let spec = PruneSpec {
-        method: args.method.clone(),
-        sparsity: args.sparsity.unwrap_or(pattern.default_sparsity()),
+        // An expression is named by itself.
+        method: args.method.clone().or_else(|| args.metric.clone()).unwrap_or_default(),
+        metric: args.metric.clone(),
+        params,
+        sparsity,
         pattern,
+        allocation,
         group: args.group.clone(),
         use_variant: args.use_variant,
         calib: args.calib.clone(),

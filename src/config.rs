@@ -10,10 +10,13 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use crate::eval::tasks::task;
-use crate::pipeline::{EvalSpec, ModelSpec, PruneSpec};
-use crate::prune::mask::{Group, Pattern};
 use crate::model::Streaming;
-use crate::prune::Method;
+use crate::pipeline::{EvalSpec, ModelSpec, PruneSpec};
+use crate::prune::allocation::Allocation;
+use crate::prune::mask::{Group, Pattern};
+use crate::prune::metric::Params;
+use crate::prune::{method_names, Method, MethodChoice};
+use std::collections::BTreeMap;
 
 /// A whole sweep file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -40,6 +43,10 @@ pub struct SweepConfig {
     pub sparsities: Vec<Ratio>,
     #[serde(default = "default_patterns")]
     pub patterns: Vec<Pattern>,
+    /// Sparsity per block: uniform, owl, {owl: {m, lambda}} or a list of per-block sparsities;
+    /// N:M patterns run uniform only.
+    #[serde(default = "default_allocations")]
+    pub allocations: Vec<Allocation>,
     #[serde(default)]
     pub calibration: Calibration,
     pub evaluation: Evaluation,
@@ -62,6 +69,7 @@ pub struct GridPatch {
     pub methods: Option<Vec<MethodEntry>>,
     pub sparsities: Option<Vec<Ratio>>,
     pub patterns: Option<Vec<Pattern>>,
+    pub allocations: Option<Vec<Allocation>>,
     pub nsamples: Option<Vec<usize>>,
     pub seeds: Option<Vec<u64>>,
 }
@@ -120,12 +128,17 @@ pub struct Selector {
     pub group: Option<Group>,
     pub sparsity: Option<Ratio>,
     pub pattern: Option<Pattern>,
+    pub allocation: Option<Allocation>,
     pub nsamples: Option<usize>,
     pub seed: Option<u64>,
+    /// Metric options or expression parameters, each at this value (a built-in's default
+    /// matches runs that left it out).
+    pub params: Option<Params>,
 }
 
 /// A method with its options. Written as a bare name (`wanda`) or a map
-/// (`{name: wanda, group: per-layer, use_variant: false, label: wanda-layer}`).
+/// (`{name: wanda, group: per-layer, use_variant: false, label: wanda-layer}`); a metric
+/// expression is a map with `metric` (`{name: my_metric, metric: "abs(W) * X^a", params: {a: [0.5, 1]}}`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(try_from = "StrOr<MethodOpts>", into = "MethodOpts")]
 pub struct MethodEntry(MethodOpts);
@@ -133,12 +146,21 @@ pub struct MethodEntry(MethodOpts);
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MethodOpts {
-    /// dense, magnitude, wanda, ria, sparsegpt_metric, sparsegpt, ablate_{mag,wanda}_{seq,iter}.
+    /// dense, a built-in method (`repro prune --help` lists them), or the name of `metric`.
     pub name: String,
+    /// A metric expression over W, X, Hdiag, Hinv and `params` (README, "Try your own metric").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// A built-in metric's options or the expression's parameters: a number, or a list to sweep.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, OneOrMany>,
     #[serde(default)]
     pub group: Option<Group>,
     #[serde(default)]
     pub use_variant: bool,
+    /// This method's allocation instead of the grid's `allocations` (e.g. `owl` for Wanda+OWL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<Allocation>,
     /// Name in tables and charts (default: the name, plus the group when one is set).
     #[serde(default)]
     pub label: Option<String>,
@@ -146,10 +168,29 @@ pub struct MethodOpts {
 
 pub const DENSE: &str = "dense";
 
+/// A number, or a list of numbers to sweep.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(f64),
+    Many(Vec<f64>),
+}
+
+impl OneOrMany {
+    fn values(&self) -> Vec<f64> {
+        match self {
+            OneOrMany::One(v) => vec![*v],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
 impl MethodEntry {
     pub fn name(&self) -> &str {
         &self.0.name
     }
+
+    /// The label in tables and charts (without parameter values).
     pub fn label(&self) -> String {
         self.0.label.clone().unwrap_or_else(|| match (&self.0.group, self.0.use_variant) {
             (Some(g), _) => format!("{} ({})", self.0.name, g.name()),
@@ -157,22 +198,89 @@ impl MethodEntry {
             (None, false) => self.0.name.clone(),
         })
     }
+
+    /// The label of one point of the parameter grid: the swept parameters' values appended.
+    pub fn label_at(&self, params: &Params) -> String {
+        let swept: Vec<String> = self
+            .0
+            .params
+            .iter()
+            .filter(|(_, v)| v.values().len() > 1)
+            .map(|(k, _)| format!("{k}={}", params[k]))
+            .collect();
+        match swept.is_empty() {
+            true => self.label(),
+            false => format!("{} {}", self.label(), swept.join(" ")),
+        }
+    }
+
+    /// Every combination of the parameter values (one empty set when there are none).
+    pub fn param_grid(&self) -> Vec<Params> {
+        let mut grid = vec![Params::new()];
+        for (name, values) in &self.0.params {
+            grid = grid
+                .iter()
+                .flat_map(|point| {
+                    values.values().into_iter().map(move |v| {
+                        let mut p = point.clone();
+                        p.insert(name.clone(), v);
+                        p
+                    })
+                })
+                .collect();
+        }
+        grid
+    }
+
+    fn choice<'a>(&'a self, params: &'a Params) -> MethodChoice<'a> {
+        MethodChoice {
+            name: &self.0.name,
+            expression: self.0.metric.as_deref(),
+            params,
+            group: self.0.group,
+            variant: self.0.use_variant,
+        }
+    }
 }
 
 impl TryFrom<StrOr<MethodOpts>> for MethodEntry {
     type Error = String;
     fn try_from(v: StrOr<MethodOpts>) -> Result<Self, String> {
         let opts = match v {
-            StrOr::Str(name) => MethodOpts { name, group: None, use_variant: false, label: None },
+            StrOr::Str(name) => MethodOpts {
+                name,
+                metric: None,
+                params: BTreeMap::new(),
+                group: None,
+                use_variant: false,
+                allocation: None,
+                label: None,
+            },
             StrOr::Map(o) => o,
         };
-        if opts.name != DENSE {
-            Method::parse(&opts.name, opts.group, opts.use_variant, Pattern::Unstructured)
-                .map_err(|e| format!("method `{}`: {e} (or dense)", opts.name))?;
-        } else if opts.group.is_some() || opts.use_variant {
-            return Err("method `dense` takes no group or use_variant".into());
+        if opts.metric.is_some() && (opts.name == DENSE || method_names().contains(&opts.name.as_str())) {
+            return Err(format!("method `{}` with a `metric` expression: `{}` is a built-in method; give the expression a name of its own", opts.name, opts.name));
         }
-        Ok(MethodEntry(opts))
+        if let Some((k, _)) = opts.params.iter().find(|(_, v)| v.values().is_empty()) {
+            return Err(format!(
+                "method `{}`: `params.{k}` is an empty list; give at least one value",
+                opts.name
+            ));
+        }
+        let entry = MethodEntry(opts);
+        if entry.name() != DENSE {
+            for params in entry.param_grid() {
+                Method::parse(entry.choice(&params), Pattern::Unstructured)
+                    .map_err(|e| format!("method `{}`: {e} (or dense)", entry.name()))?;
+            }
+        } else if entry.0.group.is_some()
+            || entry.0.use_variant
+            || !entry.0.params.is_empty()
+            || entry.0.allocation.is_some()
+        {
+            return Err("method `dense` takes no group, use_variant, params or allocation".into());
+        }
+        Ok(entry)
     }
 }
 
@@ -320,6 +428,9 @@ fn default_sparsities() -> Vec<Ratio> {
 fn default_patterns() -> Vec<Pattern> {
     vec![Pattern::Unstructured]
 }
+fn default_allocations() -> Vec<Allocation> {
+    vec![Allocation::Uniform]
+}
 fn default_calib() -> String {
     "c4".into()
 }
@@ -368,8 +479,15 @@ impl Selector {
             && self.group.is_none_or(|g| p.and_then(|p| p.group.as_deref()) == Some(g.name().as_str()))
             && self.sparsity.is_none_or(|s| eq(s.0, p.map_or(0.0, |p| p.sparsity)))
             && self.pattern.is_none_or(|x| p.is_some_and(|p| p.pattern == x))
+            && self
+                .allocation
+                .as_ref()
+                .is_none_or(|a| *a == p.map_or(Allocation::Uniform, |p| p.allocation.clone()))
             && self.nsamples.is_none_or(|n| p.is_some_and(|p| p.nsamples == n))
             && self.seed.is_none_or(|s| p.is_some_and(|p| p.seed == s))
+            && self.params.as_ref().is_none_or(|want| {
+                p.is_some_and(|p| want.iter().all(|(k, v)| p.param(k).is_some_and(|got| eq(got, *v))))
+            })
     }
 }
 
@@ -420,6 +538,7 @@ impl SweepConfig {
         let empty = [
             ("sparsities", cfg.sparsities.is_empty()),
             ("patterns", cfg.patterns.is_empty()),
+            ("allocations", cfg.allocations.is_empty()),
             ("calibration.nsamples", cfg.calibration.nsamples.is_empty()),
             ("calibration.seeds", cfg.calibration.seeds.is_empty()),
         ];
@@ -432,11 +551,34 @@ impl SweepConfig {
                 ("methods", p.methods.as_ref().map(Vec::len)),
                 ("sparsities", p.sparsities.as_ref().map(Vec::len)),
                 ("patterns", p.patterns.as_ref().map(Vec::len)),
+                ("allocations", p.allocations.as_ref().map(Vec::len)),
                 ("nsamples", p.nsamples.as_ref().map(Vec::len)),
                 ("seeds", p.seeds.as_ref().map(Vec::len)),
             ];
             if let Some((field, _)) = lists.iter().find(|(_, len)| *len == Some(0)) {
                 return Err(bad(&format!("include[{i}].{field}"), "is empty, so the entry adds nothing; leave the field out to use the top-level list"));
+            }
+        }
+        // One name, one formula: `where: {method: NAME}` and the labels could not tell two apart.
+        let entries: Vec<&MethodEntry> = cfg
+            .methods
+            .iter()
+            .chain(cfg.include.iter().flat_map(|p| p.methods.iter().flatten()))
+            .collect();
+        for (i, a) in entries.iter().enumerate() {
+            if let Some(b) = entries[..i]
+                .iter()
+                .find(|b| b.name() == a.name() && b.0.metric != a.0.metric)
+            {
+                return Err(bad(
+                    "methods",
+                    &format!(
+                        "name `{}` twice for different metrics ({:?} and {:?}); give each its own name",
+                        a.name(),
+                        b.0.metric,
+                        a.0.metric
+                    ),
+                ));
             }
         }
         cfg.expand().map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -458,6 +600,7 @@ impl SweepConfig {
             methods: Some(self.methods.clone()),
             sparsities: Some(self.sparsities.clone()),
             patterns: Some(self.patterns.clone()),
+            allocations: Some(self.allocations.clone()),
             nsamples: Some(self.calibration.nsamples.clone()),
             seeds: Some(self.calibration.seeds.clone()),
         };
@@ -486,6 +629,7 @@ impl SweepConfig {
         let methods = or(&patch.methods, &self.methods);
         let sparsities = or(&patch.sparsities, &self.sparsities);
         let patterns = or(&patch.patterns, &self.patterns);
+        let allocations = or(&patch.allocations, &self.allocations);
         let nsamples = or(&patch.nsamples, &self.calibration.nsamples);
         let seeds = or(&patch.seeds, &self.calibration.seeds);
         let mut out = Vec::new();
@@ -511,18 +655,33 @@ impl SweepConfig {
                     out.push(PlannedRun { label: format!("{model} dense"), method_label: DENSE.into(), spec });
                     continue;
                 }
-                for pattern in &patterns {
-                    let ratios: Vec<f64> = match pattern {
-                        Pattern::Unstructured => sparsities.iter().map(|r| r.0).collect(),
-                        Pattern::NM { n, m } => vec![*n as f64 / *m as f64],
+                let allocations = m.0.allocation.clone().map_or_else(|| allocations.clone(), |a| vec![a]);
+                // N:M fixes every layer's sparsity, so it runs uniform only.
+                let grid = patterns.iter().flat_map(|p| {
+                    allocations
+                        .iter()
+                        .filter(move |a| a.is_uniform() || *p == Pattern::Unstructured)
+                        .map(move |a| (p, a))
+                });
+                for (pattern, allocation) in grid {
+                    let ratios: Vec<f64> = match (pattern, allocation.list_target()) {
+                        (Pattern::NM { n, m }, _) => vec![*n as f64 / *m as f64],
+                        (Pattern::Unstructured, Some(mean)) => vec![mean],
+                        (Pattern::Unstructured, None) => sparsities.iter().map(|r| r.0).collect(),
                     };
-                    for sparsity in ratios {
+                    for (sparsity, params) in ratios
+                        .iter()
+                        .flat_map(|&s| m.param_grid().into_iter().map(move |p| (s, p)))
+                    {
                         for &ns in &nsamples {
                             for &seed in &seeds {
                                 let mut p = PruneSpec {
                                     method: m.name().to_string(),
+                                    metric: m.0.metric.clone(),
+                                    params: params.clone(),
                                     sparsity,
                                     pattern: *pattern,
+                                    allocation: allocation.clone(),
                                     group: m.0.group.map(Group::name),
                                     use_variant: m.0.use_variant,
                                     calib: self.calibration.dataset.clone(),
@@ -530,22 +689,30 @@ impl SweepConfig {
                                     seed,
                                     calib_batch_size: self.calibration.batch_size,
                                 };
-                                let method = p.method().map_err(|e| anyhow!("method `{}` with pattern {pattern}: {e}", m.label()))?;
-                                // Record the group in force, so an explicit default and an implicit one are the same run.
-                                p.group = p.group_in_force(&method);
-                                if !method.needs_calibration() {
-                                    // Nothing about calibration can change a data-free run: normalise it away.
-                                    p.calib = String::new();
-                                    p.nsamples = 0;
-                                    p.seed = 0;
-                                    p.calib_batch_size = 0;
-                                }
-                                let label = match method.needs_calibration() {
-                                    true => format!("{model} {} {pattern} {sparsity} n{ns} seed{seed}", m.label()),
-                                    false => format!("{model} {} {pattern} {sparsity}", m.label()),
+                                let method = p
+                                    .method()
+                                    .map_err(|e| anyhow!("method `{}` with pattern {pattern}: {e}", m.label()))?;
+                                let needs_calibration = p.needs_calibration(&method);
+                                p.normalise(&method);
+                                let method_label = match (&m.0.allocation, &m.0.label) {
+                                    _ if allocation.is_uniform() => m.label_at(&params),
+                                    (Some(_), Some(_)) => m.label_at(&params),
+                                    _ => format!("{} {allocation}", m.label_at(&params)),
                                 };
-                                let spec = RunSpec { model: model_spec.clone(), prune: Some(p), eval: eval.clone() };
-                                out.push(PlannedRun { label, method_label: m.label(), spec });
+                                let label = match needs_calibration {
+                                    true => format!("{model} {method_label} {pattern} {sparsity} n{ns} seed{seed}"),
+                                    false => format!("{model} {method_label} {pattern} {sparsity}"),
+                                };
+                                let spec = RunSpec {
+                                    model: model_spec.clone(),
+                                    prune: Some(p),
+                                    eval: eval.clone(),
+                                };
+                                out.push(PlannedRun {
+                                    label,
+                                    method_label,
+                                    spec,
+                                });
                             }
                         }
                     }

@@ -15,8 +15,10 @@ use crate::eval::tasks::{task, ALL_TASKS};
 use crate::eval::zeroshot::{evaluate_docs, TaskDocs};
 use crate::hub::{Hub, RepoKind};
 use crate::model::{self, Loaded, Streaming};
+use crate::prune::allocation::Allocation;
 use crate::prune::mask::{Group, Pattern};
-use crate::prune::{prune_model, Method};
+use crate::prune::metric::{Builtin, Params};
+use crate::prune::{prune_model, Method, MethodChoice};
 use crate::resources::peak_rss_bytes;
 
 /// Which model, where, and at which precision and window length.
@@ -39,9 +41,19 @@ pub struct ModelSpec {
 /// How to prune. `calib` is ignored by data-free methods.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PruneSpec {
+    /// A method name, or the name of the metric expression in `metric`.
     pub method: String,
+    /// A metric expression (`abs(W) * X`), named by `method`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// A built-in metric's options (those at their defaults left out) or an expression's parameters.
+    #[serde(default, skip_serializing_if = "Params::is_empty")]
+    pub params: Params,
     pub sparsity: f64,
     pub pattern: Pattern,
+    /// Sparsity per block: uniform (the paper's), OWL's, or a list.
+    #[serde(default, skip_serializing_if = "Allocation::is_uniform")]
+    pub allocation: Allocation,
     pub group: Option<String>,
     pub use_variant: bool,
     pub calib: String,
@@ -63,8 +75,57 @@ impl PruneSpec {
     /// Parses and cross-checks method, group, variant, pattern and sparsity without loading anything.
     pub fn method(&self) -> Result<Method> {
         self.pattern.check_sparsity(self.sparsity)?;
+        self.allocation.check_pattern(self.pattern)?;
+        if let Some(mean) = self.allocation.list_target() {
+            ensure!(
+                (mean - self.sparsity).abs() < 1e-9,
+                "a per-block allocation fixes the sparsity at its mean, {mean}; leave --sparsity out (or give {mean})"
+            );
+        }
         let group = self.group.as_deref().map(Group::parse).transpose()?;
-        Method::parse(&self.method, group, self.use_variant, self.pattern)
+        let choice = MethodChoice {
+            name: &self.method,
+            expression: self.metric.as_deref(),
+            params: &self.params,
+            group,
+            variant: self.use_variant,
+        };
+        Method::parse(choice, self.pattern)
+    }
+
+    /// The value of a metric option or expression parameter in force (a built-in's default when
+    /// left out).
+    pub fn param(&self, name: &str) -> Option<f64> {
+        let default = || {
+            Builtin::find(&self.method)
+                .filter(|_| self.metric.is_none())?
+                .options
+                .iter()
+                .find(|o| o.name == name)
+                .map(|o| o.default)
+        };
+        self.params.get(name).copied().or_else(default)
+    }
+
+    /// Whether the run draws calibration data: for the method's statistics or OWL's outlier ratios.
+    pub fn needs_calibration(&self, method: &Method) -> bool {
+        method.needs_calibration() || self.allocation.needs_calibration()
+    }
+
+    /// One spelling per run: the group in force written out, options at their defaults left
+    /// out, and a data-free method's calibration settings cleared (nothing about them can change
+    /// its result), so that equal runs get equal ids.
+    pub fn normalise(&mut self, method: &Method) {
+        self.group = self.group_in_force(method);
+        if let Some(builtin) = Builtin::find(&self.method).filter(|_| self.metric.is_none()) {
+            self.params = builtin.normalise(&self.params);
+        }
+        if !self.needs_calibration(method) {
+            self.calib = String::new();
+            self.nsamples = 0;
+            self.seed = 0;
+            self.calib_batch_size = 0;
+        }
     }
 
     /// The comparison group in force: a metric's own default when none was given (unstructured
@@ -135,7 +196,7 @@ pub fn run_job(
     let start = Instant::now();
     let method = prune.map(PruneSpec::method).transpose()?;
     // The pruning settings when the method draws calibration data.
-    let calibrated = prune.filter(|_| method.as_ref().is_some_and(Method::needs_calibration));
+    let calibrated = prune.filter(|p| method.as_ref().is_some_and(|m| p.needs_calibration(m)));
     if let Some(p) = calibrated {
         p.check_calibration(hub)?;
     }
@@ -235,7 +296,7 @@ fn prune_step(
     out: &mut Map<String, Value>,
 ) -> Result<()> {
     // At sparsity 0 nothing is pruned (as the official code), so no calibration is drawn.
-    let calib = if method.needs_calibration() && p.sparsity > 0.0 {
+    let calib = if p.needs_calibration(method) && p.sparsity > 0.0 {
         obs.stage("calibration data");
         let (file, windows) = CalibSource::parse(&p.calib).windows(hub, &loaded.tokenizer, p.nsamples, seqlen, p.seed)?;
         out.insert(
@@ -247,20 +308,48 @@ fn prune_step(
         None
     };
     obs.stage("pruning");
-    let report = prune_model(loaded.model.as_mut(), method, p.sparsity, p.pattern, calib.as_ref(), p.calib_batch_size)?;
+    let report = prune_model(
+        loaded.model.as_mut(),
+        method,
+        p.sparsity,
+        p.pattern,
+        &p.allocation,
+        calib.as_ref(),
+        p.calib_batch_size,
+    )?;
+    let allocated = match p.allocation.is_uniform() {
+        true => String::new(),
+        false => format!(" ({} allocation)", p.allocation),
+    };
     obs.line(&format!(
-        "{} {} at {}: sparsity {:.4}, prune time {:.2}s (forward passes {:.2}s)",
+        "{} {} at {}{allocated}: sparsity {:.4}, prune time {:.2}s (forward passes {:.2}s)",
         p.method, p.pattern, p.sparsity, report.sparsity_actual, report.prune_seconds, report.forward_seconds
     ));
-    if let Some(warning) = report.sparsity_warning(p.sparsity) {
+    if let Some(a) = &report.allocation {
+        let per_block: Vec<String> = a.block_sparsity.iter().map(|s| format!("{s:.4}")).collect();
+        obs.line(&format!("per-block sparsity: {}", per_block.join(", ")));
+    }
+    if let Some(warning) = report.sparsity_warning() {
         eprintln!("warning: {warning}");
         out.insert("warnings".into(), json!([warning]));
     }
     out.insert("method".into(), json!(p.method));
+    if let Some(expression) = &p.metric {
+        out.insert("metric".into(), json!(expression));
+    }
+    if !p.params.is_empty() {
+        out.insert("params".into(), json!(p.params));
+    }
     out.insert("pattern".into(), json!(p.pattern.to_string()));
     out.insert("group".into(), json!(p.group_in_force(method)));
     out.insert("use_variant".into(), json!(p.use_variant));
     out.insert("sparsity_target".into(), json!(p.sparsity));
+    if let Some(a) = &report.allocation {
+        out.insert(
+            "allocation".into(),
+            json!({"kind": p.allocation, "outlier_ratios": a.outlier_ratios, "block_sparsity": a.block_sparsity}),
+        );
+    }
     out.insert("sparsity_actual".into(), json!(report.sparsity_actual));
     out.insert("layers".into(), json!(report.layers));
     out.insert("prune_seconds".into(), json!(report.prune_seconds));

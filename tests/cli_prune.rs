@@ -75,7 +75,12 @@ fn variant_short_of_its_target_is_pointed_out() {
     let actual = r["sparsity_actual"].as_f64().unwrap();
     assert!(actual < 0.949, "{actual}");
     let warning = r["warnings"][0].as_str().unwrap();
-    assert!(warning.contains("from sparsity 0.95") && warning.contains("bracket [0, 0.8]"), "{warning}");
+    assert!(
+        warning.contains("from their target sparsity")
+            && warning.contains("asked 0.95)")
+            && warning.contains("bracket [0, 0.8]"),
+        "{warning}"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("warning: {warning}")));
     let fine = run("0.5");
     assert!(json_of(&fine)["warnings"].is_null());
@@ -115,6 +120,82 @@ fn sparsity_beyond_rounding_is_pointed_out() {
     let again = prune(save.to_str().unwrap(), &["--sparsity", "0.3"]);
     let r = json_of(&again);
     let warning = r["warnings"][0].as_str().unwrap();
-    assert!(warning.contains("ended away from sparsity 0.3") && warning.contains("weights that were zero already"), "{warning}");
+    assert!(
+        warning.contains("ended away from their target sparsity")
+            && warning.contains("asked 0.3)")
+            && warning.contains("weights that were zero already"),
+        "{warning}"
+    );
     assert!((r["sparsity_actual"].as_f64().unwrap() - 0.5).abs() < 0.01);
+}
+
+/// OWL through the command line: a data-free metric still calibrates (its ratios come from the
+/// Wanda scores), the per-block ratios are in the JSON and every layer carries its block's target.
+#[test]
+fn owl_allocation_reports_its_blocks() {
+    let m = fixture_model("llama-tiny-random");
+    let out = repro()
+        .args([
+            "prune",
+            "--model",
+            &m,
+            "--method",
+            "magnitude",
+            "--sparsity",
+            "0.6",
+            "--allocation",
+            "owl",
+            "--owl-lambda",
+            "0.1",
+        ])
+        .args([
+            "--calib",
+            "c4:c4-format-sample",
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let r = json_of(&out);
+    assert_eq!(r["calibration"]["nsamples"], 4, "magnitude+OWL calibrates");
+    let a = &r["allocation"];
+    assert_eq!(a["kind"], serde_json::json!({"owl": {"m": 5.0, "lambda": 0.1}}));
+    let blocks = floats(&a["block_sparsity"]);
+    assert_eq!((blocks.len(), a["outlier_ratios"].as_array().unwrap().len()), (2, 2));
+    assert!(
+        (blocks[0] - blocks[1]).abs() > 0.19 && (blocks[0] - blocks[1]).abs() < 0.2 + 1e-9,
+        "spread 2·lambda: {blocks:?}"
+    );
+    for l in r["layers"].as_array().unwrap() {
+        let block: usize = l["name"].as_str().unwrap().split('.').nth(2).unwrap().parse().unwrap();
+        assert_eq!(l["target"].as_f64().unwrap(), blocks[block]);
+        assert!((l["sparsity"].as_f64().unwrap() - blocks[block]).abs() < 0.01, "{l}");
+    }
+    assert_eq!(r["sparsity_target"], 0.6);
+    assert!((r["sparsity_actual"].as_f64().unwrap() - 0.6).abs() < 0.01);
+
+    for (args, msg) in [
+        (
+            vec!["--method", "wanda", "--pattern", "2:4", "--allocation", "owl"],
+            "N:M prunes exactly N of every M weights in every layer",
+        ),
+        (
+            vec!["--method", "wanda", "--owl-m", "3"],
+            "--owl-m and --owl-lambda apply to --allocation owl only",
+        ),
+        (
+            vec!["--method", "magnitude", "--allocation", "0.5,0.6,0.7"],
+            "lists 3 per-block sparsities, but the model has 2 blocks",
+        ),
+        (
+            vec!["--method", "magnitude", "--allocation", "0.5,0.7", "--sparsity", "0.5"],
+            "fixes the sparsity at its mean, 0.6",
+        ),
+    ] {
+        let stderr = run_err(&[&["prune", "--model", &m, "--seqlen", "32"][..], &args[..]].concat());
+        assert!(stderr.contains(msg), "{args:?}: {stderr}");
+    }
 }

@@ -6,8 +6,9 @@ use common::*;
 use repro::calib::CalibSource;
 use repro::hub::Hub;
 use repro::model::{self, Streaming};
+use repro::prune::allocation::Allocation;
 use repro::prune::mask::Pattern;
-use repro::prune::{prune_model, Method};
+use repro::prune::{prune_model, Method, MethodChoice};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -46,16 +47,63 @@ fn check_case(file: &str) {
     let method_name = s["method"].as_str().unwrap();
     let pattern = Pattern::parse(s["pattern"].as_str().unwrap()).unwrap();
     let variant = s["use_variant"].as_bool().unwrap();
-    let method = Method::parse(method_name, None, variant, pattern).unwrap();
+    let method = Method::parse(
+        MethodChoice {
+            variant,
+            ..MethodChoice::named(method_name)
+        },
+        pattern,
+    )
+    .unwrap();
+    let allocation = match &g["owl"] {
+        Value::Null => Allocation::Uniform,
+        owl => Allocation::Owl {
+            m: owl["m"].as_f64().unwrap(),
+            lambda: owl["lambda"].as_f64().unwrap(),
+        },
+    };
     let _g = tch::no_grad_guard();
-    let calib = if method.needs_calibration() {
-        let (_, windows) = CalibSource::parse("c4:c4-format-sample").windows(&hub(), &loaded.tokenizer, nsamples, seqlen, seed).unwrap();
-        assert_eq!(ids_sha256(&windows), g["calibration"]["ids_sha256"].as_str().unwrap(), "{file}: calibration windows");
+    let calib = if method.needs_calibration() || allocation.needs_calibration() {
+        let (_, windows) = CalibSource::parse("c4:c4-format-sample")
+            .windows(&hub(), &loaded.tokenizer, nsamples, seqlen, seed)
+            .unwrap();
+        assert_eq!(
+            ids_sha256(&windows),
+            g["calibration"]["ids_sha256"].as_str().unwrap(),
+            "{file}: calibration windows"
+        );
         Some(Tensor::from_slice(&windows.concat()).view([nsamples as i64, seqlen as i64]))
     } else {
         None
     };
-    let report = prune_model(loaded.model.as_mut(), &method, s["sparsity"].as_f64().unwrap(), pattern, calib.as_ref(), 4).unwrap();
+    let report = prune_model(
+        loaded.model.as_mut(),
+        &method,
+        s["sparsity"].as_f64().unwrap(),
+        pattern,
+        &allocation,
+        calib.as_ref(),
+        4,
+    )
+    .unwrap();
+    if let Some(owl) = g["owl"].as_object() {
+        // OWL: the outlier ratios of the dense pass and the block sparsities derived from them.
+        let a = report.allocation.as_ref().expect("an OWL run reports its allocation");
+        assert_close(
+            &format!("{file}: outlier ratios"),
+            a.outlier_ratios.as_ref().unwrap(),
+            &floats(&owl["outlier_ratios"]),
+            0.0,
+            1e-6,
+        );
+        assert_close(
+            &format!("{file}: block sparsities"),
+            &a.block_sparsity,
+            &floats(&owl["block_sparsity"]),
+            0.0,
+            1e-12,
+        );
+    }
     // Magnitude and Wanda masks are bit-identical to the reference. The variant's cumulative-sum
     // threshold and the OBS-updated methods are float-order sensitive (the reference itself moves
     // a few mask bits when run with 2 threads instead of 1), so they are compared with tolerances:
@@ -173,6 +221,67 @@ golden_cases! {
     ablate_wanda_seq => "llama-tiny_ablate_wanda_seq_unstructured",
     ablate_wanda_iter => "llama-tiny_ablate_wanda_iter_unstructured",
     ablate_wanda_iter_2_4 => "llama-tiny_ablate_wanda_iter_2_4",
+    wanda_owl_m5_lambda_008 => "llama-tiny_wanda_owl_m5_l0.08",
+    wanda_owl_m3_lambda_02 => "llama-tiny_wanda_owl_m3_l0.2",
+    magnitude_owl_m5_lambda_008 => "llama-tiny_magnitude_owl_m5_l0.08",
+    magnitude_owl_m3_lambda_02 => "llama-tiny_magnitude_owl_m3_l0.2",
+}
+
+/// llama-tiny pruned with Wanda at 70% under `allocation`, with the OWL goldens' calibration.
+fn wanda_70(allocation: &Allocation) -> (Vec<(String, String)>, repro::prune::PruneReport) {
+    let mut loaded = model::load(
+        &hub(),
+        &fixture_model("llama-tiny"),
+        Device::Cpu,
+        Kind::Float,
+        Streaming::Off,
+    )
+    .unwrap();
+    let (_, windows) = CalibSource::parse("c4:c4-format-sample")
+        .windows(&hub(), &loaded.tokenizer, 16, 128, 0)
+        .unwrap();
+    let calib = Tensor::from_slice(&windows.concat()).view([16, 128]);
+    let _g = tch::no_grad_guard();
+    let method = Method::parse(MethodChoice::named("wanda"), Pattern::Unstructured).unwrap();
+    let report = prune_model(
+        loaded.model.as_mut(),
+        &method,
+        0.7,
+        Pattern::Unstructured,
+        allocation,
+        Some(&calib),
+        4,
+    )
+    .unwrap();
+    let prefix = loaded.model.info().block_prefix;
+    let mut masks = Vec::new();
+    for b in 0..loaded.model.stack().n_blocks() {
+        for (name, linear) in loaded.model.stack().block(b).unwrap().linears() {
+            masks.push((format!("{prefix}{b}.{name}"), mask_sha256(&linear.weight)));
+        }
+    }
+    (masks, report)
+}
+
+/// The per-block sparsities OWL chose, given as a list, prune to OWL's very masks; and OWL with
+/// lambda 0 spreads nothing, so it is uniform Wanda.
+#[test]
+fn owl_ratios_as_a_list_and_owl_at_lambda_zero() {
+    let g = golden(&goldens().join("llama-tiny_wanda_owl_m5_l0.08.json"));
+    let (listed, report) = wanda_70(&Allocation::Blocks(floats(&g["owl"]["block_sparsity"])));
+    for (name, mask) in &listed {
+        assert_eq!(
+            mask,
+            g["layers"][name]["mask_sha256"].as_str().unwrap(),
+            "a list of OWL's ratios: {name}"
+        );
+    }
+    assert!(report.allocation.unwrap().outlier_ratios.is_none());
+    let (uniform, _) = wanda_70(&Allocation::Uniform);
+    let (flat_owl, report) = wanda_70(&Allocation::Owl { m: 5.0, lambda: 0.0 });
+    assert_eq!(flat_owl, uniform, "OWL with lambda 0");
+    assert!(report.allocation.unwrap().block_sparsity.iter().all(|s| *s == 0.7));
+    assert_ne!(uniform, listed);
 }
 
 /// The paper's calibration protocol (128 windows of max_position_embeddings) for seeds 0 and 1,
@@ -200,9 +309,23 @@ fn pruning_is_deterministic() {
         let (_, w) = CalibSource::parse("c4:c4-format-sample").windows(&hub(), &l.tokenizer, 8, 64, 3).unwrap();
         let calib = Tensor::from_slice(&w.concat()).view([8, 64]);
         let _g = tch::no_grad_guard();
-        let method = Method::parse("sparsegpt", None, false, Pattern::Unstructured).unwrap();
-        prune_model(l.model.as_mut(), &method, 0.6, Pattern::Unstructured, Some(&calib), 3).unwrap();
-        l.model.stack().tensors().iter().map(|(n, t)| (n.clone(), t.copy())).collect::<std::collections::BTreeMap<_, _>>()
+        let method = Method::parse(MethodChoice::named("sparsegpt"), Pattern::Unstructured).unwrap();
+        prune_model(
+            l.model.as_mut(),
+            &method,
+            0.6,
+            Pattern::Unstructured,
+            &Allocation::Uniform,
+            Some(&calib),
+            3,
+        )
+        .unwrap();
+        l.model
+            .stack()
+            .tensors()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.copy()))
+            .collect::<std::collections::BTreeMap<_, _>>()
     };
     let (a, b) = (run(), run());
     assert_eq!(a.len(), b.len());

@@ -210,3 +210,48 @@ fn report_refuses_a_directory_without_a_sweep() {
     let e = format!("{:#}", report(tmp.path()).unwrap_err());
     assert!(e.contains("no sweep.json"), "{e}");
 }
+
+/// Metric options and expression parameters get a column each (a built-in's default where left
+/// out), and so do the expression and the allocation.
+#[test]
+fn options_expressions_and_allocations_are_columns() {
+    let cfg = SweepConfig::parse(
+        "name: t\noutput: o\nmodels: [m]\nmethods: [ria, {name: ria, params: {a: 0.25}}, {name: act, metric: \"abs(W) * X^b\", params: {b: 2}}, {name: wanda, allocation: owl}]\nevaluation: {ppl: [wikitext2]}\n",
+        Path::new("t.yaml"),
+    )
+    .unwrap();
+    let records: Vec<Record> = cfg
+        .expand()
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            record(
+                format!("{i:016x}"),
+                r.label,
+                r.method_label,
+                r.spec,
+                json!({"ppl": {"wikitext2": 10.0}}),
+            )
+        })
+        .collect();
+    let df = repro::report::frame::frame(&records).unwrap();
+    let floats = |c: &str| {
+        let col = df.column(c).unwrap().f64().unwrap().clone();
+        (0..df.height()).map(|i| col.get(i)).collect::<Vec<_>>()
+    };
+    let texts = |c: &str| {
+        let col = df.column(c).unwrap().str().unwrap().clone();
+        (0..df.height())
+            .map(|i| col.get(i).map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(floats("param_a"), [Some(0.5), Some(0.25), None, None]);
+    assert_eq!(floats("param_b"), [None, None, Some(2.0), None]);
+    assert_eq!(texts("metric"), [None, None, Some("abs(W) * X^b".into()), None]);
+    assert_eq!(
+        texts("allocation"),
+        ["uniform", "uniform", "uniform", "owl"].map(|s| Some(s.to_string()))
+    );
+    assert_eq!(floats("owl_lambda"), [None, None, None, Some(0.08)]);
+}

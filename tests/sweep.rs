@@ -111,6 +111,147 @@ fn grid_expands_to_the_cross_product_with_shared_baselines() {
     assert_eq!(runs.len(), 7 - 1 + 4);
 }
 
+/// Run ids of existing methods were fixed before metric options and expressions existed; the
+/// ids below were computed from the earlier settings layout (Python: sha256 of the sorted,
+/// compact JSON of settings, model and data identities) and must not move.
+#[test]
+fn run_ids_of_existing_methods_are_pinned() {
+    let text = "name: t\noutput: o\nmodels: [llama-tiny]\nmethods: [wanda, ria, {name: ria, params: {a: 0.5}}, {name: ria, params: {a: 0.25}}]\nevaluation: {ppl: [wikitext2]}\n";
+    let runs = parse(text).unwrap().expand().unwrap();
+    let model = serde_json::json!({"id": "llama-tiny", "sha256": "00"});
+    let data = std::collections::BTreeMap::from([(
+        "wikitext2".to_string(),
+        serde_json::json!({"id": "wikitext", "revision": "abc"}),
+    )]);
+    let ids: Vec<String> = runs
+        .iter()
+        .map(|r| repro::sweep::identity::run_id(&r.spec, &model, &data))
+        .collect();
+    // RIA's explicit default `a` is the same run as the implicit one, so it is planned once.
+    assert_eq!(runs.len(), 3, "{:?}", runs.iter().map(|r| &r.label).collect::<Vec<_>>());
+    assert_eq!(ids[0], "3b38e2859eef3444", "wanda");
+    assert_eq!(ids[1], "a2ce51a4ce71c14d", "ria");
+    assert_ne!(ids[2], ids[1], "ria a=0.25");
+}
+
+#[test]
+fn expression_metrics_sweep_their_parameters() {
+    let methods = "[{name: act_pow, metric: \"abs(W) * X^a\", params: {a: [0.5, 1.0]}}, {name: ria, params: {a: [0.25, 0.5]}}, {name: mag, metric: \"abs(W)\", group: per-layer}]";
+    let cfg = parse(
+        &BASE
+            .replace("[dense, magnitude, wanda, sparsegpt]", methods)
+            .replace("[unstructured, \"2:4\"]", "[unstructured]"),
+    )
+    .unwrap();
+    let runs = cfg.expand().unwrap();
+    let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "MODEL act_pow a=0.5 unstructured 0.5 n8 seed0",
+            "MODEL act_pow a=1 unstructured 0.5 n8 seed0",
+            "MODEL ria a=0.25 unstructured 0.5 n8 seed0",
+            "MODEL ria a=0.5 unstructured 0.5 n8 seed0",
+            "MODEL mag (per-layer) unstructured 0.5",
+        ]
+    );
+    let p = runs[1].spec.prune.as_ref().unwrap();
+    assert_eq!(
+        (p.metric.as_deref(), p.params.get("a")),
+        (Some("abs(W) * X^a"), Some(&1.0))
+    );
+    // A data-free expression is normalised like magnitude: no calibration settings.
+    assert_eq!(runs[4].spec.prune.as_ref().unwrap().nsamples, 0);
+    // `where:` selects on parameters, a built-in's default included.
+    let pick = |yaml: &str| {
+        let s: repro::config::Selector = serde_yaml::from_str(yaml).unwrap();
+        runs.iter()
+            .filter(|r| s.matches(&r.spec, &r.method_label))
+            .map(|r| r.label.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pick("{params: {a: 0.5}}"), [labels[0], labels[3]]);
+    assert_eq!(pick("{method: ria, params: {a: 0.5}}"), [labels[3]]);
+    assert_eq!(pick("{method: act_pow}").len(), 2);
+
+    for (methods, msg) in [
+        (
+            "[{name: wanda, metric: \"abs(W)\"}]",
+            "`wanda` is a built-in method; give the expression a name of its own",
+        ),
+        ("[{name: m, metric: \"abs(W * ^ X)\"}]", "column 9"),
+        (
+            "[{name: m, metric: \"abs(W) * X^b\", params: {a: 1}}]",
+            "unknown name `b`",
+        ),
+        (
+            "[{name: m, metric: \"abs(W) * X^a\", params: {a: []}}]",
+            "`params.a` is an empty list",
+        ),
+        (
+            "[{name: sparsegpt, params: {a: 1}}]",
+            "method `sparsegpt` takes no options",
+        ),
+        ("[{name: ria, params: {b: 1}}]", "metric `ria` has no option `b`"),
+    ] {
+        let e = err(&BASE.replace("[dense, magnitude, wanda, sparsegpt]", methods));
+        assert!(e.contains("configs/t.yaml:4:") && e.contains(msg), "{methods}: {e}");
+    }
+    let e = err(&BASE.replace(
+        "[dense, magnitude, wanda, sparsegpt]",
+        "[{name: m, metric: \"abs(W)\"}, {name: m, metric: \"abs(W) * X\"}]",
+    ));
+    assert!(
+        e.contains("configs/t.yaml: `methods` name `m` twice for different metrics"),
+        "{e}"
+    );
+}
+
+#[test]
+fn allocations_sweep_and_select() {
+    let text = BASE
+        .replace("[dense, magnitude, wanda, sparsegpt]", "[wanda, {name: wanda, allocation: {owl: {lambda: 0.1}}, label: wanda+owl}, {name: magnitude, allocation: [0.4, 0.6]}]")
+        .replace("sparsities: [0.5]", "sparsities: [0.5, 0.7]\nallocations: [uniform, owl]");
+    let runs = parse(&text).unwrap().expand().unwrap();
+    let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "MODEL wanda unstructured 0.5 n8 seed0",
+            "MODEL wanda unstructured 0.7 n8 seed0",
+            "MODEL wanda owl unstructured 0.5 n8 seed0",
+            "MODEL wanda owl unstructured 0.7 n8 seed0",
+            "MODEL wanda 2:4 0.5 n8 seed0",
+            "MODEL wanda+owl unstructured 0.5 n8 seed0",
+            "MODEL wanda+owl unstructured 0.7 n8 seed0",
+            // A per-block list fixes the sparsity at its mean.
+            "MODEL magnitude per-block unstructured 0.5",
+        ],
+        "N:M runs uniform only"
+    );
+    let pick = |yaml: &str| {
+        let s: repro::config::Selector = serde_yaml::from_str(yaml).unwrap();
+        runs.iter().filter(|r| s.matches(&r.spec, &r.method_label)).count()
+    };
+    assert_eq!(pick("{allocation: owl}"), 2);
+    assert_eq!(pick("{allocation: {owl: {lambda: 0.1}}}"), 2);
+    assert_eq!(pick("{allocation: uniform}"), 3);
+    assert_eq!(pick("{method: wanda+owl, sparsity: 0.7}"), 1);
+    let e = err(&BASE.replace(
+        "[dense, magnitude, wanda, sparsegpt]",
+        "[{name: wanda, allocation: [0.5, 1.5]}]",
+    ));
+    assert!(
+        e.contains("configs/t.yaml:4:") && e.contains("per-block sparsity 1.5 must be in [0, 1)"),
+        "{e}"
+    );
+    let e = err(&format!("{BASE}allocations: [owl, sideways]\n"));
+    assert!(
+        e.contains("configs/t.yaml") && e.contains("allocation `sideways`"),
+        "{e}"
+    );
+}
+
 /// A sweep over a private copy of llama-tiny-random, so its files can be changed.
 struct Sandbox {
     _tmp: tempfile::TempDir,
@@ -369,11 +510,30 @@ fn records_are_checked_and_never_replaced_by_failures() {
     assert_eq!(statuses(&after), statuses(&before));
     assert!(statuses(&after).iter().all(|s| s == "ok"));
 
-    // A record whose id or schema is not what its file name claims is redone, with a warning.
+    // A record of the previous layout (schema 1) is read as it is.
     let path = &records(&sb.out)[0];
-    std::fs::write(path, std::fs::read_to_string(path).unwrap().replacen("\"schema\": 1", "\"schema\": 99", 1)).unwrap();
+    std::fs::write(
+        path,
+        std::fs::read_to_string(path)
+            .unwrap()
+            .replacen("\"schema\": 2", "\"schema\": 1", 1),
+    )
+    .unwrap();
     let (ok, text) = run(tmp.to_str().unwrap(), &[]);
-    assert!(ok && text.contains("2 runs, 1 cached, 1 to run") && text.contains("not schema 1"), "{text}");
+    assert!(ok && text.contains("2 runs, 2 cached, 0 to run"), "{text}");
+    // A record whose id or schema is not what its file name claims is redone, with a warning.
+    std::fs::write(
+        path,
+        std::fs::read_to_string(path)
+            .unwrap()
+            .replacen("\"schema\": 1", "\"schema\": 99", 1),
+    )
+    .unwrap();
+    let (ok, text) = run(tmp.to_str().unwrap(), &[]);
+    assert!(
+        ok && text.contains("2 runs, 1 cached, 1 to run") && text.contains("not schema 1 or 2"),
+        "{text}"
+    );
 
     // Another sweep pointed at this output would hide these records from its report: refused.
     let other = sb.write("o.yaml", &BASE.replace("name: t", "name: other").replace("[dense, magnitude, wanda, sparsegpt]", "[dense]"));
@@ -398,6 +558,7 @@ fn paper_configs_expand_to_the_papers_grids() {
         ("table9_10_12", 42),
         ("table17", 136),
         ("table18_19", 49),
+        ("metrics", 29),
     ];
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {

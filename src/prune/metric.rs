@@ -1,36 +1,124 @@
-//! Pruning metrics: a score per weight, lower = pruned first. A new metric is one small type
-//! implementing [`Metric`] plus one line in [`registry`].
+//! Pruning metrics: a score per weight, lower = pruned first. A new built-in metric is one small
+//! type implementing [`Metric`] plus one [`Builtin`] line in [`BUILTINS`]; a metric written as a
+//! formula needs no Rust at all (see [`super::expr`]).
 
 use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use tch::Tensor;
 
 use super::mask::Group;
-use super::stats::{InputNorms, LayerStats};
+use super::stats::{InputNorms, LayerStats, Needs};
 
-pub trait Metric: Sync {
-    fn name(&self) -> &'static str;
-    /// Whether the score reads calibration statistics (otherwise no forward passes are needed).
-    fn needs_calibration(&self) -> bool;
-    /// Whether it reads the Hessian of the layer's inputs rather than (only) their norms; the
-    /// Hessian costs a (cols x cols) matrix per layer, so it is collected only when asked for.
-    fn needs_hessian(&self) -> bool {
-        false
-    }
+/// Named numeric options of a metric (RIA's `a`) or parameters of an expression, by name.
+pub type Params = BTreeMap<String, f64>;
+
+pub trait Metric: Send + Sync {
+    fn name(&self) -> &str;
+    /// The calibration statistics the score reads (none: no forward passes are needed).
+    fn needs(&self) -> Needs;
     /// The comparison group the metric's paper uses.
     fn default_group(&self) -> Group;
     /// Score of every weight of `w` (out, in) given the layer's input statistics.
     fn score(&self, w: &Tensor, stats: &LayerStats) -> Result<Tensor>;
 }
 
+/// A numeric option of a built-in metric, with the default its paper uses.
+pub struct MetricOption {
+    pub name: &'static str,
+    pub default: f64,
+    pub help: &'static str,
+}
+
+/// A built-in metric: its name, its options, and how to make it from their values.
+pub struct Builtin {
+    pub name: &'static str,
+    pub options: &'static [MetricOption],
+    pub build: fn(&Params) -> Arc<dyn Metric>,
+}
+
+/// Every built-in metric, by the name used on the command line and in configs.
+pub static BUILTINS: [Builtin; 4] = [
+    Builtin {
+        name: "magnitude",
+        options: &[],
+        build: |_| Arc::new(Magnitude),
+    },
+    Builtin {
+        name: "wanda",
+        options: &[],
+        build: |_| Arc::new(Wanda),
+    },
+    Builtin {
+        name: "ria",
+        options: &super::ria::OPTIONS,
+        build: super::ria::Ria::build,
+    },
+    Builtin {
+        name: "sparsegpt_metric",
+        options: &[],
+        build: |_| Arc::new(super::sparsegpt::SparseGptMetric),
+    },
+];
+
+impl Builtin {
+    pub fn find(name: &str) -> Option<&'static Builtin> {
+        BUILTINS.iter().find(|b| b.name == name)
+    }
+
+    /// The metric with `params` (unknown names refused, the others at their defaults).
+    pub fn with_params(&self, params: &Params) -> Result<Arc<dyn Metric>> {
+        if let Some(unknown) = params
+            .keys()
+            .find(|k| !self.options.iter().any(|o| o.name == k.as_str()))
+        {
+            let allowed: Vec<String> = self
+                .options
+                .iter()
+                .map(|o| format!("{} (default {}: {})", o.name, o.default, o.help))
+                .collect();
+            let allowed = if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(", ")
+            };
+            bail!(
+                "metric `{}` has no option `{unknown}`; its options: {allowed}",
+                self.name
+            );
+        }
+        let mut full = params.clone();
+        for o in self.options {
+            full.entry(o.name.to_string()).or_insert(o.default);
+        }
+        Ok((self.build)(&full))
+    }
+
+    /// `params` without the options at their defaults, so that naming a default does not make a
+    /// different run.
+    pub fn normalise(&self, params: &Params) -> Params {
+        let default = |k: &str| self.options.iter().find(|o| o.name == k).map(|o| o.default);
+        params
+            .iter()
+            .filter(|(k, v)| default(k) != Some(**v))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
+pub fn builtin_names() -> Vec<&'static str> {
+    BUILTINS.iter().map(|b| b.name).collect()
+}
+
 /// |W|: the classic baseline, one threshold per layer.
 pub struct Magnitude;
 
 impl Metric for Magnitude {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "magnitude"
     }
-    fn needs_calibration(&self) -> bool {
-        false
+    fn needs(&self) -> Needs {
+        Needs::NONE
     }
     fn default_group(&self) -> Group {
         Group::PerLayer
@@ -44,11 +132,11 @@ impl Metric for Magnitude {
 pub struct Wanda;
 
 impl Metric for Wanda {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "wanda"
     }
-    fn needs_calibration(&self) -> bool {
-        true
+    fn needs(&self) -> Needs {
+        Needs::NORMS
     }
     fn default_group(&self) -> Group {
         Group::PerOutput
@@ -69,20 +157,5 @@ pub(crate) fn hessian<'a>(stats: &LayerStats<'a>, metric: &str) -> Result<&'a Te
     match stats.hessian {
         Some(h) => Ok(h),
         None => bail!("metric `{metric}` needs the input Hessian but none was collected"),
-    }
-}
-
-/// Every metric repro knows, by the name used on the command line and in configs.
-pub fn registry() -> Vec<&'static dyn Metric> {
-    vec![&Magnitude, &Wanda, &super::ria::Ria, &super::sparsegpt::SparseGptMetric]
-}
-
-pub fn by_name(name: &str) -> Result<&'static dyn Metric> {
-    match registry().into_iter().find(|m| m.name() == name) {
-        Some(m) => Ok(m),
-        None => {
-            let names: Vec<_> = registry().iter().map(|m| m.name()).collect();
-            bail!("unknown pruning metric `{name}` (known: {})", names.join(", "))
-        }
     }
 }

@@ -3,6 +3,8 @@
 //! while collecting each linear layer's input statistics, prune all its linear layers, and run
 //! the pruned block to produce the next block's inputs.
 
+pub mod allocation;
+pub mod expr;
 pub mod mask;
 pub mod metric;
 pub mod ria;
@@ -13,56 +15,134 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::weights::all_finite;
 use crate::model::{BlockCtx, CausalLm, DecoderBlock, Linear};
+use allocation::Allocation;
 use mask::{Group, Pattern, VARIANT_TOLERANCE};
-use metric::Metric;
+use metric::{Metric, Params};
 use sparsegpt::MaskRule;
-use stats::{Hessian, InputNorms, LayerStats};
+use stats::{Hessian, InputNorms, LayerStats, Needs};
 
 /// What to prune and how.
 pub enum Method {
     /// Score with a metric, then zero the lowest scores within each comparison group.
-    Metric { metric: &'static dyn Metric, group: Group, variant: bool },
+    Metric {
+        metric: Arc<dyn Metric>,
+        group: Group,
+        variant: bool,
+    },
     /// SparseGPT's own mask and OBS weight update.
     SparseGpt,
     /// Table 8: a magnitude/Wanda mask with SparseGPT's weight update, the mask fixed up front
     /// (`seq`) or re-chosen per block on the updated weights (`iter`).
-    Ablate { metric: &'static dyn Metric, iterative: bool },
+    Ablate { metric: Arc<dyn Metric>, iterative: bool },
+}
+
+pub const SPARSEGPT: &str = "sparsegpt";
+
+/// Table 8's ablations: name, the metric choosing the mask, whether it is re-chosen per block.
+const ABLATIONS: [(&str, &str, bool); 4] = [
+    ("ablate_mag_seq", "magnitude", false),
+    ("ablate_mag_iter", "magnitude", true),
+    ("ablate_wanda_seq", "wanda", false),
+    ("ablate_wanda_iter", "wanda", true),
+];
+
+/// Every method name `--method` and a config's `methods` accept, built-in metrics first.
+pub fn method_names() -> Vec<&'static str> {
+    let mut names = metric::builtin_names();
+    names.push(SPARSEGPT);
+    names.extend(ABLATIONS.iter().map(|a| a.0));
+    names
+}
+
+/// A method as the command line or a config names it: a built-in name, or a metric expression
+/// under a name of the user's choosing.
+#[derive(Clone, Copy, Debug)]
+pub struct MethodChoice<'a> {
+    pub name: &'a str,
+    /// The metric expression, when the method is one.
+    pub expression: Option<&'a str>,
+    /// A built-in metric's options, or an expression's parameters.
+    pub params: &'a Params,
+    pub group: Option<Group>,
+    pub variant: bool,
+}
+
+static NO_PARAMS: Params = Params::new();
+
+impl<'a> MethodChoice<'a> {
+    /// A method by name alone, with its defaults.
+    pub fn named(name: &'a str) -> MethodChoice<'a> {
+        MethodChoice {
+            name,
+            expression: None,
+            params: &NO_PARAMS,
+            group: None,
+            variant: false,
+        }
+    }
 }
 
 impl Method {
-    /// `magnitude`, `wanda`, `ria`, `sparsegpt_metric`, `sparsegpt`, `ablate_{mag,wanda}_{seq,iter}`.
-    pub fn parse(name: &str, group: Option<Group>, variant: bool, pattern: Pattern) -> Result<Method> {
-        let method = match name {
-            "sparsegpt" => Method::SparseGpt,
-            _ if name.starts_with("ablate_") => {
-                let (metric, mode) = match name {
-                    "ablate_mag_seq" => ("magnitude", false),
-                    "ablate_mag_iter" => ("magnitude", true),
-                    "ablate_wanda_seq" => ("wanda", false),
-                    "ablate_wanda_iter" => ("wanda", true),
-                    _ => bail!("unknown method `{name}` (ablations: ablate_mag_seq, ablate_mag_iter, ablate_wanda_seq, ablate_wanda_iter)"),
-                };
-                Method::Ablate { metric: metric::by_name(metric)?, iterative: mode }
+    /// Parses and cross-checks a method and its options against the pattern, loading nothing.
+    pub fn parse(choice: MethodChoice, pattern: Pattern) -> Result<Method> {
+        let MethodChoice {
+            name,
+            expression,
+            params,
+            group,
+            variant,
+        } = choice;
+        let method = match (expression, metric::Builtin::find(name)) {
+            (Some(text), _) => {
+                let metric = expr::ExpressionMetric::new(name, expr::Expression::parse(text, params)?);
+                Method::Metric {
+                    group: group.unwrap_or(metric.default_group()),
+                    metric,
+                    variant,
+                }
             }
-            _ => {
-                let metric = metric::by_name(name).map_err(|_| {
-                    let metrics: Vec<&str> = metric::registry().iter().map(|m| m.name()).collect();
-                    anyhow::anyhow!(
-                        "unknown method `{name}` (known: {}, sparsegpt, ablate_mag_seq, ablate_mag_iter, ablate_wanda_seq, ablate_wanda_iter)",
-                        metrics.join(", ")
-                    )
-                })?;
-                Method::Metric { metric, group: group.unwrap_or(metric.default_group()), variant }
+            (None, Some(builtin)) => {
+                let metric = builtin.with_params(params)?;
+                Method::Metric {
+                    group: group.unwrap_or(metric.default_group()),
+                    metric,
+                    variant,
+                }
+            }
+            (None, None) => {
+                if !params.is_empty() {
+                    bail!(
+                        "method `{name}` takes no options (--param, `params:`); only metrics do: {}",
+                        metric::builtin_names().join(", ")
+                    );
+                }
+                match ABLATIONS.iter().find(|a| a.0 == name) {
+                    _ if name == SPARSEGPT => Method::SparseGpt,
+                    Some(&(_, metric, iterative)) => {
+                        let metric = metric::Builtin::find(metric)
+                            .expect("ablations use built-in metrics")
+                            .with_params(&Params::new())?;
+                        Method::Ablate { metric, iterative }
+                    }
+                    None => bail!(
+                        "unknown method `{name}` (known: {}; or a metric expression: --metric \"abs(W) * X\")",
+                        method_names().join(", ")
+                    ),
+                }
             }
         };
         let is_metric = matches!(method, Method::Metric { .. });
         if group.is_some() && !is_metric {
-            bail!("--group applies to metric methods (magnitude, wanda, ria, sparsegpt_metric), not `{name}`");
+            bail!(
+                "--group applies to metric methods ({} or an expression), not `{name}`",
+                metric::builtin_names().join(", ")
+            );
         }
         if variant && !matches!(method, Method::Metric { group: Group::PerOutput, .. }) {
             bail!("--use-variant needs a metric method with the per-output group (it is the Wanda variant)");
@@ -78,31 +158,29 @@ impl Method {
         Ok(method)
     }
 
+    /// What the method reads about each layer's calibration inputs.
+    pub fn needs(&self) -> Needs {
+        match self {
+            Method::Metric { metric, .. } => metric.needs(),
+            // The ablations choose the mask from norms and update with the Hessian.
+            Method::Ablate { metric, .. } => Needs {
+                hessian: true,
+                ..metric.needs()
+            },
+            Method::SparseGpt => Needs::HESSIAN,
+        }
+    }
+
     pub fn needs_calibration(&self) -> bool {
-        match self {
-            Method::Metric { metric, .. } => metric.needs_calibration(),
-            _ => true,
-        }
-    }
-
-    fn needs_hessian(&self) -> bool {
-        match self {
-            Method::Metric { metric, .. } => metric.needs_hessian(),
-            _ => true,
-        }
-    }
-
-    fn needs_norms(&self) -> bool {
-        match self {
-            Method::Metric { metric, .. } | Method::Ablate { metric, .. } => metric.needs_calibration(),
-            Method::SparseGpt => false,
-        }
+        self.needs().any()
     }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerSparsity {
     pub name: String,
+    /// The sparsity asked of this layer: the run's, or its block's under a non-uniform allocation.
+    pub target: f64,
     pub zeros: i64,
     pub numel: i64,
     pub sparsity: f64,
@@ -121,23 +199,41 @@ pub struct PruneReport {
     pub sparsity_actual: f64,
     /// Metric + mask + weight update only, without forward passes (as the paper times it).
     pub prune_seconds: f64,
-    /// Calibration forward passes (capture, statistics, pruned outputs).
+    /// Calibration forward passes (capture, statistics, pruned outputs, OWL's dense pass).
     pub forward_seconds: f64,
+    /// The per-block sparsities of a non-uniform allocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<AllocationReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocationReport {
+    /// OWL's per-block outlier ratios (% of Wanda scores above M times their block's mean).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_ratios: Option<Vec<f64>>,
+    /// The sparsity each block was pruned to.
+    pub block_sparsity: Vec<f64>,
 }
 
 impl PruneReport {
     fn new(layers: Vec<LayerSparsity>, prune_seconds: f64, forward_seconds: f64) -> Self {
         let (zeros, numel) = layers.iter().fold((0, 0), |(z, n), l| (z + l.zeros, n + l.numel));
-        PruneReport { sparsity_actual: zeros as f64 / numel.max(1) as f64, layers, prune_seconds, forward_seconds }
+        PruneReport {
+            sparsity_actual: zeros as f64 / numel.max(1) as f64,
+            layers,
+            prune_seconds,
+            forward_seconds,
+            allocation: None,
+        }
     }
 
-    /// Names the layers whose sparsity is further from `target` than the method explains, and
+    /// Names the layers whose sparsity is further from their target than the method explains, and
     /// why that can be. Rounding explains up to one weight per comparison group (int(n·s) per
     /// row, one more at a magnitude threshold); the variant's alpha search stops within its
     /// tolerance. Beyond that: weights that were zero already, inputs SparseGPT found dead, ties.
-    pub fn sparsity_warning(&self, target: f64) -> Option<String> {
-        let off = |l: &LayerSparsity| (l.sparsity - target).abs() - l.alpha.map_or(l.rounding, |_| VARIANT_TOLERANCE);
-        let missed: Vec<&LayerSparsity> = self.layers.iter().filter(|l| target > 0.0 && off(l) > 0.0).collect();
+    pub fn sparsity_warning(&self) -> Option<String> {
+        let off = |l: &LayerSparsity| (l.sparsity - l.target).abs() - l.alpha.map_or(l.rounding, |_| VARIANT_TOLERANCE);
+        let missed: Vec<&LayerSparsity> = self.layers.iter().filter(|l| l.target > 0.0 && off(l) > 0.0).collect();
         let furthest = missed.iter().max_by(|a, b| off(a).total_cmp(&off(b)))?;
         let why = match furthest.alpha {
             Some(a) if a >= 0.799 => format!("--use-variant's alpha search stopped at the top of its bracket [0, 0.8] (alpha {a:.4}), as the official one does"),
@@ -145,11 +241,12 @@ impl PruneReport {
             None => "more than rounding explains: weights that were zero already (a pruned checkpoint?), inputs SparseGPT found dead, or ties".into(),
         };
         Some(format!(
-            "{} of {} layers ended away from sparsity {target} (furthest: {} at {:.4}): {why}; overall sparsity {:.4} is what the results show",
+            "{} of {} layers ended away from their target sparsity (furthest: {} at {:.4}, asked {}): {why}; overall sparsity {:.4} is what the results show",
             missed.len(),
             self.layers.len(),
             furthest.name,
             furthest.sparsity,
+            furthest.target,
             self.sparsity_actual
         ))
     }
@@ -161,17 +258,21 @@ fn sync(device: Device) {
     }
 }
 
-/// Prunes every linear layer of every block in place. `calib` is (nsamples, seqlen) token ids,
-/// needed unless the method is data-free. `batch_size` samples go through a block at once.
+/// Prunes every linear layer of every block in place, each block at the sparsity `allocation`
+/// gives it (`sparsity` for all, uniformly). `calib` is (nsamples, seqlen) token ids, needed
+/// unless the method is data-free and the allocation not OWL. `batch_size` samples go through a
+/// block at once.
 pub fn prune_model(
     model: &mut dyn CausalLm,
     method: &Method,
     sparsity: f64,
     pattern: Pattern,
+    allocation: &Allocation,
     calib: Option<&Tensor>,
     batch_size: usize,
 ) -> Result<PruneReport> {
     pattern.check_sparsity(sparsity)?;
+    allocation.check_pattern(pattern)?;
     if let Pattern::NM { m, .. } = pattern {
         // Every block has the same shapes: check block 0's layers before any work.
         for (name, linear) in model.stack().block(0)?.linears() {
@@ -185,17 +286,41 @@ pub fn prune_model(
     let device = model.device();
     let n_blocks = model.stack().n_blocks();
     let block_prefix = model.info().block_prefix;
+    let batch_size = batch_size.max(1);
     if sparsity == 0.0 {
         // The official main.py prunes only `if args.sparsity_ratio != 0`: the model stays as it is
         // (SparseGPT would otherwise still update weights, and thresholds prune ties).
         let mut layers = Vec::new();
         for b in 0..n_blocks {
-            layers.extend(block_sparsity(&format!("{block_prefix}{b}"), &*model.stack().block(b)?, &HashMap::new()));
+            layers.extend(block_sparsity(
+                &format!("{block_prefix}{b}"),
+                &*model.stack().block(b)?,
+                &HashMap::new(),
+                0.0,
+            ));
         }
         return Ok(PruneReport::new(layers, 0.0, 0.0));
     }
     let mut prune_seconds = 0.0;
     let mut forward_seconds = 0.0;
+    let (targets, outlier_ratios) = match allocation {
+        Allocation::Uniform => (vec![sparsity; n_blocks], None),
+        Allocation::Blocks(list) => {
+            ensure!(
+                list.len() == n_blocks,
+                "the allocation lists {} per-block sparsities, but the model has {n_blocks} blocks; give one per block",
+                list.len()
+            );
+            (list.clone(), None)
+        }
+        Allocation::Owl { m, lambda } => {
+            let ids = calib.context("OWL needs calibration data for its outlier ratios")?;
+            let t = Instant::now();
+            let ratios = owl_outlier_ratios(model, ids, batch_size, *m)?;
+            forward_seconds += t.elapsed().as_secs_f64();
+            (allocation::owl_sparsities(&ratios, *lambda, sparsity)?, Some(ratios))
+        }
+    };
     let mut layers = Vec::new();
     let bar = crate::progress::bar(n_blocks as u64, "pruning");
 
@@ -203,48 +328,42 @@ pub fn prune_model(
         (false, _) => None,
         (true, Some(ids)) => {
             let t = Instant::now();
-            let a = Activations::capture(model, ids, batch_size.max(1));
+            let a = Activations::capture(model, ids, batch_size);
             forward_seconds += t.elapsed().as_secs_f64();
             Some(a)
         }
         (true, None) => bail!("this method needs calibration data"),
     };
 
-    for b in 0..n_blocks {
+    for (b, &target) in targets.iter().enumerate() {
         let block_name = format!("{block_prefix}{b}");
         let mut block = model.stack_mut().take_block(b)?;
         let mut alphas = HashMap::new();
-        // Statistics per distinct input, under the first layer's name; `leader` maps every
-        // layer to the layer whose statistics it shares (q/k/v, gate/up see the same tensor).
-        let mut norms: HashMap<&str, InputNorms> = HashMap::new();
-        let mut hessians: HashMap<&str, Hessian> = HashMap::new();
-        let mut leader: HashMap<&str, &str> = HashMap::new();
+        let mut stats = BlockStats::default();
         if let Some(a) = &acts {
             bar.set_message(format!("block {b}: calibration statistics"));
             let t = Instant::now();
-            a.observe(block.as_ref(), &mut |names, x| {
-                let key = names[0];
-                leader.extend(names.iter().map(|n| (*n, key)));
-                let cols = x.size()[2];
-                if method.needs_norms() {
-                    let ablation = matches!(method, Method::Ablate { .. });
-                    norms
-                        .entry(key)
-                        .or_insert_with(|| if ablation { InputNorms::for_ablation(cols, device) } else { InputNorms::new(cols, device) })
-                        .add_batch(x);
-                }
-                if method.needs_hessian() {
-                    hessians.entry(key).or_insert_with(|| Hessian::new(cols, device)).add_batch(x);
-                }
-            });
+            stats = BlockStats::collect(
+                a,
+                block.as_ref(),
+                method.needs(),
+                matches!(method, Method::Ablate { .. }),
+                device,
+            );
             forward_seconds += t.elapsed().as_secs_f64();
         }
+        let BlockStats {
+            norms,
+            hessians,
+            leader,
+        } = stats;
         let mut hessians = SharedHessians::new(hessians, &leader);
-        for (name, linear) in block.linears_mut() {
+        // A block given sparsity 0 stays as it is, as the whole model does at sparsity 0.
+        for (name, linear) in block.linears_mut().into_iter().filter(|_| target > 0.0) {
             bar.set_message(format!("block {b}: {name}"));
             let t = Instant::now();
             let key = leader.get(name).copied().unwrap_or(name);
-            let alpha = prune_layer(linear, method, sparsity, pattern, norms.get(key), hessians.take(key))
+            let alpha = prune_layer(linear, method, target, pattern, norms.get(key), hessians.take(key))
                 .with_context(|| format!("pruning {block_name}.{name}"))?;
             if let Some(alpha) = alpha {
                 alphas.insert(name, alpha);
@@ -259,12 +378,93 @@ pub fn prune_model(
             a.advance(block.as_ref());
             forward_seconds += t.elapsed().as_secs_f64();
         }
-        layers.extend(block_sparsity(&block_name, block.as_ref(), &alphas));
+        layers.extend(block_sparsity(&block_name, block.as_ref(), &alphas, target));
         model.stack_mut().put_back(b, block)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(PruneReport::new(layers, prune_seconds, forward_seconds))
+    let mut report = PruneReport::new(layers, prune_seconds, forward_seconds);
+    if !allocation.is_uniform() {
+        report.allocation = Some(AllocationReport {
+            outlier_ratios,
+            block_sparsity: targets,
+        });
+    }
+    Ok(report)
+}
+
+/// OWL's first pass: each block's outlier ratio from the Wanda scores of the dense model, the
+/// calibration samples running through the unpruned blocks (as the official code's pass that
+/// precedes its pruning pass).
+fn owl_outlier_ratios(model: &dyn CausalLm, ids: &Tensor, batch_size: usize, m: f64) -> Result<Vec<f64>> {
+    let n_blocks = model.stack().n_blocks();
+    let bar = crate::progress::bar(n_blocks as u64, "OWL outlier ratios");
+    let mut acts = Activations::capture(model, ids, batch_size);
+    let mut ratios = Vec::with_capacity(n_blocks);
+    for b in 0..n_blocks {
+        let block = model.stack().block(b)?;
+        let stats = BlockStats::collect(&acts, &*block, Needs::NORMS, false, model.device());
+        let mut scores = Vec::new();
+        for (name, linear) in block.linears() {
+            let norms = stats.norms.get(stats.leader.get(name).copied().unwrap_or(name));
+            scores.push(metric::Wanda.score(&linear.weight, &LayerStats { norms, hessian: None })?);
+        }
+        ratios.push(allocation::outlier_ratio(&scores, m));
+        if b + 1 < n_blocks {
+            acts.advance(&*block);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(ratios)
+}
+
+/// One block's calibration statistics per distinct input, under the first layer's name;
+/// `leader` maps every layer to the layer whose statistics it shares (q/k/v, gate/up see the
+/// same tensor).
+#[derive(Default)]
+struct BlockStats {
+    norms: HashMap<&'static str, InputNorms>,
+    hessians: HashMap<&'static str, Hessian>,
+    leader: HashMap<&'static str, &'static str>,
+}
+
+impl BlockStats {
+    fn collect(
+        acts: &Activations,
+        block: &dyn DecoderBlock,
+        needs: Needs,
+        ablation: bool,
+        device: Device,
+    ) -> BlockStats {
+        let mut stats = BlockStats::default();
+        acts.observe(block, &mut |names, x| {
+            let key = names[0];
+            stats.leader.extend(names.iter().map(|n| (*n, key)));
+            let cols = x.size()[2];
+            if needs.norms {
+                stats
+                    .norms
+                    .entry(key)
+                    .or_insert_with(|| {
+                        if ablation {
+                            InputNorms::for_ablation(cols, device)
+                        } else {
+                            InputNorms::new(cols, device)
+                        }
+                    })
+                    .add_batch(x);
+            }
+            if needs.hessian {
+                stats
+                    .hessians
+                    .entry(key)
+                    .or_insert_with(|| Hessian::new(cols, device))
+                    .add_batch(x);
+            }
+        });
+        stats
+    }
 }
 
 /// Finished Hessians, each shared by the layers that saw the same input: the last layer to ask
@@ -339,12 +539,18 @@ fn prune_layer(
         Method::SparseGpt | Method::Ablate { .. } => {
             let h = hessian.expect("every linear layer saw calibration inputs");
             let new = match method {
-                Method::Ablate { metric, iterative: false } => {
-                    let mask = ablation_mask(*metric, w, norms, sparsity, pattern)?;
+                Method::Ablate {
+                    metric,
+                    iterative: false,
+                } => {
+                    let mask = ablation_mask(metric.as_ref(), w, norms, sparsity, pattern)?;
                     sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Fixed(&mask))?
                 }
-                Method::Ablate { metric, iterative: true } => {
-                    let rescore = |wb: &Tensor, col: i64| rescore_block(*metric, wb, norms, col);
+                Method::Ablate {
+                    metric,
+                    iterative: true,
+                } => {
+                    let rescore = |wb: &Tensor, col: i64| rescore_block(metric.as_ref(), wb, norms, col);
                     sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Rescore(&rescore))?
                 }
                 _ => sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Saliency)?,
@@ -356,7 +562,12 @@ fn prune_layer(
 }
 
 /// Zeros per linear layer of one block, by hub name.
-pub fn block_sparsity(block_name: &str, block: &dyn DecoderBlock, alphas: &HashMap<&str, f64>) -> Vec<LayerSparsity> {
+pub fn block_sparsity(
+    block_name: &str,
+    block: &dyn DecoderBlock,
+    alphas: &HashMap<&str, f64>,
+    target: f64,
+) -> Vec<LayerSparsity> {
     block
         .linears()
         .into_iter()
@@ -367,6 +578,7 @@ pub fn block_sparsity(block_name: &str, block: &dyn DecoderBlock, alphas: &HashM
             LayerSparsity {
                 alpha: alphas.get(name).copied(),
                 name: format!("{block_name}.{name}"),
+                target,
                 zeros,
                 numel,
                 sparsity: zeros as f64 / numel as f64,

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use super::mask::{threshold_mask, Group, Pattern};
 use super::metric::{hessian, Metric};
-use super::stats::LayerStats;
+use super::stats::{LayerStats, Needs};
 
 pub const BLOCKSIZE: i64 = 128;
 pub const PERCDAMP: f64 = 0.01;
@@ -106,29 +106,36 @@ fn inverse_hessian_upper(h: Tensor, dead: &Tensor) -> Result<Tensor> {
         .map_err(|e| anyhow::anyhow!("Cholesky of the inverse Hessian failed ({}): {hint}", first_line(e)))
 }
 
+/// The diagonal of [`inverse_hessian_upper`] of a finished Hessian (left as it is): the `d` of
+/// SparseGPT's saliency w²/d².
+pub fn inverse_hessian_diagonal(h: &Tensor) -> Result<Tensor> {
+    let h = h.copy();
+    let dead = dead_inputs(&h);
+    Ok(inverse_hessian_upper(h, &dead)?.diagonal(0, 0, 1))
+}
+
 /// SparseGPT's saliency w²/[H⁻¹]²_jj used as a plain metric, with no weight update (the paper's
 /// Table 7 row). Its diagonal is that of the same factor `prune` uses, so on the first 128
 /// columns of a layer its (input, 128) mask equals SparseGPT's own.
 pub struct SparseGptMetric;
 
 impl Metric for SparseGptMetric {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "sparsegpt_metric"
     }
-    fn needs_calibration(&self) -> bool {
-        true
-    }
-    fn needs_hessian(&self) -> bool {
-        true
+    fn needs(&self) -> Needs {
+        Needs::HESSIAN
     }
     fn default_group(&self) -> Group {
         Group::InputBlocks
     }
     fn score(&self, w: &Tensor, stats: &LayerStats) -> Result<Tensor> {
-        let h = hessian(stats, self.name())?.copy();
-        let dead = dead_inputs(&h);
-        let d = inverse_hessian_upper(h, &dead)?.diagonal(0, 0, 1).reshape([1, -1]);
-        Ok(w.to_kind(Kind::Float).masked_fill(&dead.unsqueeze(0), 0.0).pow_tensor_scalar(2) / d.pow_tensor_scalar(2))
+        let h = hessian(stats, self.name())?;
+        let d = inverse_hessian_diagonal(h)?.reshape([1, -1]);
+        Ok(w.to_kind(Kind::Float)
+            .masked_fill(&dead_inputs(h).unsqueeze(0), 0.0)
+            .pow_tensor_scalar(2)
+            / d.pow_tensor_scalar(2))
     }
 }
 

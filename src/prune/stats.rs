@@ -3,6 +3,34 @@
 
 use tch::{Kind, Tensor};
 
+/// The calibration statistics a method reads; none means no calibration forward passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Wanda's per-input squared norms.
+    pub norms: bool,
+    /// SparseGPT's (in x in) Hessian, collected only when asked for.
+    pub hessian: bool,
+}
+
+impl Needs {
+    pub const NONE: Needs = Needs {
+        norms: false,
+        hessian: false,
+    };
+    pub const NORMS: Needs = Needs {
+        norms: true,
+        hessian: false,
+    };
+    pub const HESSIAN: Needs = Needs {
+        norms: false,
+        hessian: true,
+    };
+
+    pub fn any(self) -> bool {
+        self.norms || self.hessian
+    }
+}
+
 /// What a metric may read about one linear layer's calibration inputs.
 #[derive(Clone, Copy, Default)]
 pub struct LayerStats<'a> {

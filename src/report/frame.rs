@@ -7,6 +7,8 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::prune::allocation::Allocation;
+use crate::prune::metric::Builtin;
 use crate::sweep::store::{Record, Status};
 
 fn text(name: &str, records: &[Record], f: impl Fn(&Record) -> Option<String>) -> Column {
@@ -35,6 +37,24 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
         text("method", records, |r| Some(r.settings.method_name().into())),
         text("method_label", records, |r| Some(r.method_label.clone())),
         text("group", records, |r| prune(r)?.group),
+        text("metric", records, |r| prune(r)?.metric),
+        text("allocation", records, |r| {
+            prune(r).map(|p| {
+                if p.allocation.is_uniform() {
+                    "uniform".into()
+                } else {
+                    p.allocation.to_string()
+                }
+            })
+        }),
+        float("owl_m", records, |r| match prune(r)?.allocation {
+            Allocation::Owl { m, .. } => Some(m),
+            _ => None,
+        }),
+        float("owl_lambda", records, |r| match prune(r)?.allocation {
+            Allocation::Owl { lambda, .. } => Some(lambda),
+            _ => None,
+        }),
         text("pattern", records, |r| Some(prune(r)?.pattern.to_string())),
         float("sparsity", records, |r| Some(prune(r).map_or(0.0, |p| p.sparsity))),
         text("calibration", records, |r| prune(r).map(|p| p.calib).filter(|c| !c.is_empty())),
@@ -47,6 +67,26 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
         float("zero_shot_limit", records, |r| r.settings.eval.limit.map(|m| m as f64)),
         float("eval_batch_size", records, |r| Some(r.settings.eval.batch_size as f64)),
     ];
+    // One column per metric option or expression parameter, with a built-in's default where left out.
+    let options: BTreeSet<String> = records
+        .iter()
+        .filter_map(prune)
+        .flat_map(|p| {
+            let builtin = Builtin::find(&p.method).filter(|_| p.metric.is_none());
+            p.params
+                .keys()
+                .cloned()
+                .chain(
+                    builtin
+                        .into_iter()
+                        .flat_map(|b| b.options.iter().map(|o| o.name.to_string())),
+                )
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for option in options {
+        cols.push(float(&format!("param_{option}"), records, |r| prune(r)?.param(&option)));
+    }
     for corpus in keys(records, "ppl") {
         cols.push(float(&format!("ppl_{corpus}"), records, |r| r.result.get("ppl")?.get(&corpus)?.as_f64()));
         cols.push(float(&format!("windows_{corpus}"), records, |r| r.result.get("ppl_details")?.get(&corpus)?.get("windows")?.as_f64()));

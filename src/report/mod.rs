@@ -252,7 +252,7 @@ pub struct Aggregate {
 
 /// The settings that change a run's numbers, besides the seed. Batch sizes (float noise only)
 /// and the list of evaluations (which metrics exist, not their values) are left out.
-fn protocol(s: &RunSpec) -> [(&'static str, String); 13] {
+fn protocol(s: &RunSpec) -> [(&'static str, String); 16] {
     let p = s.prune.as_ref();
     let prune = |f: &dyn Fn(&PruneSpec) -> String| p.map(f).unwrap_or_default();
     [
@@ -261,8 +261,11 @@ fn protocol(s: &RunSpec) -> [(&'static str, String); 13] {
         ("dtype", format!("{:?}", s.model.dtype)),
         ("seqlen", format!("{:?}", s.model.seqlen)),
         ("method", s.method_name().to_string()),
+        ("metric", prune(&|p| format!("{:?}", p.metric))),
+        ("params", prune(&|p| format!("{:?}", p.params))),
         ("sparsity", prune(&|p| p.sparsity.to_string())),
         ("pattern", prune(&|p| p.pattern.to_string())),
+        ("allocation", prune(&|p| format!("{:?}", p.allocation))),
         ("group", prune(&|p| format!("{:?}", p.group))),
         ("use_variant", prune(&|p| p.use_variant.to_string())),
         ("calibration", prune(&|p| p.calib.clone())),

@@ -217,11 +217,8 @@ fn calibration(shape: &ModelShape, method: &Method, nsamples: f64, len: f64, bat
 
 /// Whether a method collects Hessians and input norms.
 fn needs_statistics(method: &Method) -> (bool, bool) {
-    match method {
-        Method::Metric { metric, .. } => (metric.needs_hessian(), metric.needs_calibration()),
-        Method::SparseGpt => (true, false),
-        Method::Ablate { metric, .. } => (true, metric.needs_calibration()),
-    }
+    let needs = method.needs();
+    (needs.hessian, needs.norms)
 }
 
 /// Sort work of choosing a mask in `group` on one layer.
@@ -268,7 +265,7 @@ fn prune_layer(l: &LinearShape, method: &Method, pattern: Pattern, elt: f64) -> 
                 w.bytes += n * 4.0 * 2.0 * 12.0;
                 w.ops += 12.0 * 6.0;
             }
-            let f32_work = if metric.needs_hessian() {
+            let f32_work = if metric.needs().hessian {
                 inverse_hessian(cols)
             } else {
                 Work::default()

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use crate::config::RunSpec;
 
-pub const RECORD_SCHEMA: u32 = 1;
+/// 2 added metric expressions and options, allocations and per-layer targets, all optional, so
+/// records of schema 1 read as they are.
+pub const RECORD_SCHEMA: u32 = 2;
+const READABLE_SCHEMAS: [u32; 2] = [1, 2];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,10 +103,11 @@ impl Store {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let record: Record = serde_json::from_str(&text).with_context(|| format!("{}: not a run record", path.display()))?;
-        if record.schema != RECORD_SCHEMA || record.id != id {
+        let record: Record =
+            serde_json::from_str(&text).with_context(|| format!("{}: not a run record", path.display()))?;
+        if !READABLE_SCHEMAS.contains(&record.schema) || record.id != id {
             anyhow::bail!(
-                "{}: a record of schema {} for run `{}`, not schema {RECORD_SCHEMA} for run `{id}`",
+                "{}: a record of schema {} for run `{}`, not schema 1 or {RECORD_SCHEMA} for run `{id}`",
                 path.display(),
                 record.schema,
                 record.id
