@@ -382,12 +382,12 @@ fn check_calibration_memory(loaded: &Loaded, nsamples: usize, seqlen: usize, bat
     ensure!(
         needed <= free as u128,
         "calibration with --nsamples {nsamples} x seqlen {seqlen} needs {:.1} GiB of {place}: two activation buffers of \
-         {:.1} GiB each{}, more than the {:.1} GiB free; use a smaller --nsamples, --seqlen or --calib-batch-size{}",
+         {:.1} GiB each{}, more than the {:.1} GiB free; use a smaller --nsamples or --seqlen{}",
         gib(needed),
         gib(buffer),
         if cuda { format!(" and the working set of {} sample(s) at a time", batch.min(nsamples)) } else { String::new() },
         gib(free as u128),
-        if cuda { ", or --stream on (blocks then occupy the GPU one at a time)" } else { "" }
+        if cuda { ", a smaller --calib-batch-size, or --stream on (blocks then occupy the GPU one at a time)" } else { "" }
     );
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::store::{Status, Store};
 use super::{check_same_sweep, claim, plan, PlanEntry, Planned};
 use crate::config::SweepConfig;
-use crate::hub::{Hub, RepoKind};
+use crate::hub::Hub;
 
 #[derive(clap::Args)]
 pub struct SlurmArgs {
@@ -114,7 +114,7 @@ fn dtype_bytes(dtype: Option<&str>, device: &str) -> u64 {
 }
 
 /// The resource rule (README, "Running on a cluster"), for a task running `runs`:
-/// - weights W = parameters (from the safetensors headers) x bytes of the run's dtype;
+/// - weights W = parameters (from config.json) x bytes of the run's dtype;
 /// - GPU memory (CUDA): 1.25 W + 2 GiB (reported in the script; choose the GPU type with
 ///   `--sbatch-arg=--constraint=...` or `--gres`);
 /// - host memory (unless `--mem`): 1.25 W + 4 GiB for a model held in host memory (CPU, not
@@ -167,33 +167,11 @@ fn slurm_duration(seconds: f64) -> String {
     format!("{}-{:02}:{:02}:00", m / 1440, m / 60 % 24, m % 60)
 }
 
-/// A model's parameter count from its safetensors headers, where its files are on this machine.
+/// A model's parameter count from its config.json (the dry run's model shapes), wherever the hub
+/// finds it: a local directory, the mirror, the HF cache, or config.json fetched alone.
 fn parameter_count(hub: &Hub, model: &str) -> Option<u64> {
-    let repo = hub.repo(model, RepoKind::Model);
-    let dir = repo
-        .local_dir()
-        .map(Path::to_path_buf)
-        .or_else(|| repo.cached_snapshot())?;
-    let mut total = 0;
-    for path in crate::data::files_under(&dir)
-        .ok()?
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-    {
-        use std::io::Read;
-        let mut f = std::fs::File::open(path).ok()?;
-        let mut len = [0u8; 8];
-        f.read_exact(&mut len).ok()?;
-        let mut header = vec![0u8; u64::from_le_bytes(len).min(100 << 20) as usize];
-        f.read_exact(&mut header).ok()?;
-        let tensors: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
-        total += tensors
-            .values()
-            .filter_map(|t| t["shape"].as_array())
-            .map(|s| s.iter().filter_map(|d| d.as_u64()).product::<u64>())
-            .sum::<u64>();
-    }
-    (total > 0).then_some(total)
+    let config = super::dryrun::model_config(hub, model).ok()?;
+    crate::model::shape::ModelShape::from_config(&config).ok().map(|shape| shape.params())
 }
 
 /// `'text'` for the shell.
