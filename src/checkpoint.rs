@@ -6,8 +6,13 @@ use std::path::Path;
 use crate::device::dtype_name;
 use crate::model::Loaded;
 
-const COPIED_FILES: [&str; 5] =
-    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json"];
+const COPIED_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+];
 
 /// config.json (dtype updated), the weights with the pruned zeros (model.safetensors for a
 /// resident model, one shard per block plus an index for a streamed one), the tokenizer and
@@ -41,7 +46,8 @@ pub fn save(loaded: &mut Loaded, dir: &Path, provenance: &serde_json::Value) -> 
             .collect();
         let path = dir.join("model.safetensors");
         let partial = dir.join("model.safetensors.partial");
-        tch::Tensor::write_safetensors(&tensors, &partial).with_context(|| format!("cannot write {}", partial.display()))?;
+        tch::Tensor::write_safetensors(&tensors, &partial)
+            .with_context(|| format!("cannot write {}", partial.display()))?;
         std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
     }
     for f in COPIED_FILES {
@@ -50,7 +56,8 @@ pub fn save(loaded: &mut Loaded, dir: &Path, provenance: &serde_json::Value) -> 
             let dest = dir.join(f);
             // A read-only copy from an earlier save (hub files are read-only) would refuse the new one.
             let _ = std::fs::remove_file(&dest);
-            std::fs::copy(&src, &dest).with_context(|| format!("cannot copy {} to {}", src.display(), dir.display()))?;
+            std::fs::copy(&src, &dest)
+                .with_context(|| format!("cannot copy {} to {}", src.display(), dir.display()))?;
         }
     }
     write(dir, PROVENANCE, &serde_json::to_string_pretty(provenance)?)
@@ -66,10 +73,14 @@ pub fn check_target(dir: &Path, streamed: bool) -> Result<()> {
         bail!("--save {}: exists and is not a directory", dir.display());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("--save {}: cannot create the directory", dir.display()))?;
-    tempfile::NamedTempFile::new_in(dir).with_context(|| format!("--save {}: cannot write in this directory", dir.display()))?;
+    tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("--save {}: cannot write in this directory", dir.display()))?;
     let (stale, layout) = match streamed {
         true => ("model.safetensors", "the sharded checkpoint a streamed model writes"),
-        false => ("model.safetensors.index.json", "the single model.safetensors a resident model writes"),
+        false => (
+            "model.safetensors.index.json",
+            "the single model.safetensors a resident model writes",
+        ),
     };
     if dir.join(stale).exists() {
         bail!(
@@ -87,7 +98,10 @@ pub fn begin_streamed_save(dir: &Path) -> Result<()> {
     check_target(dir, true)?;
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let is_shard = name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
         if is_shard || name == PROVENANCE || name == "model.safetensors.index.json" {
             remove_if_present(&path)?;
@@ -98,7 +112,9 @@ pub fn begin_streamed_save(dir: &Path) -> Result<()> {
 
 fn remove_if_present(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
         _ => Ok(()),
     }
 }

@@ -16,7 +16,11 @@ use crate::prune::metric::{Params, BUILTINS};
 use crate::{report, sweep};
 
 #[derive(Parser)]
-#[command(name = "repro", version, about = "Reproduce Wanda / SparseGPT / magnitude pruning of LLMs")]
+#[command(
+    name = "repro",
+    version,
+    about = "Reproduce Wanda / SparseGPT / magnitude pruning of LLMs"
+)]
 pub struct Cli {
     /// Local hub mirror: DIR/models/<id>/... and DIR/datasets/<id>/... (default: $REPRO_HUB_MIRROR).
     #[arg(long, global = true)]
@@ -246,9 +250,15 @@ fn trimmed(item: &str) -> Result<String, std::convert::Infallible> {
 pub fn run(cli: Cli) -> Result<()> {
     let _no_grad = tch::no_grad_guard();
     let hub = Hub::new(cli.hub_mirror);
-    let needs_hub = !matches!(cli.command, Command::Report(_) | Command::Status(_) | Command::Kernels(_));
+    let needs_hub = !matches!(
+        cli.command,
+        Command::Report(_) | Command::Status(_) | Command::Kernels(_)
+    );
     if let Some(m) = hub.mirror.as_ref().filter(|m| needs_hub && !m.is_dir()) {
-        bail!("hub mirror {}: no such directory (from --hub-mirror or REPRO_HUB_MIRROR; an empty value means none)", m.display());
+        bail!(
+            "hub mirror {}: no such directory (from --hub-mirror or REPRO_HUB_MIRROR; an empty value means none)",
+            m.display()
+        );
     }
     match cli.command {
         Command::Eval(args) => eval(&hub, args),
@@ -290,9 +300,16 @@ impl PplArgs {
             bail!("--limit applies to zero-shot tasks, and none is asked for; name some (--tasks, or in --eval)");
         }
         if self.max_windows.is_some() && tasks == names.len() {
-            bail!("--max-windows applies to perplexity corpora, and none is asked for; name some (--ppl, or in --eval)");
+            bail!(
+                "--max-windows applies to perplexity corpora, and none is asked for; name some (--ppl, or in --eval)"
+            );
         }
-        Ok(EvalSpec { names, batch_size: self.batch_size, max_windows: self.max_windows, limit: self.limit })
+        Ok(EvalSpec {
+            names,
+            batch_size: self.batch_size,
+            max_windows: self.max_windows,
+            limit: self.limit,
+        })
     }
 }
 
@@ -314,7 +331,14 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
     if let Some(t) = args.ppl.iter().find(|p| ALL_TASKS.contains(&p.as_str())) {
         bail!("--ppl {t}: `{t}` is a zero-shot task; pass it with --tasks");
     }
-    let out = run_job(hub, &args.model.spec(), None, &args.ppl_opts.spec(names)?, None, args.model.observer())?;
+    let out = run_job(
+        hub,
+        &args.model.spec(),
+        None,
+        &args.ppl_opts.spec(names)?,
+        None,
+        args.model.observer(),
+    )?;
     print_json(out, args.model.json);
     Ok(())
 }
@@ -349,7 +373,14 @@ fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
         calib_batch_size: args.calib_batch_size,
     };
     let eval = args.ppl_opts.spec(args.eval.clone())?;
-    let out = run_job(hub, &args.model.spec(), Some(&spec), &eval, args.save.as_deref(), args.model.observer())?;
+    let out = run_job(
+        hub,
+        &args.model.spec(),
+        Some(&spec),
+        &eval,
+        args.save.as_deref(),
+        args.model.observer(),
+    )?;
     print_json(out, args.model.json);
     Ok(())
 }

@@ -91,7 +91,12 @@ pub struct Calibration {
 
 impl Default for Calibration {
     fn default() -> Self {
-        Calibration { dataset: default_calib(), nsamples: default_nsamples(), seeds: default_seeds(), batch_size: default_calib_batch() }
+        Calibration {
+            dataset: default_calib(),
+            nsamples: default_nsamples(),
+            seeds: default_seeds(),
+            batch_size: default_calib_batch(),
+        }
     }
 }
 
@@ -192,11 +197,14 @@ impl MethodEntry {
 
     /// The label in tables and charts (without parameter values).
     pub fn label(&self) -> String {
-        self.0.label.clone().unwrap_or_else(|| match (&self.0.group, self.0.use_variant) {
-            (Some(g), _) => format!("{} ({})", self.0.name, g.name()),
-            (None, true) => format!("{} (variant)", self.0.name),
-            (None, false) => self.0.name.clone(),
-        })
+        self.0
+            .label
+            .clone()
+            .unwrap_or_else(|| match (&self.0.group, self.0.use_variant) {
+                (Some(g), _) => format!("{} ({})", self.0.name, g.name()),
+                (None, true) => format!("{} (variant)", self.0.name),
+                (None, false) => self.0.name.clone(),
+            })
     }
 
     /// The label of one point of the parameter grid: the swept parameters' values appended.
@@ -337,8 +345,15 @@ impl From<DeviceName> for String {
 
 /// The dtype a run on `device` gets when none is named (f32 on CPU, f16 on CUDA).
 fn default_dtype(device: &str) -> String {
-    let device = if device == "cpu" { tch::Device::Cpu } else { tch::Device::Cuda(0) };
-    crate::device::parse_dtype(None, device).map(crate::device::dtype_name).unwrap_or("f32").into()
+    let device = if device == "cpu" {
+        tch::Device::Cpu
+    } else {
+        tch::Device::Cuda(0)
+    };
+    crate::device::parse_dtype(None, device)
+        .map(crate::device::dtype_name)
+        .unwrap_or("f32")
+        .into()
 }
 
 /// `f32`, `f16` or `bf16`.
@@ -350,7 +365,9 @@ impl TryFrom<String> for DtypeName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         // One spelling per dtype (`float32` is `f32`), so that it cannot change a run's id.
-        crate::device::parse_dtype(Some(&s), tch::Device::Cpu).map(|k| DtypeName(crate::device::dtype_name(k).into())).map_err(|e| e.to_string())
+        crate::device::parse_dtype(Some(&s), tch::Device::Cpu)
+            .map(|k| DtypeName(crate::device::dtype_name(k).into()))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -475,8 +492,13 @@ impl Selector {
         let p = spec.prune.as_ref();
         let eq = |a: f64, b: f64| (a - b).abs() < 1e-9;
         self.model.as_ref().is_none_or(|m| *m == spec.model.model)
-            && self.method.as_ref().is_none_or(|m| m == spec.method_name() || m == method_label)
-            && self.group.is_none_or(|g| p.and_then(|p| p.group.as_deref()) == Some(g.name().as_str()))
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| m == spec.method_name() || m == method_label)
+            && self
+                .group
+                .is_none_or(|g| p.and_then(|p| p.group.as_deref()) == Some(g.name().as_str()))
             && self.sparsity.is_none_or(|s| eq(s.0, p.map_or(0.0, |p| p.sparsity)))
             && self.pattern.is_none_or(|x| p.is_some_and(|p| p.pattern == x))
             && self
@@ -494,13 +516,17 @@ impl Selector {
 impl SweepConfig {
     /// Reads and validates a sweep file; errors name the file, line and column.
     pub fn load(path: &Path) -> Result<SweepConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read sweep config {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read sweep config {}", path.display()))?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<SweepConfig> {
         let cfg: SweepConfig = serde_yaml::from_str(text).map_err(|e| {
-            let at = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
+            let at = e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default();
             anyhow!("{}{at}: {e}", path.display())
         })?;
         let bad = |field: &str, why: &str| anyhow!("{}: `{field}` {why}", path.display());
@@ -508,32 +534,64 @@ impl SweepConfig {
             return Err(bad("models", "is empty: name at least one hub id or model directory"));
         }
         if cfg.methods.is_empty() {
-            return Err(bad("methods", "is empty: name at least one method (dense, magnitude, wanda, sparsegpt, ...)"));
+            return Err(bad(
+                "methods",
+                "is empty: name at least one method (dense, magnitude, wanda, sparsegpt, ...)",
+            ));
         }
-        if cfg.calibration.nsamples.contains(&0) || cfg.include.iter().any(|p| p.nsamples.as_ref().is_some_and(|n| n.contains(&0))) {
+        if cfg.calibration.nsamples.contains(&0)
+            || cfg
+                .include
+                .iter()
+                .any(|p| p.nsamples.as_ref().is_some_and(|n| n.contains(&0)))
+        {
             return Err(bad("nsamples", "contains 0: every run needs at least one sample"));
         }
-        if let Some(p) = cfg.evaluation.ppl.iter().find(|p| p.trim().is_empty() || crate::eval::tasks::ALL_TASKS.contains(&p.as_str())) {
-            return Err(bad("evaluation.ppl", &format!("names `{p}`, which is not a perplexity corpus (zero-shot tasks go under `tasks`)")));
+        if let Some(p) = cfg
+            .evaluation
+            .ppl
+            .iter()
+            .find(|p| p.trim().is_empty() || crate::eval::tasks::ALL_TASKS.contains(&p.as_str()))
+        {
+            return Err(bad(
+                "evaluation.ppl",
+                &format!("names `{p}`, which is not a perplexity corpus (zero-shot tasks go under `tasks`)"),
+            ));
         }
         if cfg.evaluation.ppl.is_empty() && cfg.evaluation.tasks.is_empty() {
             return Err(bad("evaluation", "names nothing to measure: set `ppl` and/or `tasks`"));
         }
-        let all_models: Vec<&String> = cfg.models.iter().chain(cfg.include.iter().flat_map(|p| p.models.iter().flatten())).collect();
+        let all_models: Vec<&String> = cfg
+            .models
+            .iter()
+            .chain(cfg.include.iter().flat_map(|p| p.models.iter().flatten()))
+            .collect();
         if let Some(m) = cfg.evaluation.model_limits.keys().find(|m| !all_models.contains(m)) {
-            return Err(bad("evaluation.model_limits", &format!("names `{m}`, which is not in `models` (spell it as `models` does)")));
+            return Err(bad(
+                "evaluation.model_limits",
+                &format!("names `{m}`, which is not in `models` (spell it as `models` does)"),
+            ));
         }
         if cfg.evaluation.batch_size == 0 || cfg.calibration.batch_size == 0 {
             return Err(bad("batch_size", "must be at least 1"));
         }
         if cfg.seqlen.is_some_and(|n| n < 2) {
-            return Err(bad("seqlen", "must be at least 2 (leave it out for max_position_embeddings, as the paper)"));
+            return Err(bad(
+                "seqlen",
+                "must be at least 2 (leave it out for max_position_embeddings, as the paper)",
+            ));
         }
         if cfg.evaluation.max_windows == Some(0) {
-            return Err(bad("evaluation.max_windows", "must be at least 1 (leave it out for every window)"));
+            return Err(bad(
+                "evaluation.max_windows",
+                "must be at least 1 (leave it out for every window)",
+            ));
         }
         if cfg.evaluation.limit == Some(0) || cfg.evaluation.model_limits.values().any(|&l| l == 0) {
-            return Err(bad("evaluation.limit", "must be at least 1 (leave it out for every document)"));
+            return Err(bad(
+                "evaluation.limit",
+                "must be at least 1 (leave it out for every document)",
+            ));
         }
         let empty = [
             ("sparsities", cfg.sparsities.is_empty()),
@@ -543,7 +601,10 @@ impl SweepConfig {
             ("calibration.seeds", cfg.calibration.seeds.is_empty()),
         ];
         if let Some((field, _)) = empty.iter().find(|(_, is_empty)| *is_empty) {
-            return Err(bad(field, "is empty, which would drop every pruned run; leave it out for the default"));
+            return Err(bad(
+                field,
+                "is empty, which would drop every pruned run; leave it out for the default",
+            ));
         }
         for (i, p) in cfg.include.iter().enumerate() {
             let lists = [
@@ -556,7 +617,10 @@ impl SweepConfig {
                 ("seeds", p.seeds.as_ref().map(Vec::len)),
             ];
             if let Some((field, _)) = lists.iter().find(|(_, len)| *len == Some(0)) {
-                return Err(bad(&format!("include[{i}].{field}"), "is empty, so the entry adds nothing; leave the field out to use the top-level list"));
+                return Err(bad(
+                    &format!("include[{i}].{field}"),
+                    "is empty, so the entry adds nothing; leave the field out to use the top-level list",
+                ));
             }
         }
         // One name, one formula: `where: {method: NAME}` and the labels could not tell two apart.
@@ -582,7 +646,10 @@ impl SweepConfig {
             }
         }
         cfg.expand().map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        if let Some(i) = cfg.unmatched_exclude().map_err(|e| anyhow!("{}: {e}", path.display()))? {
+        if let Some(i) = cfg
+            .unmatched_exclude()
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?
+        {
             return Err(bad(
                 &format!("exclude[{i}]"),
                 "matches no run of the grid, so it drops nothing: check its model, method and pattern names",
@@ -605,7 +672,10 @@ impl SweepConfig {
             seeds: Some(self.calibration.seeds.clone()),
         };
         let mut runs: Vec<PlannedRun> = Vec::new();
-        let base = self.expand_one(&base)?.into_iter().filter(|r| !self.exclude.iter().any(|s| s.matches(&r.spec, &r.method_label)));
+        let base = self
+            .expand_one(&base)?
+            .into_iter()
+            .filter(|r| !self.exclude.iter().any(|s| s.matches(&r.spec, &r.method_label)));
         let mut included = Vec::new();
         for patch in &self.include {
             included.extend(self.expand_one(patch)?);
@@ -621,7 +691,10 @@ impl SweepConfig {
     /// The first `exclude` entry that matches no point of the main grid (a misspelt name).
     fn unmatched_exclude(&self) -> Result<Option<usize>> {
         let grid = self.expand_one(&GridPatch::default())?;
-        Ok(self.exclude.iter().position(|s| !grid.iter().any(|r| s.matches(&r.spec, &r.method_label))))
+        Ok(self
+            .exclude
+            .iter()
+            .position(|s| !grid.iter().any(|r| s.matches(&r.spec, &r.method_label))))
     }
 
     fn expand_one(&self, patch: &GridPatch) -> Result<Vec<PlannedRun>> {
@@ -635,24 +708,47 @@ impl SweepConfig {
         let mut out = Vec::new();
         for model in &models {
             let eval = EvalSpec {
-                names: self.evaluation.ppl.iter().cloned().chain(self.evaluation.tasks.iter().map(|t| t.0.clone())).collect(),
+                names: self
+                    .evaluation
+                    .ppl
+                    .iter()
+                    .cloned()
+                    .chain(self.evaluation.tasks.iter().map(|t| t.0.clone()))
+                    .collect(),
                 batch_size: self.evaluation.batch_size,
                 max_windows: self.evaluation.max_windows,
-                limit: self.evaluation.model_limits.get(model).copied().or(self.evaluation.limit),
+                limit: self
+                    .evaluation
+                    .model_limits
+                    .get(model)
+                    .copied()
+                    .or(self.evaluation.limit),
             };
             let model_spec = ModelSpec {
                 model: model.clone(),
                 device: self.device.0.clone(),
                 // The default written out, so that naming it does not change the run's id.
-                dtype: Some(self.dtype.as_ref().map_or_else(|| default_dtype(&self.device.0), |d| d.0.clone())),
+                dtype: Some(
+                    self.dtype
+                        .as_ref()
+                        .map_or_else(|| default_dtype(&self.device.0), |d| d.0.clone()),
+                ),
                 seqlen: self.seqlen,
                 streaming: self.stream,
                 sparse_kernels: false,
             };
             for m in &methods {
                 if m.name() == DENSE {
-                    let spec = RunSpec { model: model_spec.clone(), prune: None, eval: eval.clone() };
-                    out.push(PlannedRun { label: format!("{model} dense"), method_label: DENSE.into(), spec });
+                    let spec = RunSpec {
+                        model: model_spec.clone(),
+                        prune: None,
+                        eval: eval.clone(),
+                    };
+                    out.push(PlannedRun {
+                        label: format!("{model} dense"),
+                        method_label: DENSE.into(),
+                        spec,
+                    });
                     continue;
                 }
                 let allocations = m.0.allocation.clone().map_or_else(|| allocations.clone(), |a| vec![a]);
@@ -729,11 +825,22 @@ impl SweepConfig {
             .report
             .iter()
             .map(|r| match r {
-                StrOr::Map(a) => a.check().map(|_| a.clone()).map_err(|e| anyhow!("{}: {e}", config_path.display())),
+                StrOr::Map(a) => a
+                    .check()
+                    .map(|_| a.clone())
+                    .map_err(|e| anyhow!("{}: {e}", config_path.display())),
                 StrOr::Str(name) => {
-                    let candidates = [dir.join("../experiments").join(format!("{name}.yaml")), PathBuf::from("experiments").join(format!("{name}.yaml"))];
+                    let candidates = [
+                        dir.join("../experiments").join(format!("{name}.yaml")),
+                        PathBuf::from("experiments").join(format!("{name}.yaml")),
+                    ];
                     let Some(file) = candidates.iter().find(|p| p.is_file()) else {
-                        bail!("{}: report entry `{name}`: no {} (nor {})", config_path.display(), candidates[0].display(), candidates[1].display());
+                        bail!(
+                            "{}: report entry `{name}`: no {} (nor {})",
+                            config_path.display(),
+                            candidates[0].display(),
+                            candidates[1].display()
+                        );
                     };
                     let a = crate::report::Artefact::load(file)?;
                     a.check().map_err(|e| anyhow!("{}: {e}", file.display()))?;
@@ -744,7 +851,11 @@ impl SweepConfig {
         // Names are file names in report/: two alike would overwrite each other.
         for (i, a) in artefacts.iter().enumerate() {
             if artefacts[..i].iter().any(|b| b.name == a.name) {
-                bail!("{}: two report entries are named `{}`; their files would overwrite each other", config_path.display(), a.name);
+                bail!(
+                    "{}: two report entries are named `{}`; their files would overwrite each other",
+                    config_path.display(),
+                    a.name
+                );
             }
         }
         Ok(artefacts)

@@ -17,11 +17,19 @@ pub fn read_parquet_strings(path: &Path, column: &str) -> Result<Vec<String>> {
         .map_err(|e| anyhow::anyhow!("{}: not a readable parquet file: {e}", path.display()))?;
     let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
     let col = df.column(column).map_err(|_| {
-        anyhow::anyhow!("{}: no column `{column}` (columns: {})", path.display(), names.join(", "))
+        anyhow::anyhow!(
+            "{}: no column `{column}` (columns: {})",
+            path.display(),
+            names.join(", ")
+        )
     })?;
-    let ca = col
-        .str()
-        .map_err(|_| anyhow::anyhow!("{}: column `{column}` holds {}, not strings", path.display(), col.dtype()))?;
+    let ca = col.str().map_err(|_| {
+        anyhow::anyhow!(
+            "{}: column `{column}` holds {}, not strings",
+            path.display(),
+            col.dtype()
+        )
+    })?;
     Ok(ca.iter().map(|s| s.unwrap_or("").to_string()).collect())
 }
 
@@ -43,7 +51,9 @@ const SUPPORTED: &str = "parquet (a `text` column), JSON lines (.jsonl/.ndjson/.
                          optionally .gz) or plain text (any other name, optionally .gz)";
 
 fn lower_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
 }
 
 fn is_gzip(path: &Path) -> bool {
@@ -59,7 +69,11 @@ fn text_format(path: &Path) -> Result<TextFormat> {
         "jsonl" | "ndjson" => TextFormat::JsonLines { array_allowed: false },
         "json" => TextFormat::JsonLines { array_allowed: true },
         "parquet" | "csv" | "tsv" | "arrow" | "zip" | "bz2" | "xz" | "zst" | "7z" | "tar" => {
-            bail!("{}: .{ext}{} files are not read; use {SUPPORTED}", path.display(), if inner == name { "" } else { ".gz" })
+            bail!(
+                "{}: .{ext}{} files are not read; use {SUPPORTED}",
+                path.display(),
+                if inner == name { "" } else { ".gz" }
+            )
         }
         _ => TextFormat::Plain,
     })
@@ -78,7 +92,9 @@ fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
 fn read_text_file(path: &Path) -> Result<String> {
     let mut reader = open_text(path)?;
     let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    reader
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e}); {SUPPORTED}", path.display()))
 }
 
@@ -93,11 +109,15 @@ pub fn read_jsonl_texts(path: &Path, limit: Option<usize>) -> Result<Vec<String>
     if text_format(path)? == (TextFormat::JsonLines { array_allowed: true }) && first.trim_start().starts_with('[') {
         let mut body = first;
         reader.read_to_string(&mut body).with_context(read_err)?;
-        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).with_context(|| format!("{}: not a JSON array", path.display()))?;
-        let texts = rows.iter().enumerate().map(|(i, v)| match v.get("text").and_then(|t| t.as_str()) {
-            Some(t) => Ok(t.to_string()),
-            None => bail!("{}: element {i} has no string field `text`", path.display()),
-        });
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&body).with_context(|| format!("{}: not a JSON array", path.display()))?;
+        let texts = rows
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v.get("text").and_then(|t| t.as_str()) {
+                Some(t) => Ok(t.to_string()),
+                None => bail!("{}: element {i} has no string field `text`", path.display()),
+            });
         return texts.take(limit.unwrap_or(usize::MAX)).collect();
     }
     let first = first.trim_end_matches(['\n', '\r']).to_string();
@@ -111,7 +131,11 @@ pub fn read_jsonl_texts(path: &Path, limit: Option<usize>) -> Result<Vec<String>
             continue;
         }
         let v: serde_json::Value = serde_json::from_str(&line).with_context(|| {
-            format!("{}: line {} is not JSON (JSON lines hold one object per line; a .json file may also be one array)", path.display(), n + 1)
+            format!(
+                "{}: line {} is not JSON (JSON lines hold one object per line; a .json file may also be one array)",
+                path.display(),
+                n + 1
+            )
         })?;
         match v.get("text").and_then(|t| t.as_str()) {
             Some(t) => out.push(t.to_string()),
@@ -136,8 +160,12 @@ impl PplCorpus {
     /// `wikitext2`, `wikitext2:<dir|repo>`, `c4`, `c4:<dir|repo>`, or any text source.
     pub fn parse(spec: &str) -> PplCorpus {
         match spec.split_once(':') {
-            _ if spec == "wikitext2" => PplCorpus::Wikitext2 { repo: "Salesforce/wikitext".into() },
-            _ if spec == "c4" => PplCorpus::C4 { repo: "allenai/c4".into() },
+            _ if spec == "wikitext2" => PplCorpus::Wikitext2 {
+                repo: "Salesforce/wikitext".into(),
+            },
+            _ if spec == "c4" => PplCorpus::C4 {
+                repo: "allenai/c4".into(),
+            },
             Some(("wikitext2", src)) => PplCorpus::Wikitext2 { repo: src.into() },
             Some(("c4", src)) => PplCorpus::C4 { repo: src.into() },
             _ => PplCorpus::Text { spec: spec.into() },
@@ -172,16 +200,13 @@ impl PplCorpus {
     }
 
     /// The token ids to cut into windows. `seqlen` matters only for C4's truncation.
-    pub fn token_ids(
-        &self,
-        hub: &Hub,
-        seqlen: usize,
-        encode: &dyn Fn(&str) -> Result<Vec<i64>>,
-    ) -> Result<Vec<i64>> {
+    pub fn token_ids(&self, hub: &Hub, seqlen: usize, encode: &dyn Fn(&str) -> Result<Vec<i64>>) -> Result<Vec<i64>> {
         let files = self.locate(hub)?;
         let first = &files[0];
         match self {
-            PplCorpus::Wikitext2 { .. } => encode(&non_empty(read_parquet_strings(first, "text")?, first)?.join("\n\n")),
+            PplCorpus::Wikitext2 { .. } => {
+                encode(&non_empty(read_parquet_strings(first, "text")?, first)?.join("\n\n"))
+            }
             PplCorpus::C4 { .. } => {
                 let mut ids = encode(&non_empty(read_jsonl_texts(first, Some(1100))?, first)?.join(" "))?;
                 ids.truncate(256 * seqlen);
@@ -229,7 +254,10 @@ pub fn read_text_rows(path: &Path) -> Result<Vec<String>> {
         TextFormat::JsonLines { .. } => read_jsonl_texts(path, None),
         TextFormat::Plain => match read_text_file(path)? {
             text if text.trim().is_empty() => bail!("{}: the file holds no text", path.display()),
-            text => Ok(vec![text.strip_prefix(BYTE_ORDER_MARK).map(str::to_string).unwrap_or(text)]),
+            text => Ok(vec![text
+                .strip_prefix(BYTE_ORDER_MARK)
+                .map(str::to_string)
+                .unwrap_or(text)]),
         },
     }
 }
@@ -245,7 +273,9 @@ pub fn resolve_text_files(hub: &Hub, spec: &str) -> Result<Vec<PathBuf>> {
         text_format(p)?;
         return Ok(vec![p.to_path_buf()]);
     }
-    let looks_like_file = [".txt", ".parquet", ".jsonl", ".ndjson", ".json", ".gz"].iter().any(|e| lower_name(p).ends_with(e));
+    let looks_like_file = [".txt", ".parquet", ".jsonl", ".ndjson", ".json", ".gz"]
+        .iter()
+        .any(|e| lower_name(p).ends_with(e));
     if looks_like_file && !spec.contains(':') {
         bail!("{spec}: no such file");
     }
@@ -257,7 +287,11 @@ pub fn resolve_text_files(hub: &Hub, spec: &str) -> Result<Vec<PathBuf>> {
     if let Some(f) = file {
         return Ok(vec![repo.get(f)?]);
     }
-    if let Some(dir) = repo.local_dir().map(Path::to_path_buf).or_else(|| repo.cached_snapshot()) {
+    if let Some(dir) = repo
+        .local_dir()
+        .map(Path::to_path_buf)
+        .or_else(|| repo.cached_snapshot())
+    {
         let rel = |f: &Path| f.strip_prefix(&dir).unwrap_or(f).to_string_lossy().into_owned();
         let files = files_under(&dir)?.iter().map(|f| rel(f)).collect();
         let chosen = one_split(id, files)?;
@@ -277,10 +311,16 @@ pub fn resolve_text_files(hub: &Hub, spec: &str) -> Result<Vec<PathBuf>> {
 /// split in one folder, the test split when there is one. Two configs or splits would be mixed
 /// into one corpus, so they are refused with the choice to make.
 fn one_split(id: &str, files: Vec<String>) -> Result<Vec<String>> {
-    let files: Vec<String> = files.into_iter().filter(|f| f.to_lowercase().ends_with(".parquet")).collect();
+    let files: Vec<String> = files
+        .into_iter()
+        .filter(|f| f.to_lowercase().ends_with(".parquet"))
+        .collect();
     let split = |f: &str| {
         let (folder, name) = f.rsplit_once('/').unwrap_or(("", f));
-        (folder.to_string(), name.split(['-', '.']).next().unwrap_or_default().to_string())
+        (
+            folder.to_string(),
+            name.split(['-', '.']).next().unwrap_or_default().to_string(),
+        )
     };
     let tests: Vec<String> = files.iter().filter(|f| split(f).1 == "test").cloned().collect();
     let chosen = if tests.is_empty() { files } else { tests };
@@ -297,7 +337,10 @@ fn one_split(id: &str, files: Vec<String>) -> Result<Vec<String>> {
 /// reached again through a symbolic link is walked once, so a link loop ends.
 pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, seen: &mut HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
-        if !seen.insert(dir.canonicalize().with_context(|| format!("cannot read {}", dir.display()))?) {
+        if !seen.insert(
+            dir.canonicalize()
+                .with_context(|| format!("cannot read {}", dir.display()))?,
+        ) {
             return Ok(());
         }
         for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
@@ -325,12 +368,20 @@ mod tests {
 
     #[test]
     fn corpus_specs() {
-        assert_eq!(PplCorpus::parse("wikitext2"), PplCorpus::Wikitext2 { repo: "Salesforce/wikitext".into() });
+        assert_eq!(
+            PplCorpus::parse("wikitext2"),
+            PplCorpus::Wikitext2 {
+                repo: "Salesforce/wikitext".into()
+            }
+        );
         assert_eq!(PplCorpus::parse("c4:/x/y"), PplCorpus::C4 { repo: "/x/y".into() });
         assert_eq!(PplCorpus::parse("books-heldout").label(), "books-heldout");
         assert_eq!(PplCorpus::parse("../d/books-heldout/").label(), "books-heldout");
         let specs = ["wikitext2", "a/test.txt", "b/test.txt", "books-heldout"].map(String::from);
-        assert_eq!(ppl_labels(&specs), ["wikitext2", "a/test.txt", "b/test.txt", "books-heldout"]);
+        assert_eq!(
+            ppl_labels(&specs),
+            ["wikitext2", "a/test.txt", "b/test.txt", "books-heldout"]
+        );
         assert_eq!(ppl_labels(&specs[..2]), ["wikitext2", "test.txt"]);
     }
 
@@ -353,7 +404,10 @@ mod tests {
         let array = tmp.path().join("array.json");
         std::fs::write(&array, "[{\"text\": \"a\"}, {\"text\": \"b\"}]").unwrap();
         assert_eq!(read_text_rows(&array).unwrap(), ["a", "b"]);
-        let e = PplCorpus::parse("/nowhere/heldout.txt").locate(&hub).unwrap_err().to_string();
+        let e = PplCorpus::parse("/nowhere/heldout.txt")
+            .locate(&hub)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nowhere/heldout.txt: no such file"), "{e}");
         let e = PplCorpus::parse("").locate(&hub).unwrap_err().to_string();
         assert!(e.contains("empty corpus name"), "{e}");
@@ -361,7 +415,8 @@ mod tests {
 
     fn gzip(path: &Path, text: &str) {
         use std::io::Write;
-        let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::default());
+        let mut gz =
+            flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::default());
         gz.write_all(text.as_bytes()).unwrap();
         gz.finish().unwrap();
     }
@@ -382,7 +437,11 @@ mod tests {
         gzip(&at("plain.txt.gz"), "one document\n");
         assert_eq!(read_text_rows(&at("plain.txt.gz")).unwrap(), ["one document\n"]);
         std::fs::write(at("notes.md"), "\u{feff}# plain text\n").unwrap();
-        assert_eq!(read_text_rows(&at("notes.md")).unwrap(), ["# plain text\n"], "byte-order mark dropped");
+        assert_eq!(
+            read_text_rows(&at("notes.md")).unwrap(),
+            ["# plain text\n"],
+            "byte-order mark dropped"
+        );
         for name in ["table.csv", "rows.parquet.gz", "pack.zip"] {
             std::fs::write(at(name), "x").unwrap();
             let e = read_text_rows(&at(name)).unwrap_err().to_string();
@@ -393,7 +452,10 @@ mod tests {
         assert!(e.contains("latin1.txt: not UTF-8 text"), "{e}");
         std::fs::write(at("pretty.json"), "{\n  \"text\": \"a\"\n}\n").unwrap();
         let e = format!("{:#}", read_text_rows(&at("pretty.json")).unwrap_err());
-        assert!(e.contains("line 1 is not JSON (JSON lines hold one object per line"), "{e}");
+        assert!(
+            e.contains("line 1 is not JSON (JSON lines hold one object per line"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -413,14 +475,26 @@ mod tests {
         std::os::unix::fs::symlink(".", looped.join("self")).unwrap();
         std::os::unix::fs::symlink(&looped, looped.join("sub/back")).unwrap();
         assert_eq!(resolve(&looped).unwrap(), [looped.join("test-00000-of-00001.parquet")]);
-        let shards = dir("shards", &["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]);
+        let shards = dir(
+            "shards",
+            &["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"],
+        );
         assert_eq!(resolve(&shards).unwrap().len(), 2);
         let prefers_test = dir("prefers", &["train.parquet", "test.parquet"]);
         assert_eq!(resolve(&prefers_test).unwrap(), [prefers_test.join("test.parquet")]);
-        for (name, files) in [("configs", ["a/test-00000-of-00001.parquet", "b/test-00000-of-00001.parquet"]), ("splits", ["train.parquet", "validation.parquet"])] {
+        for (name, files) in [
+            (
+                "configs",
+                ["a/test-00000-of-00001.parquet", "b/test-00000-of-00001.parquet"],
+            ),
+            ("splits", ["train.parquet", "validation.parquet"]),
+        ] {
             let d = dir(name, &files);
             let e = resolve(&d).unwrap_err().to_string();
-            assert!(e.contains("more than one test set or split") && e.contains(files[0]) && e.contains(files[1]), "{e}");
+            assert!(
+                e.contains("more than one test set or split") && e.contains(files[0]) && e.contains(files[1]),
+                "{e}"
+            );
         }
     }
 }

@@ -138,11 +138,17 @@ mod tests {
     #[test]
     fn parses_and_rejects() {
         assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
-        assert!(parse_device("tpu").unwrap_err().to_string().contains("cpu, cuda or cuda:N"));
+        assert!(parse_device("tpu")
+            .unwrap_err()
+            .to_string()
+            .contains("cpu, cuda or cuda:N"));
         assert!(parse_device("cuda:x").is_err());
         assert_eq!(parse_dtype(None, Device::Cpu).unwrap(), Kind::Float);
         assert_eq!(parse_dtype(Some("bf16"), Device::Cpu).unwrap(), Kind::BFloat16);
-        assert!(parse_dtype(Some("int4"), Device::Cpu).unwrap_err().to_string().contains("f32, f16 or bf16"));
+        assert!(parse_dtype(Some("int4"), Device::Cpu)
+            .unwrap_err()
+            .to_string()
+            .contains("f32, f16 or bf16"));
     }
 
     #[test]

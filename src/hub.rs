@@ -49,7 +49,9 @@ pub struct RepoRef {
 impl Hub {
     /// `--hub-mirror` wins over `REPRO_HUB_MIRROR`; an empty value means none (not the current directory).
     pub fn new(mirror: Option<PathBuf>) -> Self {
-        let mirror = mirror.or_else(|| std::env::var_os("REPRO_HUB_MIRROR").map(PathBuf::from)).filter(|m| !m.as_os_str().is_empty());
+        let mirror = mirror
+            .or_else(|| std::env::var_os("REPRO_HUB_MIRROR").map(PathBuf::from))
+            .filter(|m| !m.as_os_str().is_empty());
         Hub { mirror }
     }
 
@@ -57,10 +59,29 @@ impl Hub {
     pub fn repo(&self, spec: &str, kind: RepoKind) -> RepoRef {
         let path = Path::new(spec);
         // A path is meant as one even when it is missing or a file: never a hub id (`get` says what is wrong).
-        let path_like = path.is_absolute() || spec.starts_with("./") || spec.starts_with("../") || spec == "." || spec == ".." || path.exists();
-        let mirrored = self.mirror.as_ref().map(|m| m.join(kind.mirror_dir()).join(spec)).filter(|d| !path_like && d.is_dir());
-        let local_dir = if path_like { Some(path.to_path_buf()) } else { mirrored.clone() };
-        RepoRef { id: spec.to_string(), kind, local_dir, mirrored: mirrored.is_some(), hub: self.clone() }
+        let path_like = path.is_absolute()
+            || spec.starts_with("./")
+            || spec.starts_with("../")
+            || spec == "."
+            || spec == ".."
+            || path.exists();
+        let mirrored = self
+            .mirror
+            .as_ref()
+            .map(|m| m.join(kind.mirror_dir()).join(spec))
+            .filter(|d| !path_like && d.is_dir());
+        let local_dir = if path_like {
+            Some(path.to_path_buf())
+        } else {
+            mirrored.clone()
+        };
+        RepoRef {
+            id: spec.to_string(),
+            kind,
+            local_dir,
+            mirrored: mirrored.is_some(),
+            hub: self.clone(),
+        }
     }
 }
 
@@ -74,7 +95,9 @@ fn hf_cache() -> Cache {
 }
 
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| !v.is_empty() && v != "0")
+        .unwrap_or(false)
 }
 
 impl RepoRef {
@@ -103,7 +126,11 @@ impl RepoRef {
     /// The HF cache's snapshot of `refs/main`, when the repo has been downloaded (whole or in part).
     pub fn cached_snapshot(&self) -> Option<PathBuf> {
         let rev = self.cached_revision()?;
-        let dir = hf_cache().path().join(self.hf_repo().folder_name()).join("snapshots").join(rev);
+        let dir = hf_cache()
+            .path()
+            .join(self.hf_repo().folder_name())
+            .join("snapshots")
+            .join(rev);
         dir.is_dir().then_some(dir)
     }
 
@@ -117,7 +144,10 @@ impl RepoRef {
     pub fn get(&self, file: &str) -> Result<PathBuf> {
         let mut looked = Vec::new();
         if self.id.is_empty() {
-            bail!("an empty {} name: give a hub id or a local directory", kind_name(self.kind));
+            bail!(
+                "an empty {} name: give a hub id or a local directory",
+                kind_name(self.kind)
+            );
         }
         if let Some(dir) = &self.local_dir {
             let p = dir.join(file);
@@ -126,17 +156,30 @@ impl RepoRef {
             }
             if !self.mirrored {
                 if dir.is_file() {
-                    bail!("{} is a file; pass the {} directory that holds {file}", dir.display(), kind_name(self.kind));
+                    bail!(
+                        "{} is a file; pass the {} directory that holds {file}",
+                        dir.display(),
+                        kind_name(self.kind)
+                    );
                 }
                 if !dir.is_dir() {
                     bail!("{}: no such directory", dir.display());
                 }
-                bail!("{} not found in {} ({} `{}`)", file, dir.display(), kind_name(self.kind), self.id);
+                bail!(
+                    "{} not found in {} ({} `{}`)",
+                    file,
+                    dir.display(),
+                    kind_name(self.kind),
+                    self.id
+                );
             }
         }
         // The mirror's copy of a repo may be partial (the fixtures hold WikiText's test split only).
         if let Some(m) = &self.hub.mirror {
-            looked.push(format!("mirror {}", m.join(self.kind.mirror_dir()).join(&self.id).display()));
+            looked.push(format!(
+                "mirror {}",
+                m.join(self.kind.mirror_dir()).join(&self.id).display()
+            ));
         }
         if let Some(p) = self.cache_lookup(file) {
             return Ok(p);
@@ -146,13 +189,19 @@ impl RepoRef {
             bail!(
                 "{} `{}`: file {} not found (looked in {}); HF_HUB_OFFLINE is set, so no download was tried. \
                  Pass --hub-mirror DIR or a local directory, or unset HF_HUB_OFFLINE",
-                kind_name(self.kind), self.id, file, looked.join(", ")
+                kind_name(self.kind),
+                self.id,
+                file,
+                looked.join(", ")
             );
         }
         self.api()?.get(file).with_context(|| {
             format!(
                 "{} `{}`: file {} not found locally (looked in {}) and the download failed",
-                kind_name(self.kind), self.id, file, looked.join(", ")
+                kind_name(self.kind),
+                self.id,
+                file,
+                looked.join(", ")
             )
         })
     }
@@ -172,11 +221,15 @@ impl RepoRef {
         if offline() {
             bail!("HF_HUB_OFFLINE is set, so the hub was not asked");
         }
-        self.api()?.info().with_context(|| format!("asking the hub for {} `{}`", kind_name(self.kind), self.id))
+        self.api()?
+            .info()
+            .with_context(|| format!("asking the hub for {} `{}`", kind_name(self.kind), self.id))
     }
 
     fn api(&self) -> Result<hf_hub::api::sync::ApiRepo> {
-        let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_cache_dir(hf_cache().path().clone()).with_progress(true);
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
+            .with_cache_dir(hf_cache().path().clone())
+            .with_progress(true);
         if let Ok(token) = std::env::var("HF_TOKEN") {
             builder = builder.with_token(Some(token));
         }
@@ -205,7 +258,10 @@ mod tests {
         std::fs::write(tmp.path().join("datasets/org/d/cfg/x.parquet"), "").unwrap();
         let hub = Hub::new(Some(tmp.path().to_path_buf()));
         let m = hub.repo("org/m", RepoKind::Model);
-        assert_eq!(m.get("config.json").unwrap(), tmp.path().join("models/org/m/config.json"));
+        assert_eq!(
+            m.get("config.json").unwrap(),
+            tmp.path().join("models/org/m/config.json")
+        );
         let d = hub.repo("org/d", RepoKind::Dataset);
         assert!(d.get("cfg/x.parquet").is_ok());
         let err = m.get("model.safetensors").unwrap_err().to_string();
@@ -217,14 +273,25 @@ mod tests {
     fn paths_are_local_even_when_wrong() {
         let tmp = tempfile::tempdir().unwrap();
         let hub = Hub::default();
-        let err = |spec: &str| hub.repo(spec, RepoKind::Model).get("config.json").unwrap_err().to_string();
+        let err = |spec: &str| {
+            hub.repo(spec, RepoKind::Model)
+                .get("config.json")
+                .unwrap_err()
+                .to_string()
+        };
         let missing = tmp.path().join("no-such-model");
-        assert_eq!(err(missing.to_str().unwrap()), format!("{}: no such directory", missing.display()));
+        assert_eq!(
+            err(missing.to_str().unwrap()),
+            format!("{}: no such directory", missing.display())
+        );
         assert!(err("./no-such-model").contains("./no-such-model: no such directory"));
         let file = tmp.path().join("config.json");
         std::fs::write(&file, "{}").unwrap();
         let e = err(file.to_str().unwrap());
-        assert!(e.contains("is a file; pass the model directory that holds config.json"), "{e}");
+        assert!(
+            e.contains("is a file; pass the model directory that holds config.json"),
+            "{e}"
+        );
         assert!(err("").contains("an empty model name"));
     }
 }

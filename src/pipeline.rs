@@ -150,12 +150,20 @@ impl EvalSpec {
     /// is loaded or pruned.
     pub fn check(&self, hub: &Hub) -> Result<()> {
         ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
-        ensure!(self.max_windows != Some(0), "--max-windows must be at least 1 (leave it out for every window)");
-        ensure!(self.limit != Some(0), "--limit must be at least 1 (leave it out for every document)");
+        ensure!(
+            self.max_windows != Some(0),
+            "--max-windows must be at least 1 (leave it out for every window)"
+        );
+        ensure!(
+            self.limit != Some(0),
+            "--limit must be at least 1 (leave it out for every document)"
+        );
         for n in &self.names {
             if ALL_TASKS.contains(&n.as_str()) {
                 let t = task(n)?;
-                hub.repo(t.hub_id, RepoKind::Dataset).get(t.file).with_context(|| format!("task {n}"))?;
+                hub.repo(t.hub_id, RepoKind::Dataset)
+                    .get(t.file)
+                    .with_context(|| format!("task {n}"))?;
             } else {
                 PplCorpus::parse(n).locate(hub)?;
             }
@@ -281,7 +289,10 @@ fn refuse_saving_over_source(hub: &Hub, model: &str, dir: &Path) -> Result<()> {
     let config = hub.repo(model, RepoKind::Model).get("config.json")?;
     let source = config.parent().and_then(|d| d.canonicalize().ok());
     if source.is_some() && dir.canonicalize().ok() == source {
-        bail!("--save {}: this is the directory of the model `{model}` itself; choose another directory", dir.display());
+        bail!(
+            "--save {}: this is the directory of the model `{model}` itself; choose another directory",
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -298,7 +309,8 @@ fn prune_step(
     // At sparsity 0 nothing is pruned (as the official code), so no calibration is drawn.
     let calib = if p.needs_calibration(method) && p.sparsity > 0.0 {
         obs.stage("calibration data");
-        let (file, windows) = CalibSource::parse(&p.calib).windows(hub, &loaded.tokenizer, p.nsamples, seqlen, p.seed)?;
+        let (file, windows) =
+            CalibSource::parse(&p.calib).windows(hub, &loaded.tokenizer, p.nsamples, seqlen, p.seed)?;
         out.insert(
             "calibration".into(),
             json!({"source": p.calib, "file": file, "nsamples": p.nsamples, "seqlen": seqlen, "seed": p.seed}),
@@ -366,12 +378,17 @@ fn check_calibration_memory(loaded: &Loaded, nsamples: usize, seqlen: usize, bat
     let elt = loaded.model.kind().elt_size_in_bytes() as u128;
     let tokens = nsamples as u128 * seqlen as u128;
     let buffer = tokens * info.hidden_size as u128 * elt;
-    let working = (batch.min(nsamples) * seqlen) as u128 * info.intermediate_size.max(info.hidden_size) as u128 * elt * 4;
+    let working =
+        (batch.min(nsamples) * seqlen) as u128 * info.intermediate_size.max(info.hidden_size) as u128 * elt * 4;
     let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
     let cuda = matches!(loaded.model.device(), tch::Device::Cuda(_));
     let (needed, free, place) = match loaded.model.device() {
         tch::Device::Cuda(i) => match crate::device::cuda_memory(i) {
-            Some((free, _)) => (2 * buffer + working, free, format!("cuda:{i} (with the weights loaded)")),
+            Some((free, _)) => (
+                2 * buffer + working,
+                free,
+                format!("cuda:{i} (with the weights loaded)"),
+            ),
             None => return Ok(()),
         },
         _ => match crate::resources::mem_available_bytes() {
@@ -413,8 +430,12 @@ impl Evaluations {
                 names.push(n.clone());
             }
         }
-        let (tasks, specs): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| ALL_TASKS.contains(&n.as_str()));
-        let tasks = tasks.iter().map(|t| TaskDocs::load(hub, t, eval.limit)).collect::<Result<Vec<_>>>()?;
+        let (tasks, specs): (Vec<String>, Vec<String>) =
+            names.into_iter().partition(|n| ALL_TASKS.contains(&n.as_str()));
+        let tasks = tasks
+            .iter()
+            .map(|t| TaskDocs::load(hub, t, eval.limit))
+            .collect::<Result<Vec<_>>>()?;
         let mut corpora = Vec::new();
         for (spec, label) in specs.iter().zip(ppl_labels(&specs)) {
             obs.stage(&format!("tokenizing {label}"));
@@ -424,12 +445,23 @@ impl Evaluations {
                 "{label}: {} tokens do not fill one window of seqlen {seqlen}; use a smaller --seqlen or a longer text",
                 ids.len()
             );
-            corpora.push(Corpus { spec: spec.clone(), label, ids });
+            corpora.push(Corpus {
+                spec: spec.clone(),
+                label,
+                ids,
+            });
         }
         Ok(Evaluations { tasks, corpora })
     }
 
-    fn run(&self, loaded: &Loaded, eval: &EvalSpec, seqlen: usize, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
+    fn run(
+        &self,
+        loaded: &Loaded,
+        eval: &EvalSpec,
+        seqlen: usize,
+        obs: &dyn Observer,
+        out: &mut Map<String, Value>,
+    ) -> Result<()> {
         if !self.corpora.is_empty() {
             eval_ppl(loaded, &self.corpora, seqlen, eval, obs, out)?;
         }
@@ -441,7 +473,13 @@ impl Evaluations {
 }
 
 /// Zero-shot accuracy per task; fills `zero_shot` with lm-eval's metric names and the mean acc.
-fn eval_tasks(loaded: &Loaded, tasks: &[TaskDocs], eval: &EvalSpec, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
+fn eval_tasks(
+    loaded: &Loaded,
+    tasks: &[TaskDocs],
+    eval: &EvalSpec,
+    obs: &dyn Observer,
+    out: &mut Map<String, Value>,
+) -> Result<()> {
     let start = Instant::now();
     let mut results = Map::new();
     let mut accs = Vec::new();
@@ -450,7 +488,12 @@ fn eval_tasks(loaded: &Loaded, tasks: &[TaskDocs], eval: &EvalSpec, obs: &dyn Ob
         obs.stage(name);
         let r = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?.result;
         let norm = r.acc_norm.map(|a| format!(", acc_norm {:.4}", a)).unwrap_or_default();
-        obs.line(&format!("{name:<16} acc {:.4} ± {:.4}{norm}   ({} documents)", r.acc, r.acc_stderr.unwrap_or(f64::NAN), r.n));
+        obs.line(&format!(
+            "{name:<16} acc {:.4} ± {:.4}{norm}   ({} documents)",
+            r.acc,
+            r.acc_stderr.unwrap_or(f64::NAN),
+            r.n
+        ));
         accs.push(r.acc);
         results.insert(name.to_string(), serde_json::to_value(r)?);
     }
@@ -466,15 +509,32 @@ fn eval_tasks(loaded: &Loaded, tasks: &[TaskDocs], eval: &EvalSpec, obs: &dyn Ob
 }
 
 /// Perplexity on each corpus; fills `ppl`, `n_tokens`, `ppl_details`.
-fn eval_ppl(loaded: &Loaded, corpora: &[Corpus], seqlen: usize, eval: &EvalSpec, obs: &dyn Observer, out: &mut Map<String, Value>) -> Result<()> {
+fn eval_ppl(
+    loaded: &Loaded,
+    corpora: &[Corpus],
+    seqlen: usize,
+    eval: &EvalSpec,
+    obs: &dyn Observer,
+    out: &mut Map<String, Value>,
+) -> Result<()> {
     let mut ppl = Map::new();
     let mut details = Map::new();
     let start = Instant::now();
     let mut tokens = 0usize;
     for Corpus { spec, label, ids } in corpora {
         obs.stage(label);
-        let r = perplexity(loaded.model.as_ref(), ids, seqlen, eval.batch_size, eval.max_windows, label)?;
-        obs.line(&format!("{label:<16} ppl {:>10.4}   ({} windows x {seqlen} tokens of {})", r.ppl, r.windows, r.n_tokens));
+        let r = perplexity(
+            loaded.model.as_ref(),
+            ids,
+            seqlen,
+            eval.batch_size,
+            eval.max_windows,
+            label,
+        )?;
+        obs.line(&format!(
+            "{label:<16} ppl {:>10.4}   ({} windows x {seqlen} tokens of {})",
+            r.ppl, r.windows, r.n_tokens
+        ));
         tokens += r.windows * seqlen;
         ppl.insert(label.clone(), json!(r.ppl));
         details.insert(

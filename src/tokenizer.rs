@@ -35,8 +35,10 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
             .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", tokenizer_json.display()))?;
         let cfg: Value = match tokenizer_config {
-            Some(p) => serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?)
-                .with_context(|| format!("{}: invalid JSON", p.display()))?,
+            Some(p) => serde_json::from_str(
+                &std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .with_context(|| format!("{}: invalid JSON", p.display()))?,
             None => Value::Null,
         };
         let add_bos = cfg
@@ -49,7 +51,10 @@ impl Tokenizer {
             _ => None,
         };
         let bos = bos_name.and_then(|n| inner.token_to_id(&n)).or(config_bos);
-        let mut tok = Tokenizer { inner, bos_to_prepend: None };
+        let mut tok = Tokenizer {
+            inner,
+            bos_to_prepend: None,
+        };
         if add_bos {
             if let Some(bos) = bos {
                 let probe = tok.raw_encode("a")?;
@@ -73,7 +78,9 @@ impl Tokenizer {
     /// with its token: an embedding table must have a row for it.
     pub fn largest_id(&self) -> Option<(u32, String)> {
         let vocab = self.inner.get_vocab(true).into_iter().map(|(token, id)| (id, token));
-        let bos = self.bos_to_prepend.map(|id| (id, "the BOS token (tokenizer_config.json / config.json)".to_string()));
+        let bos = self
+            .bos_to_prepend
+            .map(|id| (id, "the BOS token (tokenizer_config.json / config.json)".to_string()));
         vocab.chain(bos).max_by_key(|(id, _)| *id)
     }
 

@@ -8,15 +8,35 @@ fn prune_reports_saves_and_reloads() {
     let tmp = tempfile::tempdir().unwrap();
     let save = tmp.path().join("pruned");
     let out = repro()
-        .args(["prune", "--model", "llama-tiny-random", "--method", "wanda", "--sparsity", "0.5"])
-        .args(["--calib", "c4:c4-format-sample", "--nsamples", "8", "--seqlen", "64", "--eval", "wikitext2"])
+        .args([
+            "prune",
+            "--model",
+            "llama-tiny-random",
+            "--method",
+            "wanda",
+            "--sparsity",
+            "0.5",
+        ])
+        .args([
+            "--calib",
+            "c4:c4-format-sample",
+            "--nsamples",
+            "8",
+            "--seqlen",
+            "64",
+            "--eval",
+            "wikitext2",
+        ])
         .args(["--max-windows", "4", "--json", "--save", save.to_str().unwrap()])
         .output()
         .unwrap();
     let r = json_of(&out);
     assert_eq!(r["method"], "wanda");
     assert_eq!(r["pattern"], "unstructured");
-    assert_eq!(r["group"], "per-output", "the group in force, though --group was not given");
+    assert_eq!(
+        r["group"], "per-output",
+        "the group in force, though --group was not given"
+    );
     assert_eq!(r["calibration"]["nsamples"], 8);
     let actual = r["sparsity_actual"].as_f64().unwrap();
     assert!((actual - 0.5).abs() < 0.01, "{actual}");
@@ -24,19 +44,45 @@ fn prune_reports_saves_and_reloads() {
     assert!(r["prune_seconds"].as_f64().unwrap() <= r["total_seconds"].as_f64().unwrap());
     assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
     let ppl = r["ppl"]["wikitext2"].as_f64().unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "repro.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+        "repro.json",
+    ] {
         assert!(save.join(f).is_file(), "{f} missing");
     }
     // The saved checkpoint is a model like any other: same perplexity, same zeros.
     let again = json_of(
         &repro()
-            .args(["eval", "--model", save.to_str().unwrap(), "--ppl", "wikitext2", "--seqlen", "64", "--max-windows", "4", "--json"])
+            .args([
+                "eval",
+                "--model",
+                save.to_str().unwrap(),
+                "--ppl",
+                "wikitext2",
+                "--seqlen",
+                "64",
+                "--max-windows",
+                "4",
+                "--json",
+            ])
             .output()
             .unwrap(),
     );
-    assert_close("reloaded ppl", &[again["ppl"]["wikitext2"].as_f64().unwrap()], &[ppl], 1e-6, 0.0);
+    assert_close(
+        "reloaded ppl",
+        &[again["ppl"]["wikitext2"].as_f64().unwrap()],
+        &[ppl],
+        1e-6,
+        0.0,
+    );
     let tensors = tch::Tensor::read_safetensors(save.join("model.safetensors")).unwrap();
-    let q = tensors.iter().find(|(n, _)| n == "model.layers.0.self_attn.q_proj.weight").unwrap();
+    let q = tensors
+        .iter()
+        .find(|(n, _)| n == "model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
     let zeros = q.1.eq(0.0).sum(tch::Kind::Int64).int64_value(&[]);
     assert_eq!(zeros, r["layers"][0]["zeros"].as_i64().unwrap());
 }
@@ -46,16 +92,31 @@ fn invalid_combinations_are_refused() {
     let m = fixture_model("llama-tiny-random");
     for (args, msg) in [
         (vec!["--method", "wanda", "--pattern", "5:4"], "0 < N < M"),
-        (vec!["--method", "wanda", "--pattern", "1:4", "--sparsity", "0.5"], "leave --sparsity out (it follows the pattern) or give 0.25"),
-        (vec!["--method", "wanda", "--pattern", "2:4", "--use-variant"], "unstructured sparsity only"),
-        (vec!["--method", "sparsegpt", "--group", "per-layer"], "--group applies to metric methods"),
+        (
+            vec!["--method", "wanda", "--pattern", "1:4", "--sparsity", "0.5"],
+            "leave --sparsity out (it follows the pattern) or give 0.25",
+        ),
+        (
+            vec!["--method", "wanda", "--pattern", "2:4", "--use-variant"],
+            "unstructured sparsity only",
+        ),
+        (
+            vec!["--method", "sparsegpt", "--group", "per-layer"],
+            "--group applies to metric methods",
+        ),
         (vec!["--method", "obs"], "unknown method `obs`"),
-        (vec!["--method", "wanda", "--sparsity", "1.0"], "sparsity 1 (--sparsity, or `sparsities` in a sweep) must be in [0, 1)"),
+        (
+            vec!["--method", "wanda", "--sparsity", "1.0"],
+            "sparsity 1 (--sparsity, or `sparsities` in a sweep) must be in [0, 1)",
+        ),
     ] {
         let out = repro().args(["prune", "--model", &m]).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(stderr.contains(msg) && !stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(msg) && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
     }
 }
 
@@ -65,8 +126,25 @@ fn invalid_combinations_are_refused() {
 fn variant_short_of_its_target_is_pointed_out() {
     let run = |sparsity: &str| {
         repro()
-            .args(["prune", "--model", "llama-tiny", "--method", "wanda", "--use-variant", "--sparsity", sparsity])
-            .args(["--calib", "c4:c4-format-sample", "--nsamples", "4", "--seqlen", "64", "--json"])
+            .args([
+                "prune",
+                "--model",
+                "llama-tiny",
+                "--method",
+                "wanda",
+                "--use-variant",
+                "--sparsity",
+                sparsity,
+            ])
+            .args([
+                "--calib",
+                "c4:c4-format-sample",
+                "--nsamples",
+                "4",
+                "--seqlen",
+                "64",
+                "--json",
+            ])
             .output()
             .unwrap()
     };
@@ -95,14 +173,31 @@ fn sparsity_zero_leaves_the_model_as_it_is() {
     let save = tmp.path().join("same");
     let model = fixture_model("llama-tiny-random");
     let out = repro()
-        .args(["prune", "--model", &model, "--method", "sparsegpt", "--sparsity", "0", "--seqlen", "32", "--json", "--save", save.to_str().unwrap()])
+        .args([
+            "prune",
+            "--model",
+            &model,
+            "--method",
+            "sparsegpt",
+            "--sparsity",
+            "0",
+            "--seqlen",
+            "32",
+            "--json",
+            "--save",
+            save.to_str().unwrap(),
+        ])
         .args(["--calib", "c4:c4-format-sample", "--nsamples", "2"])
         .output()
         .unwrap();
     let r = json_of(&out);
     assert!(r["calibration"].is_null(), "{r}");
     let before = tch::Tensor::read_safetensors(std::path::Path::new(&model).join("model.safetensors")).unwrap();
-    let after: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(save.join("model.safetensors")).unwrap().into_iter().collect();
+    let after: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(save.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
     for (name, t) in &before {
         assert!(t.equal(&after[name]), "{name} changed");
     }
@@ -114,9 +209,30 @@ fn sparsity_zero_leaves_the_model_as_it_is() {
 fn sparsity_beyond_rounding_is_pointed_out() {
     let tmp = tempfile::tempdir().unwrap();
     let save = tmp.path().join("twofour");
-    let prune = |model: &str, args: &[&str]| repro().args(["prune", "--model", model, "--method", "magnitude", "--seqlen", "32", "--json"]).args(args).output().unwrap();
-    let first = json_of(&prune(&fixture_model("llama-tiny-random"), &["--pattern", "2:4", "--save", save.to_str().unwrap()]));
-    assert!(first["warnings"].is_null() && first["sparsity_target"] == 0.5, "{first}");
+    let prune = |model: &str, args: &[&str]| {
+        repro()
+            .args([
+                "prune",
+                "--model",
+                model,
+                "--method",
+                "magnitude",
+                "--seqlen",
+                "32",
+                "--json",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let first = json_of(&prune(
+        &fixture_model("llama-tiny-random"),
+        &["--pattern", "2:4", "--save", save.to_str().unwrap()],
+    ));
+    assert!(
+        first["warnings"].is_null() && first["sparsity_target"] == 0.5,
+        "{first}"
+    );
     let again = prune(save.to_str().unwrap(), &["--sparsity", "0.3"]);
     let r = json_of(&again);
     let warning = r["warnings"][0].as_str().unwrap();

@@ -7,7 +7,14 @@ use repro::model::{self, CausalLm, Streaming};
 use tch::{Device, Kind, Tensor};
 
 fn load(name: &str) -> model::Loaded {
-    model::load(&Hub::default(), &fixture_model(name), Device::Cpu, Kind::Float, Streaming::Off).unwrap()
+    model::load(
+        &Hub::default(),
+        &fixture_model(name),
+        Device::Cpu,
+        Kind::Float,
+        Streaming::Off,
+    )
+    .unwrap()
 }
 
 fn logits_of(m: &dyn CausalLm, ids: &[i64]) -> Tensor {
@@ -24,17 +31,46 @@ fn check_fixture_forward(name: &str) {
     let m = load(name);
     let g = golden(&fixtures().join("models").join(name).join("golden.json"));
     let ids = m.tokenizer.encode(g["text"].as_str().unwrap()).unwrap();
-    let want_ids: Vec<i64> = g["token_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let want_ids: Vec<i64> = g["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
     assert_eq!(ids, want_ids, "{name}: token ids");
     let logits = logits_of(m.model.as_ref(), &ids);
     let last = ids.len() as i64 - 1;
-    assert_close(&format!("{name} last logits"), &row(&logits, last, 16), &floats(&g["last_logits_first16"]), 1e-4, 1e-5);
-    assert_close(&format!("{name} first logits"), &row(&logits, 0, 16), &floats(&g["first_logits_first16"]), 1e-4, 1e-5);
+    assert_close(
+        &format!("{name} last logits"),
+        &row(&logits, last, 16),
+        &floats(&g["last_logits_first16"]),
+        1e-4,
+        1e-5,
+    );
+    assert_close(
+        &format!("{name} first logits"),
+        &row(&logits, 0, 16),
+        &floats(&g["first_logits_first16"]),
+        1e-4,
+        1e-5,
+    );
     let argmax = logits.get(last).argmax(0, false).int64_value(&[]);
     assert_eq!(argmax, g["last_logits_argmax"].as_i64().unwrap(), "{name}: argmax");
     let all = logits.to_kind(Kind::Double);
-    assert_close(&format!("{name} mean"), &[all.mean(Kind::Double).double_value(&[])], &[g["logits_mean"].as_f64().unwrap()], 1e-4, 1e-6);
-    assert_close(&format!("{name} std"), &[all.std(true).double_value(&[])], &[g["logits_std"].as_f64().unwrap()], 1e-4, 0.0);
+    assert_close(
+        &format!("{name} mean"),
+        &[all.mean(Kind::Double).double_value(&[])],
+        &[g["logits_mean"].as_f64().unwrap()],
+        1e-4,
+        1e-6,
+    );
+    assert_close(
+        &format!("{name} std"),
+        &[all.std(true).double_value(&[])],
+        &[g["logits_std"].as_f64().unwrap()],
+        1e-4,
+        0.0,
+    );
 }
 
 #[test]
@@ -54,7 +90,9 @@ fn opt_tiny_logits_match_transformers() {
 
 fn wikitext_ids(m: &model::Loaded, seqlen: usize) -> Vec<i64> {
     let hub = Hub::new(Some(fixtures()));
-    repro::data::PplCorpus::parse("wikitext2").token_ids(&hub, seqlen, &|t| m.tokenizer.encode(t)).unwrap()
+    repro::data::PplCorpus::parse("wikitext2")
+        .token_ids(&hub, seqlen, &|t| m.tokenizer.encode(t))
+        .unwrap()
 }
 
 /// The fixtures' first-8-windows perplexities (random models) and window losses.
@@ -66,8 +104,20 @@ fn check_partial_ppl(name: &str) {
     assert_eq!(ids.len() as u64, g["n_tokens"].as_u64().unwrap());
     let _g = tch::no_grad_guard();
     let r = repro::eval::ppl::perplexity(m.model.as_ref(), &ids, seqlen, 4, Some(8), name).unwrap();
-    assert_close(&format!("{name} window losses"), &r.window_losses, &floats(&g["window_losses"]), 1e-5, 1e-5);
-    assert_close(&format!("{name} ppl"), &[r.ppl], &[g["ppl"].as_f64().unwrap()], 1e-4, 0.0);
+    assert_close(
+        &format!("{name} window losses"),
+        &r.window_losses,
+        &floats(&g["window_losses"]),
+        1e-5,
+        1e-5,
+    );
+    assert_close(
+        &format!("{name} ppl"),
+        &[r.ppl],
+        &[g["ppl"].as_f64().unwrap()],
+        1e-4,
+        0.0,
+    );
 }
 
 #[test]
@@ -90,7 +140,13 @@ fn llama_tiny_full_wikitext2_ppl_matches() {
     let _g = tch::no_grad_guard();
     let r = repro::eval::ppl::perplexity(m.model.as_ref(), &ids, 512, 8, None, "llama-tiny").unwrap();
     assert_eq!(r.windows, 935);
-    assert_close("llama-tiny window losses", &r.window_losses, &floats(&g["window_losses"]), 1e-4, 1e-5);
+    assert_close(
+        "llama-tiny window losses",
+        &r.window_losses,
+        &floats(&g["window_losses"]),
+        1e-4,
+        1e-5,
+    );
     assert_close("llama-tiny ppl", &[r.ppl], &[g["ppl"].as_f64().unwrap()], 1e-4, 0.0);
 }
 
@@ -132,9 +188,22 @@ fn llama2_tokenizer_wikitext2_token_count() {
 #[test]
 fn architecture_goldens_match_transformers() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
-    for name in ["llama-gqa-llama3rope", "llama-tied", "mistral-tiny", "opt-proj", "opt-postln"] {
+    for name in [
+        "llama-gqa-llama3rope",
+        "llama-tied",
+        "mistral-tiny",
+        "opt-proj",
+        "opt-postln",
+    ] {
         let dir = root.join(name);
-        let (m, _, _) = model::load_model(&Hub::default(), dir.to_str().unwrap(), Device::Cpu, Kind::Float, Streaming::Off).unwrap();
+        let (m, _, _) = model::load_model(
+            &Hub::default(),
+            dir.to_str().unwrap(),
+            Device::Cpu,
+            Kind::Float,
+            Streaming::Off,
+        )
+        .unwrap();
         let g = golden(&dir.join("golden.json"));
         let ids: Vec<Vec<i64>> = g["input_ids"]
             .as_array()
@@ -147,11 +216,29 @@ fn architecture_goldens_match_transformers() {
         let logits = m.forward(&batch).unwrap();
         for (k, pos) in g["positions"].as_array().unwrap().iter().enumerate() {
             let got = Vec::<f64>::try_from(logits.get(0).get(pos.as_i64().unwrap()).to_kind(Kind::Double)).unwrap();
-            assert_close(&format!("{name} logits at {pos}"), &got, &floats(&g["logits_seq0"][k]), 1e-4, 1e-4);
+            assert_close(
+                &format!("{name} logits at {pos}"),
+                &got,
+                &floats(&g["logits_seq0"][k]),
+                1e-4,
+                1e-4,
+            );
         }
         let all = logits.to_kind(Kind::Double);
-        assert_close(&format!("{name} std"), &[all.std(true).double_value(&[])], &[g["logits_std"].as_f64().unwrap()], 1e-4, 0.0);
+        assert_close(
+            &format!("{name} std"),
+            &[all.std(true).double_value(&[])],
+            &[g["logits_std"].as_f64().unwrap()],
+            1e-4,
+            0.0,
+        );
         let losses = repro::eval::ppl::window_losses(&logits, &batch);
-        assert_close(&format!("{name} window losses"), &losses, &floats(&g["window_losses"]), 1e-5, 1e-5);
+        assert_close(
+            &format!("{name} window losses"),
+            &losses,
+            &floats(&g["window_losses"]),
+            1e-5,
+            1e-5,
+        );
     }
 }

@@ -42,8 +42,19 @@ fn check_case(file: &str) {
     let g = golden(&goldens().join(format!("{file}.json")));
     let s = &g["settings"];
     let model_name = s["model"].as_str().unwrap();
-    let mut loaded = model::load(&hub(), &fixture_model(model_name), Device::Cpu, Kind::Float, Streaming::Off).unwrap();
-    let (nsamples, seqlen, seed) = (s["nsamples"].as_u64().unwrap() as usize, s["seqlen"].as_u64().unwrap() as usize, s["seed"].as_u64().unwrap());
+    let mut loaded = model::load(
+        &hub(),
+        &fixture_model(model_name),
+        Device::Cpu,
+        Kind::Float,
+        Streaming::Off,
+    )
+    .unwrap();
+    let (nsamples, seqlen, seed) = (
+        s["nsamples"].as_u64().unwrap() as usize,
+        s["seqlen"].as_u64().unwrap() as usize,
+        s["seed"].as_u64().unwrap(),
+    );
     let method_name = s["method"].as_str().unwrap();
     let pattern = Pattern::parse(s["pattern"].as_str().unwrap()).unwrap();
     let variant = s["use_variant"].as_bool().unwrap();
@@ -136,42 +147,96 @@ fn check_case(file: &str) {
             let w = &linear.weight;
             let zeros = w.eq(0.0).sum(Kind::Int64).int64_value(&[]);
             let want_zeros = want["zeros"].as_i64().unwrap();
-            assert!((zeros - want_zeros).abs() <= zeros_slack, "{file}: zeros of {full}: {zeros}, want {want_zeros}");
+            assert!(
+                (zeros - want_zeros).abs() <= zeros_slack,
+                "{file}: zeros of {full}: {zeros}, want {want_zeros}"
+            );
             if exact_masks {
-                assert_eq!(mask_sha256(w), want["mask_sha256"].as_str().unwrap(), "{file}: mask of {full}");
+                assert_eq!(
+                    mask_sha256(w),
+                    want["mask_sha256"].as_str().unwrap(),
+                    "{file}: mask of {full}"
+                );
             } else if want.get("weight_samples").is_some() {
                 let fro = w.to_kind(Kind::Double).norm().double_value(&[]);
                 let want_fro = want["weight_fro_norm"].as_f64().unwrap();
-                assert_close(&format!("{file}: fro norm of {full}"), &[fro], &[want_fro], fro_rel, 0.0);
+                assert_close(
+                    &format!("{file}: fro norm of {full}"),
+                    &[fro],
+                    &[want_fro],
+                    fro_rel,
+                    0.0,
+                );
                 // Relative to the weight, or to the layer's scale (rms) for weights near zero.
                 let rms = want_fro / (w.numel() as f64).sqrt();
                 let samples = want["weight_samples"].as_array().unwrap();
                 let close = samples
                     .iter()
                     .filter(|s| {
-                        let (got, want) = (w.double_value(&[s[0].as_i64().unwrap(), s[1].as_i64().unwrap()]), s[2].as_f64().unwrap());
+                        let (got, want) = (
+                            w.double_value(&[s[0].as_i64().unwrap(), s[1].as_i64().unwrap()]),
+                            s[2].as_f64().unwrap(),
+                        );
                         (got - want).abs() <= weight_tolerance(want, rms)
                     })
                     .count();
                 let share = close as f64 / samples.len() as f64;
-                assert!(share >= min_sample_agreement, "{file}: {full}: {close}/{} weight samples within tolerance", samples.len());
+                assert!(
+                    share >= min_sample_agreement,
+                    "{file}: {full}: {close}/{} weight samples within tolerance",
+                    samples.len()
+                );
             }
         }
     }
     if let Some(masks) = g.get("masks_file").and_then(Value::as_str) {
-        check_mask_agreement(file, masks, loaded.model.as_ref(), if exact_masks { 1.0 } else if variant { 0.99999 } else { 0.999 });
+        check_mask_agreement(
+            file,
+            masks,
+            loaded.model.as_ref(),
+            if exact_masks {
+                1.0
+            } else if variant {
+                0.99999
+            } else {
+                0.999
+            },
+        );
     }
     let e = &g["eval"];
-    let ids = repro::data::PplCorpus::parse("wikitext2").token_ids(&hub(), 0, &|t| loaded.tokenizer.encode(t)).unwrap();
-    let r = repro::eval::ppl::perplexity(loaded.model.as_ref(), &ids, e["seqlen"].as_u64().unwrap() as usize, 8, Some(e["windows_used"].as_u64().unwrap() as usize), file).unwrap();
-    assert_close(&format!("{file}: ppl"), &[r.ppl], &[e["ppl"].as_f64().unwrap()], ppl_rel, 0.0);
-    assert_close(&format!("{file}: sparsity"), &[report.sparsity_actual], &[g["sparsity_actual"].as_f64().unwrap()], 0.0, 1e-9);
+    let ids = repro::data::PplCorpus::parse("wikitext2")
+        .token_ids(&hub(), 0, &|t| loaded.tokenizer.encode(t))
+        .unwrap();
+    let r = repro::eval::ppl::perplexity(
+        loaded.model.as_ref(),
+        &ids,
+        e["seqlen"].as_u64().unwrap() as usize,
+        8,
+        Some(e["windows_used"].as_u64().unwrap() as usize),
+        file,
+    )
+    .unwrap();
+    assert_close(
+        &format!("{file}: ppl"),
+        &[r.ppl],
+        &[e["ppl"].as_f64().unwrap()],
+        ppl_rel,
+        0.0,
+    );
+    assert_close(
+        &format!("{file}: sparsity"),
+        &[report.sparsity_actual],
+        &[g["sparsity_actual"].as_f64().unwrap()],
+        0.0,
+        1e-9,
+    );
 }
 
 /// Fraction of weights whose kept/pruned state equals the reference's packed mask.
 fn check_mask_agreement(file: &str, masks: &str, model: &dyn model::CausalLm, min_agreement: f64) {
     let path = goldens().join(std::path::Path::new(masks).file_name().unwrap());
-    let packed: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&path).unwrap().into_iter().collect();
+    let packed: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(&path).unwrap().into_iter().collect();
     let prefix = model.info().block_prefix;
     for b in 0..model.stack().n_blocks() {
         let block = model.stack().block(b).unwrap();
@@ -289,14 +354,30 @@ fn owl_ratios_as_a_list_and_owl_at_lambda_zero() {
 #[test]
 fn calibration_windows_match_official_sampler() {
     let g = golden(&goldens().join("calib_llama-tiny_n128_seqlen512.json"));
-    let loaded = model::load(&hub(), &fixture_model("llama-tiny"), Device::Cpu, Kind::Float, Streaming::Off).unwrap();
+    let loaded = model::load(
+        &hub(),
+        &fixture_model("llama-tiny"),
+        Device::Cpu,
+        Kind::Float,
+        Streaming::Off,
+    )
+    .unwrap();
     for seed in ["0", "1"] {
         let (_, windows) = CalibSource::parse("c4:c4-format-sample")
             .windows(&hub(), &loaded.tokenizer, 128, 512, seed.parse().unwrap())
             .unwrap();
         let want = &g["seeds"][seed];
-        assert_eq!(ids_sha256(&windows), want["ids_sha256"].as_str().unwrap(), "seed {seed}");
-        let first16: Vec<i64> = want["first_window_first16"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(
+            ids_sha256(&windows),
+            want["ids_sha256"].as_str().unwrap(),
+            "seed {seed}"
+        );
+        let first16: Vec<i64> = want["first_window_first16"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         assert_eq!(windows[0][..16], first16[..], "seed {seed}");
     }
 }
@@ -305,8 +386,17 @@ fn calibration_windows_match_official_sampler() {
 #[test]
 fn pruning_is_deterministic() {
     let run = || {
-        let mut l = model::load(&hub(), &fixture_model("llama-tiny-random"), Device::Cpu, Kind::Float, Streaming::Off).unwrap();
-        let (_, w) = CalibSource::parse("c4:c4-format-sample").windows(&hub(), &l.tokenizer, 8, 64, 3).unwrap();
+        let mut l = model::load(
+            &hub(),
+            &fixture_model("llama-tiny-random"),
+            Device::Cpu,
+            Kind::Float,
+            Streaming::Off,
+        )
+        .unwrap();
+        let (_, w) = CalibSource::parse("c4:c4-format-sample")
+            .windows(&hub(), &l.tokenizer, 8, 64, 3)
+            .unwrap();
         let calib = Tensor::from_slice(&w.concat()).view([8, 64]);
         let _g = tch::no_grad_guard();
         let method = Method::parse(MethodChoice::named("sparsegpt"), Pattern::Unstructured).unwrap();

@@ -65,12 +65,17 @@ fn compare(name: &str, g: &Value, got: &TaskEval) -> (f64, Vec<String>) {
             let diff = (h - w).abs();
             max_diff = max_diff.max(diff);
             if !(diff <= LL_ABS) {
-                errors.push(format!("{name} doc {i} choice {c}: loglikelihood {h}, want {w} (diff {diff:.3e})"));
+                errors.push(format!(
+                    "{name} doc {i} choice {c}: loglikelihood {h}, want {w} (diff {diff:.3e})"
+                ));
             }
         }
         let pred = d["pred"].as_u64().unwrap() as usize;
         if got.predictions[i] != pred {
-            errors.push(format!("{name} doc {i}: predicted {}, lm-eval {pred} (lls {have:?} vs {want:?})", got.predictions[i]));
+            errors.push(format!(
+                "{name} doc {i}: predicted {}, lm-eval {pred} (lls {have:?} vs {want:?})",
+                got.predictions[i]
+            ));
         }
     }
     let m = &g["metrics"];
@@ -125,7 +130,11 @@ fn seven_tasks_match_lm_eval_per_document() {
     }
     eprintln!("all tasks: max |ll diff| {overall:.3e}");
     let shown: Vec<&String> = all_errors.iter().take(40).collect();
-    assert!(all_errors.is_empty(), "{} disagreements with lm-eval, first ones:\n{shown:#?}", all_errors.len());
+    assert!(
+        all_errors.is_empty(),
+        "{} disagreements with lm-eval, first ones:\n{shown:#?}",
+        all_errors.len()
+    );
 }
 
 /// Batch size 1 and 8 give the same loglikelihoods (right padding is never attended to), and the
@@ -142,15 +151,33 @@ fn batch_size_does_not_change_loglikelihoods() {
     let requests: Vec<(String, String)> = docs[..LIMIT].iter().flat_map(|d| d.requests()).collect();
     let max_length = loaded.model.info().max_position_embeddings as usize;
     let bar = indicatif::ProgressBar::hidden();
-    let run = |bs| loglikelihoods(loaded.model.as_ref(), &loaded.tokenizer, &requests, max_length, bs, &bar).unwrap();
+    let run = |bs| {
+        loglikelihoods(
+            loaded.model.as_ref(),
+            &loaded.tokenizer,
+            &requests,
+            max_length,
+            bs,
+            &bar,
+        )
+        .unwrap()
+    };
     let (one, eight) = (run(1), run(8));
     let mut max_diff = 0.0f64;
     for (i, (a, b)) in one.iter().zip(&eight).enumerate() {
         max_diff = max_diff.max((a.logprob - b.logprob).abs());
-        assert!((a.logprob - b.logprob).abs() <= 1e-5, "request {i}: bs1 {} vs bs8 {}", a.logprob, b.logprob);
+        assert!(
+            (a.logprob - b.logprob).abs() <= 1e-5,
+            "request {i}: bs1 {} vs bs8 {}",
+            a.logprob,
+            b.logprob
+        );
         assert_eq!(a.is_greedy, b.is_greedy, "request {i}: is_greedy");
     }
-    eprintln!("{name}: bs1 vs bs8 max |ll diff| {max_diff:.3e} over {} requests", requests.len());
+    eprintln!(
+        "{name}: bs1 vs bs8 max |ll diff| {max_diff:.3e} over {} requests",
+        requests.len()
+    );
     let want_greedy: Vec<bool> = g["docs"].as_array().unwrap()[..LIMIT]
         .iter()
         .flat_map(|d| d["is_greedy"].as_array().unwrap().iter().map(|b| b.as_bool().unwrap()))

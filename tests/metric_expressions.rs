@@ -15,17 +15,39 @@ use tch::{Device, Kind, Tensor};
 /// The pruned weights of llama-tiny under `choice`, with 8 calibration windows of 64 tokens.
 fn pruned(choice: MethodChoice, pattern: Pattern) -> Vec<(String, Tensor)> {
     let hub = Hub::new(Some(fixtures()));
-    let mut l = model::load(&hub, &fixture_model("llama-tiny"), Device::Cpu, Kind::Float, Streaming::Off).unwrap();
-    let (_, w) = CalibSource::parse("c4:c4-format-sample").windows(&hub, &l.tokenizer, 8, 64, 0).unwrap();
+    let mut l = model::load(
+        &hub,
+        &fixture_model("llama-tiny"),
+        Device::Cpu,
+        Kind::Float,
+        Streaming::Off,
+    )
+    .unwrap();
+    let (_, w) = CalibSource::parse("c4:c4-format-sample")
+        .windows(&hub, &l.tokenizer, 8, 64, 0)
+        .unwrap();
     let calib = Tensor::from_slice(&w.concat()).view([8, 64]);
     let _g = tch::no_grad_guard();
     let method = Method::parse(choice, pattern).unwrap();
-    prune_model(l.model.as_mut(), &method, pattern.default_sparsity(), pattern, &Allocation::Uniform, Some(&calib), 4)
-        .unwrap();
+    prune_model(
+        l.model.as_mut(),
+        &method,
+        pattern.default_sparsity(),
+        pattern,
+        &Allocation::Uniform,
+        Some(&calib),
+        4,
+    )
+    .unwrap();
     let mut weights = Vec::new();
     for b in 0..l.model.stack().n_blocks() {
         let block = l.model.stack().block(b).unwrap();
-        weights.extend(block.linears().into_iter().map(|(name, lin)| (format!("{b}.{name}"), lin.weight.copy())));
+        weights.extend(
+            block
+                .linears()
+                .into_iter()
+                .map(|(name, lin)| (format!("{b}.{name}"), lin.weight.copy())),
+        );
     }
     weights
 }
@@ -36,7 +58,11 @@ fn expressions_of_the_builtin_metrics_give_their_masks() {
     let cases = [
         ("magnitude", "abs(W)", Group::PerLayer),
         ("wanda", "abs(W) * X", Group::PerOutput),
-        ("ria", "(abs(W)/rowsum(abs(W)) + abs(W)/colsum(abs(W))) * X^0.5", Group::PerOutput),
+        (
+            "ria",
+            "(abs(W)/rowsum(abs(W)) + abs(W)/colsum(abs(W))) * X^0.5",
+            Group::PerOutput,
+        ),
         ("sparsegpt_metric", "W^2 / Hinv^2", Group::InputBlocks),
     ];
     for pattern in [Pattern::Unstructured, Pattern::NM { n: 2, m: 4 }] {
@@ -44,32 +70,63 @@ fn expressions_of_the_builtin_metrics_give_their_masks() {
             let group = (pattern == Pattern::Unstructured).then_some(group);
             let want = pruned(MethodChoice::named(builtin), pattern);
             let got = pruned(
-                MethodChoice { expression: Some(text), params: &none, group, ..MethodChoice::named("mine") },
+                MethodChoice {
+                    expression: Some(text),
+                    params: &none,
+                    group,
+                    ..MethodChoice::named("mine")
+                },
                 pattern,
             );
             assert_eq!(want.len(), 4 * 7);
             for ((name, a), (_, b)) in want.iter().zip(&got) {
                 let zeros = a.eq(0.0).sum(Kind::Int64).int64_value(&[]);
                 assert!(zeros > 0, "{builtin} {pattern}: {name} was not pruned");
-                assert!(a.eq(0.0).equal(&b.eq(0.0)), "{builtin} {pattern} vs `{text}`: masks of {name} differ");
+                assert!(
+                    a.eq(0.0).equal(&b.eq(0.0)),
+                    "{builtin} {pattern} vs `{text}`: masks of {name} differ"
+                );
             }
         }
     }
 }
 
 fn masks(choice: MethodChoice) -> Vec<Tensor> {
-    pruned(choice, Pattern::Unstructured).into_iter().map(|(_, t)| t.eq(0.0)).collect()
+    pruned(choice, Pattern::Unstructured)
+        .into_iter()
+        .map(|(_, t)| t.eq(0.0))
+        .collect()
 }
 
 #[test]
 fn parameters_and_options_change_the_scores_they_name() {
-    let (half, one) = (Params::from([("a".to_string(), 0.5)]), Params::from([("a".to_string(), 1.0)]));
+    let (half, one) = (
+        Params::from([("a".to_string(), 0.5)]),
+        Params::from([("a".to_string(), 1.0)]),
+    );
     let expr = Some("(abs(W)/rowsum(abs(W)) + abs(W)/colsum(abs(W))) * X^a");
-    let expr_half = masks(MethodChoice { expression: expr, params: &half, ..MethodChoice::named("ria_a") });
-    let expr_one = masks(MethodChoice { expression: expr, params: &one, ..MethodChoice::named("ria_a") });
-    let ria_one = masks(MethodChoice { params: &one, ..MethodChoice::named("ria") });
-    assert!(expr_half.iter().zip(&expr_one).any(|(x, y)| !x.equal(y)), "a = 1 prunes differently from a = 0.5");
-    assert!(expr_one.iter().zip(&ria_one).all(|(x, y)| x.equal(y)), "RIA's option `a` is the expression's parameter");
+    let expr_half = masks(MethodChoice {
+        expression: expr,
+        params: &half,
+        ..MethodChoice::named("ria_a")
+    });
+    let expr_one = masks(MethodChoice {
+        expression: expr,
+        params: &one,
+        ..MethodChoice::named("ria_a")
+    });
+    let ria_one = masks(MethodChoice {
+        params: &one,
+        ..MethodChoice::named("ria")
+    });
+    assert!(
+        expr_half.iter().zip(&expr_one).any(|(x, y)| !x.equal(y)),
+        "a = 1 prunes differently from a = 0.5"
+    );
+    assert!(
+        expr_one.iter().zip(&ria_one).all(|(x, y)| x.equal(y)),
+        "RIA's option `a` is the expression's parameter"
+    );
 }
 
 #[test]
@@ -78,17 +135,30 @@ fn expression_errors_come_before_loading_anything() {
         (&["--metric", "abs(W * ^ X)"], "column 9"),
         (&["--metric", "abs(V) * X"], "unknown name `V`"),
         (&["--metric", "abs(W) * X^a"], "unknown name `a`"),
-        (&["--metric", "abs(W) * X", "--param", "a=0.5"], "parameter `a` is declared but"),
+        (
+            &["--metric", "abs(W) * X", "--param", "a=0.5"],
+            "parameter `a` is declared but",
+        ),
         (&["--metric", "X"], "a score needs one value per weight"),
-        (&["--method", "wanda", "--param", "a=0.5"], "metric `wanda` has no option `a`"),
+        (
+            &["--method", "wanda", "--param", "a=0.5"],
+            "metric `wanda` has no option `a`",
+        ),
         (&["--method", "ria", "--param", "b=1"], "its options: a (default 0.5"),
     ];
     for (args, msg) in cases {
         // The model does not exist: the error must come from the expression, before loading.
-        let out = repro().args(["prune", "--model", "no/such-model"]).args(args).output().unwrap();
+        let out = repro()
+            .args(["prune", "--model", "no/such-model"])
+            .args(args)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(stderr.contains(msg) && !stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(msg) && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
     }
 }
 

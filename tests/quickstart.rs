@@ -12,8 +12,18 @@ fn quickstart_sweep_runs_end_to_end_and_resumes() {
     let out = tmp.path().join("quickstart");
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.yaml");
     let run = || {
-        let o = repro().arg("run").arg(&config).arg("--output").arg(&out).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let o = repro()
+            .arg("run")
+            .arg(&config)
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert!(o.status.success(), "{text}");
         text
     };
@@ -32,7 +42,11 @@ fn quickstart_sweep_runs_end_to_end_and_resumes() {
                 let p = &r["settings"]["prune"];
                 match method {
                     "dense" => p.is_null(),
-                    _ => p["method"] == method && p["pattern"] == pattern && (p["sparsity"].as_f64().unwrap() - sparsity).abs() < 1e-9,
+                    _ => {
+                        p["method"] == method
+                            && p["pattern"] == pattern
+                            && (p["sparsity"].as_f64().unwrap() - sparsity).abs() < 1e-9
+                    }
                 }
             })
             .unwrap_or_else(|| panic!("no record for {method} {pattern} {sparsity}"));
@@ -40,24 +54,57 @@ fn quickstart_sweep_runs_end_to_end_and_resumes() {
         r["result"]["ppl"]["books-heldout"].as_f64().unwrap()
     };
     let dense = ppl("dense", "", 0.0);
-    for (method, pattern, sparsity) in [("magnitude", "unstructured", 0.5), ("wanda", "unstructured", 0.5), ("sparsegpt", "unstructured", 0.5), ("wanda", "2:4", 0.5)] {
+    for (method, pattern, sparsity) in [
+        ("magnitude", "unstructured", 0.5),
+        ("wanda", "unstructured", 0.5),
+        ("sparsegpt", "unstructured", 0.5),
+        ("wanda", "2:4", 0.5),
+    ] {
         let pruned = ppl(method, pattern, sparsity);
-        assert!(pruned.is_finite() && pruned > dense, "{method} {pattern}: {pruned} vs dense {dense}");
+        assert!(
+            pruned.is_finite() && pruned > dense,
+            "{method} {pattern}: {pruned} vs dense {dense}"
+        );
     }
     // Pruning more hurts more.
     assert!(ppl("wanda", "unstructured", 0.5) > ppl("wanda", "unstructured", 0.3));
 
-    for file in ["results.parquet", "results.csv", "report/quickstart_ppl.md", "report/quickstart_ppl.tex", "report/quickstart_ppl_in_domain.md", "report/quickstart_ppl_vs_sparsity.png", "report/quickstart_ppl_vs_sparsity.svg", "report/quickstart_zero_shot.png", "report/quickstart_zero_shot.svg"] {
+    for file in [
+        "results.parquet",
+        "results.csv",
+        "report/quickstart_ppl.md",
+        "report/quickstart_ppl.tex",
+        "report/quickstart_ppl_in_domain.md",
+        "report/quickstart_ppl_vs_sparsity.png",
+        "report/quickstart_ppl_vs_sparsity.svg",
+        "report/quickstart_zero_shot.png",
+        "report/quickstart_zero_shot.svg",
+    ] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
     let table = std::fs::read_to_string(out.join("report/quickstart_ppl_in_domain.md")).unwrap();
-    assert_eq!(table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Method")).count(), 7, "{table}");
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| Method"))
+            .count(),
+        7,
+        "{table}"
+    );
     assert!(!table.contains('–'), "every cell has a value:\n{table}");
 
     // Per-task zero-shot table: the mean column is the mean of the task columns.
     let tasks = std::fs::read_to_string(out.join("report/quickstart_zero_shot_tasks.md")).unwrap();
-    for line in tasks.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Method")) {
-        let v: Vec<f64> = line.trim_matches('|').split('|').skip(2).map(|c| c.trim().parse().unwrap_or_else(|_| panic!("{line}"))).collect();
+    for line in tasks
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| Method"))
+    {
+        let v: Vec<f64> = line
+            .trim_matches('|')
+            .split('|')
+            .skip(2)
+            .map(|c| c.trim().parse().unwrap_or_else(|_| panic!("{line}")))
+            .collect();
         assert_eq!(v.len(), 3, "{line}");
         assert!((v[2] - (v[0] + v[1]) / 2.0).abs() <= 0.01, "{line}");
     }

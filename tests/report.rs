@@ -96,11 +96,25 @@ fn fixture(dir: &Path) -> usize {
             "zero_shot_mean_acc": 0.6 - s,
             "seqlen": 64, "device": "cpu", "dtype": "f32", "total_seconds": 1.5, "peak_rss_bytes": 1000
         });
-        store.put(&record(id.clone(), run.label.clone(), run.method_label, run.spec, result)).unwrap();
+        store
+            .put(&record(
+                id.clone(),
+                run.label.clone(),
+                run.method_label,
+                run.spec,
+                result,
+            ))
+            .unwrap();
         plan.push(PlanEntry { id, label: run.label });
     }
     let n = plan.len();
-    let sweep = SweepFile { name: "r".into(), config: "r.yaml".into(), runs: plan, artefacts, unresolved: Vec::new() };
+    let sweep = SweepFile {
+        name: "r".into(),
+        config: "r.yaml".into(),
+        runs: plan,
+        artefacts,
+        unresolved: Vec::new(),
+    };
     write_atomic(&dir.join("sweep.json"), &serde_json::to_vec(&sweep).unwrap()).unwrap();
     n
 }
@@ -110,13 +124,32 @@ fn report_writes_frames_tables_and_charts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let n = fixture(dir);
-    assert_eq!(n, 1 + 2 + 2 * 2, "dense, magnitude x 2 sparsities, wanda x 2 sparsities x 2 seeds");
+    assert_eq!(
+        n,
+        1 + 2 + 2 * 2,
+        "dense, magnitude x 2 sparsities, wanda x 2 sparsities x 2 seeds"
+    );
     let files = report(dir).unwrap();
     assert_eq!(files.len(), 2 + 2 * 4);
 
-    let df = ParquetReader::new(std::fs::File::open(dir.join("results.parquet")).unwrap()).finish().unwrap();
+    let df = ParquetReader::new(std::fs::File::open(dir.join("results.parquet")).unwrap())
+        .finish()
+        .unwrap();
     assert_eq!(df.height(), n);
-    for c in ["id", "model", "method", "pattern", "sparsity", "nsamples", "seed", "seqlen", "ppl_wikitext2", "acc_boolq", "total_seconds", "libtorch_version"] {
+    for c in [
+        "id",
+        "model",
+        "method",
+        "pattern",
+        "sparsity",
+        "nsamples",
+        "seed",
+        "seqlen",
+        "ppl_wikitext2",
+        "acc_boolq",
+        "total_seconds",
+        "libtorch_version",
+    ] {
         assert!(df.column(c).is_ok(), "column {c} missing: {:?}", df.get_column_names());
     }
     let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
@@ -126,11 +159,17 @@ fn report_writes_frames_tables_and_charts() {
     assert!(md.contains("| Method | Sparsity | m |"), "{md}");
     assert!(md.contains("| Dense | 0% | 5.00 (paper 5.68, -0.68) |"), "{md}");
     // Two seeds: mean ± std beside the paper's mean ± std.
-    assert!(md.contains("| Wanda | 50% | 10.05 ± 0.07 (paper 7.26 ± 0.01, +2.79) |"), "{md}");
+    assert!(
+        md.contains("| Wanda | 50% | 10.05 ± 0.07 (paper 7.26 ± 0.01, +2.79) |"),
+        "{md}"
+    );
     assert!(md.contains("| Magnitude | 50% | 10.00 |"), "{md}");
     assert!(md.contains("arXiv v2, Table 3"), "{md}");
     let tex = std::fs::read_to_string(dir.join("report/tab.tex")).unwrap();
-    assert!(tex.contains("\\begin{tabular}{llc}") && tex.contains("Dense & 0\\% & 5.00 {\\scriptsize (5.68, -0.68)}"), "{tex}");
+    assert!(
+        tex.contains("\\begin{tabular}{llc}") && tex.contains("Dense & 0\\% & 5.00 {\\scriptsize (5.68, -0.68)}"),
+        "{tex}"
+    );
 
     for chart in ["line", "bars"] {
         let png = dir.join(format!("report/{chart}.png"));
@@ -144,28 +183,45 @@ fn report_writes_frames_tables_and_charts() {
         let non_white = pixels.iter().filter(|p| p[..3] != [255, 255, 255]).count();
         assert!(non_white > pixels.len() / 100, "{chart}: only {non_white} drawn pixels");
         let distinct: std::collections::HashSet<&[u8]> = pixels.iter().copied().collect();
-        assert!(distinct.len() > 8, "{chart}: {} colours (text antialiasing and series colours expected)", distinct.len());
+        assert!(
+            distinct.len() > 8,
+            "{chart}: {} colours (text antialiasing and series colours expected)",
+            distinct.len()
+        );
         let svg = std::fs::read_to_string(dir.join(format!("report/{chart}.svg"))).unwrap();
         assert!(svg.contains("Wanda") && svg.contains("Magnitude"), "{chart}: legend");
     }
     let svg = std::fs::read_to_string(dir.join("report/line.svg")).unwrap();
-    assert!(svg.contains("Wanda (paper)") && svg.contains("sparsity") && svg.contains("wikitext2 perplexity"), "line chart labels");
+    assert!(
+        svg.contains("Wanda (paper)") && svg.contains("sparsity") && svg.contains("wikitext2 perplexity"),
+        "line chart labels"
+    );
 }
 
 #[test]
 fn cells_mixing_more_than_seeds_are_marked_and_warned_about() {
     let tmp = tempfile::tempdir().unwrap();
     fixture(tmp.path());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_repro")).arg("report").arg(tmp.path()).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_repro"))
+        .arg("report")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let md = std::fs::read_to_string(tmp.path().join("report/loose.md")).unwrap();
     // Magnitude at 0.3 and 0.5 (ppl 8 and 10): marked, with the differing setting named below.
     assert!(md.contains("| Magnitude | 9.00 ± 1.41* |"), "{md}");
-    assert!(md.contains("\\* averages runs that differ in sparsity, not only in the seed."), "{md}");
+    assert!(
+        md.contains("\\* averages runs that differ in sparsity, not only in the seed."),
+        "{md}"
+    );
     // Two seeds of one setting: a seed spread, not marked.
     assert!(md.contains("| Wanda 50% | 10.05 ± 0.07 |"), "{md}");
     let tex = std::fs::read_to_string(tmp.path().join("report/loose.tex")).unwrap();
-    assert!(tex.contains("9.00 $\\pm$ 1.41*") && tex.contains("\\footnotesize * averages runs"), "{tex}");
+    assert!(
+        tex.contains("9.00 $\\pm$ 1.41*") && tex.contains("\\footnotesize * averages runs"),
+        "{tex}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("report `loose`: one cell averages runs"), "{stderr}");
     assert!(stderr.contains("Magnitude / m (differ in sparsity)"), "{stderr}");
@@ -193,14 +249,36 @@ fn paper_configs_take_one_setting_per_cell() {
                 "zero_shot_mean_acc": 0.5, "prune_seconds": 1.0, "total_seconds": 2.0
             });
             let id = format!("{i:016x}");
-            store.put(&record(id.clone(), run.label.clone(), run.method_label, run.spec, result)).unwrap();
+            store
+                .put(&record(
+                    id.clone(),
+                    run.label.clone(),
+                    run.method_label,
+                    run.spec,
+                    result,
+                ))
+                .unwrap();
             plan.push(PlanEntry { id, label: run.label });
         }
-        let sweep = SweepFile { name: cfg.name.clone(), config: path.display().to_string(), runs: plan, artefacts: cfg.artefacts(&path).unwrap(), unresolved: Vec::new() };
+        let sweep = SweepFile {
+            name: cfg.name.clone(),
+            config: path.display().to_string(),
+            runs: plan,
+            artefacts: cfg.artefacts(&path).unwrap(),
+            unresolved: Vec::new(),
+        };
         write_atomic(&tmp.path().join("sweep.json"), &serde_json::to_vec(&sweep).unwrap()).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_repro")).arg("report").arg(tmp.path()).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_repro"))
+            .arg("report")
+            .arg(tmp.path())
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !stderr.contains("warning"), "{}: {stderr}", path.display());
+        assert!(
+            out.status.success() && !stderr.contains("warning"),
+            "{}: {stderr}",
+            path.display()
+        );
     }
 }
 

@@ -22,9 +22,35 @@ fn checkpoint_tensors(dir: &Path) -> BTreeMap<String, Tensor> {
 fn prune(model: &str, method: &str, pattern: &str, stream: &str, save: &Path) -> serde_json::Value {
     json_of(
         &repro()
-            .args(["prune", "--model", &fixture_model(model), "--method", method, "--pattern", pattern])
-            .args(["--calib", "c4:c4-format-sample", "--nsamples", "8", "--seqlen", "128", "--calib-batch-size", "3"])
-            .args(["--eval", "wikitext2,boolq", "--max-windows", "5", "--limit", "6", "--batch-size", "2"])
+            .args([
+                "prune",
+                "--model",
+                &fixture_model(model),
+                "--method",
+                method,
+                "--pattern",
+                pattern,
+            ])
+            .args([
+                "--calib",
+                "c4:c4-format-sample",
+                "--nsamples",
+                "8",
+                "--seqlen",
+                "128",
+                "--calib-batch-size",
+                "3",
+            ])
+            .args([
+                "--eval",
+                "wikitext2,boolq",
+                "--max-windows",
+                "5",
+                "--limit",
+                "6",
+                "--batch-size",
+                "2",
+            ])
             .args(["--stream", stream, "--json", "--save", save.to_str().unwrap()])
             .output()
             .unwrap(),
@@ -36,7 +62,10 @@ fn prune(model: &str, method: &str, pattern: &str, stream: &str, save: &Path) ->
 #[test]
 fn streamed_pruning_equals_resident() {
     let tmp = tempfile::tempdir().unwrap();
-    for (model, method, pattern) in [("llama-tiny", "wanda", "unstructured"), ("opt-tiny", "sparsegpt", "2:4")] {
+    for (model, method, pattern) in [
+        ("llama-tiny", "wanda", "unstructured"),
+        ("opt-tiny", "sparsegpt", "2:4"),
+    ] {
         let resident_dir = tmp.path().join(format!("{model}-resident"));
         let streamed_dir = tmp.path().join(format!("{model}-streamed"));
         let resident = prune(model, method, pattern, "off", &resident_dir);
@@ -44,7 +73,10 @@ fn streamed_pruning_equals_resident() {
         assert_eq!(resident["streamed"], false);
         assert_eq!(streamed["streamed"], true);
         for key in ["ppl", "zero_shot", "layers", "sparsity_actual"] {
-            assert_eq!(streamed[key], resident[key], "{model}: `{key}` differs between streamed and resident");
+            assert_eq!(
+                streamed[key], resident[key],
+                "{model}: `{key}` differs between streamed and resident"
+            );
         }
 
         // Resident saves one file, streamed one shard per block plus one for the rest, with an index.
@@ -52,28 +84,53 @@ fn streamed_pruning_equals_resident() {
         let index = golden(&streamed_dir.join("model.safetensors.index.json"));
         let n_blocks = resident["layers"].as_array().unwrap().len() / if model == "opt-tiny" { 6 } else { 7 };
         let last = format!("model-{:05}-of-{:05}.safetensors", n_blocks + 1, n_blocks + 1);
-        let first = if model == "opt-tiny" { "model.decoder.layers.0.fc1.weight" } else { "model.layers.0.mlp.up_proj.weight" };
-        assert_eq!(index["weight_map"][first], format!("model-00001-of-{:05}.safetensors", n_blocks + 1));
+        let first = if model == "opt-tiny" {
+            "model.decoder.layers.0.fc1.weight"
+        } else {
+            "model.layers.0.mlp.up_proj.weight"
+        };
+        assert_eq!(
+            index["weight_map"][first],
+            format!("model-00001-of-{:05}.safetensors", n_blocks + 1)
+        );
         assert!(index["weight_map"].as_object().unwrap().values().any(|f| *f == last));
         let want = checkpoint_tensors(&resident_dir);
         let got = checkpoint_tensors(&streamed_dir);
-        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{model}: tensor names");
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{model}: tensor names"
+        );
         let total: i64 = got.values().map(|t| t.numel() as i64 * 4).sum();
         assert_eq!(index["metadata"]["total_size"].as_i64().unwrap(), total);
         for (name, t) in &got {
-            assert!(t.equal(&want[name]), "{model}: {name} differs between streamed and resident saves");
+            assert!(
+                t.equal(&want[name]),
+                "{model}: {name} differs between streamed and resident saves"
+            );
         }
 
         // The sharded checkpoint loads like any other (resident and streamed) and scores the same.
         for stream in ["off", "on"] {
             let again = json_of(
                 &repro()
-                    .args(["eval", "--model", streamed_dir.to_str().unwrap(), "--ppl", "wikitext2", "--seqlen", "128"])
+                    .args([
+                        "eval",
+                        "--model",
+                        streamed_dir.to_str().unwrap(),
+                        "--ppl",
+                        "wikitext2",
+                        "--seqlen",
+                        "128",
+                    ])
                     .args(["--max-windows", "5", "--batch-size", "2", "--stream", stream, "--json"])
                     .output()
                     .unwrap(),
             );
-            assert_eq!(again["ppl"], resident["ppl"], "{model}: reloaded with --stream {stream}");
+            assert_eq!(
+                again["ppl"], resident["ppl"],
+                "{model}: reloaded with --stream {stream}"
+            );
         }
     }
 }
@@ -89,11 +146,28 @@ fn save_refuses_weights_of_the_other_layout() {
         std::fs::write(tmp.path().join(stale), b"old").unwrap();
         std::fs::write(tmp.path().join("config.json"), b"{}").unwrap();
         let dir = tmp.path().to_str().unwrap();
-        let err = run_err(&["prune", "--model", &model, "--method", "magnitude", "--stream", stream, "--save", dir]);
-        assert!(err.contains(stale) && err.contains("remove it or save elsewhere"), "{err}");
+        let err = run_err(&[
+            "prune",
+            "--model",
+            &model,
+            "--method",
+            "magnitude",
+            "--stream",
+            stream,
+            "--save",
+            dir,
+        ]);
+        assert!(
+            err.contains(stale) && err.contains("remove it or save elsewhere"),
+            "{err}"
+        );
         assert!(!err.contains("sparsity"), "refused only after pruning: {err}");
         assert_eq!(std::fs::read(tmp.path().join("config.json")).unwrap(), b"{}");
-        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2, "{stream}: files were written");
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            2,
+            "{stream}: files were written"
+        );
     }
 }
 
@@ -109,8 +183,21 @@ fn saving_over_the_source_model_is_refused() {
     let before = std::fs::read(tmp.path().join("model.safetensors")).unwrap();
     for stream in ["off", "on"] {
         let dir = tmp.path().to_str().unwrap();
-        let err = run_err(&["prune", "--model", dir, "--method", "magnitude", "--stream", stream, "--save", dir]);
-        assert!(err.contains("directory of the model") && err.contains("choose another directory"), "{err}");
+        let err = run_err(&[
+            "prune",
+            "--model",
+            dir,
+            "--method",
+            "magnitude",
+            "--stream",
+            stream,
+            "--save",
+            dir,
+        ]);
+        assert!(
+            err.contains("directory of the model") && err.contains("choose another directory"),
+            "{err}"
+        );
     }
     assert_eq!(std::fs::read(tmp.path().join("model.safetensors")).unwrap(), before);
 }
@@ -124,12 +211,29 @@ fn an_interrupted_streamed_save_never_looks_complete() {
     let dir = tmp.path().join("saved");
     let d = dir.to_str().unwrap();
     let model = fixture_model("llama-tiny");
-    let out = repro().args(["prune", "--model", &model, "--method", "magnitude", "--stream", "on", "--seqlen", "64", "--save", d]).output().unwrap();
+    let out = repro()
+        .args([
+            "prune",
+            "--model",
+            &model,
+            "--method",
+            "magnitude",
+            "--stream",
+            "on",
+            "--seqlen",
+            "64",
+            "--save",
+            d,
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.join("repro.json").is_file() && dir.join("model.safetensors.index.json").is_file());
 
     let mut child = repro()
-        .args(["prune", "--model", &model, "--method", "wanda", "--stream", "on", "--save", d])
+        .args([
+            "prune", "--model", &model, "--method", "wanda", "--stream", "on", "--save", d,
+        ])
         .args(["--calib", "c4:c4-format-sample", "--nsamples", "32", "--seqlen", "256"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -160,7 +264,15 @@ fn orphaned_temporary_blocks_are_removed() {
     }
     let out = repro()
         .env("TMPDIR", tmp.path())
-        .args(["prune", "--model", &fixture_model("llama-tiny-random"), "--method", "magnitude", "--stream", "on"])
+        .args([
+            "prune",
+            "--model",
+            &fixture_model("llama-tiny-random"),
+            "--method",
+            "magnitude",
+            "--stream",
+            "on",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -175,20 +287,37 @@ fn an_interrupted_streamed_run_removes_its_temporary_blocks() {
         let tmp = tempfile::tempdir().unwrap();
         let mut child = repro()
             .env("TMPDIR", tmp.path())
-            .args(["prune", "--model", &fixture_model("llama-tiny"), "--method", "wanda", "--stream", "on"])
+            .args([
+                "prune",
+                "--model",
+                &fixture_model("llama-tiny"),
+                "--method",
+                "wanda",
+                "--stream",
+                "on",
+            ])
             .args(["--calib", "c4:c4-format-sample", "--nsamples", "32", "--seqlen", "256"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let prefix = format!("repro-blocks-{}-", child.id());
-        let blocks = || std::fs::read_dir(tmp.path()).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path());
+        let blocks = || {
+            std::fs::read_dir(tmp.path())
+                .unwrap()
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+        };
         let start = std::time::Instant::now();
         let dir = loop {
             if let Some(d) = blocks().filter(|d| std::fs::read_dir(d).unwrap().next().is_some()) {
                 break d;
             }
-            assert!(start.elapsed().as_secs() < 60 && child.try_wait().unwrap().is_none(), "no block was written");
+            assert!(
+                start.elapsed().as_secs() < 60 && child.try_wait().unwrap().is_none(),
+                "no block was written"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
         unsafe { libc::kill(child.id() as i32, signal) };

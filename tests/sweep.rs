@@ -32,28 +32,52 @@ fn err(text: &str) -> String {
 #[test]
 fn config_errors_name_file_line_column_and_allowed_values() {
     let e = err(&BASE.replace("methods:", "methdos:"));
-    assert!(e.contains("configs/t.yaml:4:1") && e.contains("unknown field `methdos`") && e.contains("expected one of") && e.contains("`methods`"), "{e}");
+    assert!(
+        e.contains("configs/t.yaml:4:1")
+            && e.contains("unknown field `methdos`")
+            && e.contains("expected one of")
+            && e.contains("`methods`"),
+        "{e}"
+    );
     let e = err(&BASE.replace("\"2:4\"", "\"5:4\""));
-    assert!(e.contains("configs/t.yaml:6:") && e.contains("5:4") && e.contains("0 < N < M"), "{e}");
+    assert!(
+        e.contains("configs/t.yaml:6:") && e.contains("5:4") && e.contains("0 < N < M"),
+        "{e}"
+    );
     let e = err(&BASE.replace("sparsities: [0.5]", "sparsities: [1.5]"));
-    assert!(e.contains("configs/t.yaml:5:") && e.contains("sparsity 1.5 must be in [0, 1)"), "{e}");
+    assert!(
+        e.contains("configs/t.yaml:5:") && e.contains("sparsity 1.5 must be in [0, 1)"),
+        "{e}"
+    );
     let e = err(&BASE.replace("wanda,", "wandaa,"));
-    assert!(e.contains("configs/t.yaml:4:") && e.contains("unknown method `wandaa`") && e.contains("dense"), "{e}");
+    assert!(
+        e.contains("configs/t.yaml:4:") && e.contains("unknown method `wandaa`") && e.contains("dense"),
+        "{e}"
+    );
     let e = err(&BASE.replace("max_windows: 4", "max_windows: 4, tasks: [boolqq]"));
     assert!(e.contains("configs/t.yaml:9:") && e.contains("boolqq"), "{e}");
     let e = err(&BASE.replace("seeds: [0]", "seeds: [0], nsample: [3]"));
     assert!(e.contains("unknown field `nsample`") && e.contains("`nsamples`"), "{e}");
     let e = err(&format!("{BASE}device: gpu\n"));
     assert!(e.contains("unknown device `gpu`") && e.contains("cuda:N"), "{e}");
-    let e = err(&BASE.replace("[dense, magnitude, wanda, sparsegpt]", "[{name: wanda, use_variant: true}]"));
+    let e = err(&BASE.replace(
+        "[dense, magnitude, wanda, sparsegpt]",
+        "[{name: wanda, use_variant: true}]",
+    ));
     assert!(e.contains("unstructured sparsity only"), "{e}");
     let e = err(&BASE.replace("{ppl: [wikitext2], max_windows: 4}", "{max_windows: 4}"));
     assert!(e.contains("`evaluation` names nothing to measure"), "{e}");
     let e = err(&BASE.replace("max_windows: 4}", "max_windows: 4, model_limits: {MODLE: 20}}"));
-    assert!(e.contains("configs/t.yaml") && e.contains("`evaluation.model_limits`") && e.contains("`MODLE`"), "{e}");
+    assert!(
+        e.contains("configs/t.yaml") && e.contains("`evaluation.model_limits`") && e.contains("`MODLE`"),
+        "{e}"
+    );
     // Values that would silently drop runs or fail every one of them.
     let e = err(&BASE.replace("sparsities: [0.5]", "sparsities: []"));
-    assert!(e.contains("configs/t.yaml") && e.contains("`sparsities` is empty"), "{e}");
+    assert!(
+        e.contains("configs/t.yaml") && e.contains("`sparsities` is empty"),
+        "{e}"
+    );
     let e = err(&BASE.replace("seqlen: 64", "seqlen: 0"));
     assert!(e.contains("`seqlen` must be at least 2"), "{e}");
     let e = err(&BASE.replace("max_windows: 4}", "max_windows: 0}"));
@@ -65,35 +89,75 @@ fn config_errors_name_file_line_column_and_allowed_values() {
     let e = err(&format!("{BASE}include: [{{methods: [wanda], nsamples: [0]}}]\n"));
     assert!(e.contains("`nsamples` contains 0"), "{e}");
     let e = err(&BASE.replace("ppl: [wikitext2]", "ppl: [wikitext2, boolq]"));
-    assert!(e.contains("`evaluation.ppl` names `boolq`") && e.contains("go under `tasks`"), "{e}");
+    assert!(
+        e.contains("`evaluation.ppl` names `boolq`") && e.contains("go under `tasks`"),
+        "{e}"
+    );
     let e = err(&format!("{BASE}exclude: [{{method: wanda}}, {{method: wandaa}}]\n"));
-    assert!(e.contains("configs/t.yaml") && e.contains("`exclude[1]` matches no run of the grid"), "{e}");
+    assert!(
+        e.contains("configs/t.yaml") && e.contains("`exclude[1]` matches no run of the grid"),
+        "{e}"
+    );
     // An artefact missing a part its kind needs is refused with the config, not after the runs.
     let chart = "report:\n  - {name: c, title: t, kind: line, metric: \"ppl:wikitext2\", series: [{label: w, where: {method: wanda}}]}\n";
-    let e = parse(&format!("{BASE}{chart}")).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
-    assert!(e.contains("configs/t.yaml") && e.contains("report `c`: a line chart needs `x`"), "{e}");
-    let table = |name: &str| format!("  - {{name: \"{name}\", title: t, kind: table, metric: \"ppl:wikitext2\", rows: [{{label: r}}], columns: [{{label: c}}]}}\n");
-    let e = parse(&format!("{BASE}report:\n{}", table("../../elsewhere"))).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
+    let e = parse(&format!("{BASE}{chart}"))
+        .unwrap()
+        .artefacts(Path::new("configs/t.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("configs/t.yaml") && e.contains("report `c`: a line chart needs `x`"),
+        "{e}"
+    );
+    let table = |name: &str| {
+        format!("  - {{name: \"{name}\", title: t, kind: table, metric: \"ppl:wikitext2\", rows: [{{label: r}}], columns: [{{label: c}}]}}\n")
+    };
+    let e = parse(&format!("{BASE}report:\n{}", table("../../elsewhere")))
+        .unwrap()
+        .artefacts(Path::new("configs/t.yaml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("becomes the file name in report/"), "{e}");
-    let e = parse(&format!("{BASE}report:\n{}{}", table("t"), table("t"))).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
+    let e = parse(&format!("{BASE}report:\n{}{}", table("t"), table("t")))
+        .unwrap()
+        .artefacts(Path::new("configs/t.yaml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("two report entries are named `t`"), "{e}");
     let long_paper = table("t").replace("rows: [{label: r}]", "rows: [{label: r, paper: [1.0, 2.0]}]");
-    let e = parse(&format!("{BASE}report:\n{long_paper}")).unwrap().artefacts(Path::new("configs/t.yaml")).unwrap_err().to_string();
+    let e = parse(&format!("{BASE}report:\n{long_paper}"))
+        .unwrap()
+        .artefacts(Path::new("configs/t.yaml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`r` lists 2 paper values for 1 places"), "{e}");
 }
 
 #[test]
 fn model_limits_override_the_zero_shot_limit_per_model() {
-    let text = BASE.replace("models: [MODEL]", "models: [MODEL, BIG]").replace("max_windows: 4}", "max_windows: 4, limit: 100, model_limits: {BIG: 20}}");
+    let text = BASE.replace("models: [MODEL]", "models: [MODEL, BIG]").replace(
+        "max_windows: 4}",
+        "max_windows: 4, limit: 100, model_limits: {BIG: 20}}",
+    );
     let runs = parse(&text).unwrap().expand().unwrap();
-    let limit = |m: &str| runs.iter().filter(|r| r.spec.model.model == m).map(|r| r.spec.eval.limit).collect::<std::collections::BTreeSet<_>>();
+    let limit = |m: &str| {
+        runs.iter()
+            .filter(|r| r.spec.model.model == m)
+            .map(|r| r.spec.eval.limit)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
     assert_eq!(limit("MODEL"), [Some(100)].into());
     assert_eq!(limit("BIG"), [Some(20)].into());
 }
 
 #[test]
 fn grid_expands_to_the_cross_product_with_shared_baselines() {
-    let cfg = parse(&BASE.replace("seeds: [0]", "seeds: [0, 1]").replace("sparsities: [0.5]", "sparsities: [0.3, 0.5]")).unwrap();
+    let cfg = parse(
+        &BASE
+            .replace("seeds: [0]", "seeds: [0, 1]")
+            .replace("sparsities: [0.5]", "sparsities: [0.3, 0.5]"),
+    )
+    .unwrap();
     let runs = cfg.expand().unwrap();
     let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
     // dense once; magnitude (data-free) once per pattern/sparsity whatever the seeds; wanda and
@@ -103,11 +167,15 @@ fn grid_expands_to_the_cross_product_with_shared_baselines() {
     assert!(labels.contains(&"MODEL magnitude 2:4 0.5"));
     assert!(labels.contains(&"MODEL wanda unstructured 0.3 n8 seed1"));
 
-    let with = BASE.to_string() + "exclude:\n  - {method: sparsegpt, pattern: \"2:4\"}\ninclude:\n  - {methods: [wanda], nsamples: [16, 32]}\n";
+    let with = BASE.to_string()
+        + "exclude:\n  - {method: sparsegpt, pattern: \"2:4\"}\ninclude:\n  - {methods: [wanda], nsamples: [16, 32]}\n";
     let runs = parse(&with).unwrap().expand().unwrap();
     let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
     assert!(!labels.iter().any(|l| l.contains("sparsegpt 2:4")), "{labels:#?}");
-    assert!(labels.contains(&"MODEL wanda 2:4 0.5 n32 seed0") && labels.contains(&"MODEL wanda unstructured 0.5 n16 seed0"), "{labels:#?}");
+    assert!(
+        labels.contains(&"MODEL wanda 2:4 0.5 n32 seed0") && labels.contains(&"MODEL wanda unstructured 0.5 n16 seed0"),
+        "{labels:#?}"
+    );
     assert_eq!(runs.len(), 7 - 1 + 4);
 }
 
@@ -274,7 +342,8 @@ impl Sandbox {
 
     /// `text` with MODEL and OUT filled in.
     fn fill(&self, text: &str) -> String {
-        text.replace("MODEL", self.model.to_str().unwrap()).replace("OUT", self.out.to_str().unwrap())
+        text.replace("MODEL", self.model.to_str().unwrap())
+            .replace("OUT", self.out.to_str().unwrap())
     }
 
     fn config(&self, text: &str) -> SweepConfig {
@@ -293,12 +362,24 @@ impl Sandbox {
         let cfg = self.config(text);
         let store = Store::open(&cfg.output);
         let hub = Hub::new(Some(fixtures()));
-        plan(&cfg, &hub, &store, false, true).unwrap().iter().map(|p| (p.run.label.replace(self.model.to_str().unwrap(), "M"), p.id().to_string())).collect()
+        plan(&cfg, &hub, &store, false, true)
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p.run.label.replace(self.model.to_str().unwrap(), "M"),
+                    p.id().to_string(),
+                )
+            })
+            .collect()
     }
 }
 
 fn id_of<'a>(ids: &'a [(String, String)], label: &str) -> &'a str {
-    &ids.iter().find(|(l, _)| l == label).unwrap_or_else(|| panic!("no run {label} in {ids:?}")).1
+    &ids.iter()
+        .find(|(l, _)| l == label)
+        .unwrap_or_else(|| panic!("no run {label} in {ids:?}"))
+        .1
 }
 
 #[test]
@@ -309,7 +390,10 @@ fn run_ids_change_when_and_only_when_inputs_change() {
     assert!(a.iter().all(|(_, id)| id.len() == 16 && id != "unresolved"), "{a:?}");
     // Same settings in another order, another output directory, touched files: same ids.
     assert_eq!(a, sb.ids(BASE));
-    let reordered = sb.ids(&BASE.replace("[dense, magnitude, wanda, sparsegpt]", "[sparsegpt, wanda, magnitude, dense]"));
+    let reordered = sb.ids(&BASE.replace(
+        "[dense, magnitude, wanda, sparsegpt]",
+        "[sparsegpt, wanda, magnitude, dense]",
+    ));
     for (label, id) in &a {
         assert_eq!(id_of(&reordered, label), id, "{label}");
     }
@@ -320,7 +404,11 @@ fn run_ids_change_when_and_only_when_inputs_change() {
     // Nor does naming the default dtype, in any spelling; another dtype does change it.
     assert_eq!(a, sb.ids(&format!("{BASE}dtype: f32\n")));
     assert_eq!(a, sb.ids(&format!("{BASE}dtype: float32\n")));
-    assert!(sb.ids(&format!("{BASE}dtype: bf16\n")).iter().zip(&a).all(|(x, y)| x.1 != y.1));
+    assert!(sb
+        .ids(&format!("{BASE}dtype: bf16\n"))
+        .iter()
+        .zip(&a)
+        .all(|(x, y)| x.1 != y.1));
     let weights = sb.model.join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -330,13 +418,22 @@ fn run_ids_change_when_and_only_when_inputs_change() {
     // (A group does not apply to N:M patterns, so this grid is unstructured only.)
     let unstructured = BASE.replace("[unstructured, \"2:4\"]", "[unstructured]");
     let explicit = sb.ids(&unstructured.replace("wanda,", "{name: wanda, group: per-output},"));
-    assert_eq!(id_of(&explicit, "M wanda (per-output) unstructured 0.5 n8 seed0"), id_of(&a, "M wanda unstructured 0.5 n8 seed0"));
+    assert_eq!(
+        id_of(&explicit, "M wanda (per-output) unstructured 0.5 n8 seed0"),
+        id_of(&a, "M wanda unstructured 0.5 n8 seed0")
+    );
 
     // A new seed changes calibrated runs only.
     let seeded = sb.ids(&BASE.replace("seeds: [0]", "seeds: [1]"));
-    assert_eq!(id_of(&seeded, "M magnitude unstructured 0.5"), id_of(&a, "M magnitude unstructured 0.5"));
+    assert_eq!(
+        id_of(&seeded, "M magnitude unstructured 0.5"),
+        id_of(&a, "M magnitude unstructured 0.5")
+    );
     assert_eq!(id_of(&seeded, "M dense"), id_of(&a, "M dense"));
-    assert_ne!(id_of(&seeded, "M wanda unstructured 0.5 n8 seed1"), id_of(&a, "M wanda unstructured 0.5 n8 seed0"));
+    assert_ne!(
+        id_of(&seeded, "M wanda unstructured 0.5 n8 seed1"),
+        id_of(&a, "M wanda unstructured 0.5 n8 seed0")
+    );
     // An evaluation setting changes every run.
     let windows = sb.ids(&BASE.replace("max_windows: 4", "max_windows: 5"));
     assert!(windows.iter().zip(&a).all(|(x, y)| x.1 != y.1));
@@ -350,11 +447,18 @@ fn run_ids_change_when_and_only_when_inputs_change() {
 
 fn write_config(sb: &Sandbox, name: &str, out: &Path, extra: &str) -> PathBuf {
     let report = "report:\n  - name: ppl\n    title: t\n    kind: table\n    metric: ppl:wikitext2\n    rows:\n      - {label: dense, where: {method: dense}}\n      - {label: wanda, where: {method: wanda, pattern: unstructured}}\n      - {label: magnitude 2:4, where: {method: magnitude, pattern: \"2:4\"}}\n    columns:\n      - {label: m, where: {}}\n";
-    sb.write(name, &format!("{BASE}{extra}{report}").replace("OUT", out.to_str().unwrap()))
+    sb.write(
+        name,
+        &format!("{BASE}{extra}{report}").replace("OUT", out.to_str().unwrap()),
+    )
 }
 
 fn records(out: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(out.join("runs")).map_or(vec![], |d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect())
+    std::fs::read_dir(out.join("runs")).map_or(vec![], |d| {
+        d.map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect()
+    })
 }
 
 #[test]
@@ -362,7 +466,12 @@ fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
     let sb = Sandbox::new();
     let killed_out = sb.out.join("killed");
     let cfg = write_config(&sb, "k.yaml", &killed_out, "");
-    let mut child = repro().args(["run", cfg.to_str().unwrap()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = repro()
+        .args(["run", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     while records(&killed_out).is_empty() {
         assert!(start.elapsed() < Duration::from_secs(120), "no record appeared");
@@ -371,15 +480,31 @@ fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
     // (A second worker on the same directory would share the runs: tests/workers.rs.)
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let done: Vec<(PathBuf, String)> = records(&killed_out).into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect();
-    assert!(!done.is_empty() && done.len() < 7, "kill -9 should land mid-sweep ({} records)", done.len());
+    let done: Vec<(PathBuf, String)> = records(&killed_out)
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    assert!(
+        !done.is_empty() && done.len() < 7,
+        "kill -9 should land mid-sweep ({} records)",
+        done.len()
+    );
 
     let out = repro().args(["run", cfg.to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(&format!("{} cached", done.len())), "{stdout}");
     for (path, text) in &done {
-        assert_eq!(&std::fs::read_to_string(path).unwrap(), text, "{} was rewritten", path.display());
+        assert_eq!(
+            &std::fs::read_to_string(path).unwrap(),
+            text,
+            "{} was rewritten",
+            path.display()
+        );
     }
     assert_eq!(records(&killed_out).len(), 7);
 
@@ -388,15 +513,31 @@ fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
     let clean = write_config(&sb, "c.yaml", &clean_out, "stream: on\n");
     let out = repro().args(["run", clean.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let streamed = |d: &Path| records(d).iter().map(|p| common::golden(p)["result"]["streamed"].clone()).collect::<Vec<_>>();
-    assert!(streamed(&clean_out).iter().all(|s| *s == true), "{:?}", streamed(&clean_out));
+    let streamed = |d: &Path| {
+        records(d)
+            .iter()
+            .map(|p| common::golden(p)["result"]["streamed"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        streamed(&clean_out).iter().all(|s| *s == true),
+        "{:?}",
+        streamed(&clean_out)
+    );
     assert!(streamed(&killed_out).iter().all(|s| *s == false));
     let table = |d: &Path| std::fs::read_to_string(d.join("report/ppl.md")).unwrap();
     assert_eq!(table(&killed_out), table(&clean_out));
-    assert!(!table(&clean_out).contains('–'), "every cell has a value:\n{}", table(&clean_out));
+    assert!(
+        !table(&clean_out).contains('–'),
+        "every cell has a value:\n{}",
+        table(&clean_out)
+    );
 
     // A dry run now finds everything cached and runs nothing.
-    let out = repro().args(["run", clean.to_str().unwrap(), "--dry-run"]).output().unwrap();
+    let out = repro()
+        .args(["run", clean.to_str().unwrap(), "--dry-run"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("7 runs, 7 cached, 0 to run"), "{stdout}");
 }
@@ -406,11 +547,20 @@ fn dry_run_only_and_fail_fast() {
     let sb = Sandbox::new();
     // 3:7 passes the config check (0 < N < M) but the layers' widths (64, 172) are not multiples
     // of 7, so those runs fail when they prune.
-    let text = BASE.replace("[dense, magnitude, wanda, sparsegpt]", "[magnitude, dense]").replace("[unstructured, \"2:4\"]", "[\"3:7\", \"2:4\"]");
+    let text = BASE
+        .replace("[dense, magnitude, wanda, sparsegpt]", "[magnitude, dense]")
+        .replace("[unstructured, \"2:4\"]", "[\"3:7\", \"2:4\"]");
     let cfg = sb.write("f.yaml", &text);
     let run = |extra: &[&str]| {
         let out = repro().arg("run").arg(&cfg).args(extra).output().unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     };
 
     let (ok, text) = run(&["--dry-run"]);
@@ -422,35 +572,70 @@ fn dry_run_only_and_fail_fast() {
     assert_eq!(records(&sb.out).len(), 1);
 
     let (ok, text) = run(&["--fail-fast"]);
-    assert!(!ok && text.contains("--fail-fast") && text.contains("multiple of M = 7"), "{text}");
-    assert_eq!(records(&sb.out).len(), 2, "the failure is recorded, the 2:4 run after it never starts");
-    assert!(text.contains("report: 2 of 3 planned runs have records (1 ok)"), "the report is still written: {text}");
+    assert!(
+        !ok && text.contains("--fail-fast") && text.contains("multiple of M = 7"),
+        "{text}"
+    );
+    assert_eq!(
+        records(&sb.out).len(),
+        2,
+        "the failure is recorded, the 2:4 run after it never starts"
+    );
+    assert!(
+        text.contains("report: 2 of 3 planned runs have records (1 ok)"),
+        "the report is still written: {text}"
+    );
 
     let (ok, text) = run(&[]);
     assert!(!ok && text.contains("1 run(s) failed"), "{text}");
-    let all: Vec<serde_json::Value> = records(&sb.out).iter().map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()).collect();
+    let all: Vec<serde_json::Value> = records(&sb.out)
+        .iter()
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect();
     assert_eq!(all.len(), 3, "the sweep went on past the failing run");
     let failed: Vec<_> = all.iter().filter(|r| r["status"] == "failed").collect();
     assert_eq!(failed.len(), 1);
-    assert!(failed[0]["error"].as_str().unwrap().contains("multiple of M = 7") && failed[0]["label"].as_str().unwrap().contains("3:7"));
-    assert!(sb.out.join("results.csv").is_file(), "the report is written despite the failure");
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("multiple of M = 7")
+            && failed[0]["label"].as_str().unwrap().contains("3:7")
+    );
+    assert!(
+        sb.out.join("results.csv").is_file(),
+        "the report is written despite the failure"
+    );
 
     // `--only` reruns a subset; the report still holds every finished run.
     let (ok, text) = run(&["--only", "*dense", "--force"]);
-    assert!(ok && text.contains("1 runs, 0 cached, 1 to run") && text.contains("3 of 3 planned runs"), "{text}");
+    assert!(
+        ok && text.contains("1 runs, 0 cached, 1 to run") && text.contains("3 of 3 planned runs"),
+        "{text}"
+    );
     let csv = std::fs::read_to_string(sb.out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
     let (ok, text) = run(&["--only", "no-such-run"]);
-    assert!(!ok && text.contains("--only `no-such-run` matches none of the 3 runs"), "{text}");
+    assert!(
+        !ok && text.contains("--only `no-such-run` matches none of the 3 runs"),
+        "{text}"
+    );
 
     // A dry run estimates a forced rerun with the rates its plan's finished runs measured, and writes nothing.
     let hashes = sb.out.join(".fingerprints.json");
     let before = std::fs::metadata(&hashes).unwrap().modified().unwrap();
     let (ok, text) = run(&["--dry-run", "--only", "dense", "--force"]);
-    assert!(ok && text.contains("scaled phase by phase to the 2 finished run(s) of this plan"), "{text}");
+    assert!(
+        ok && text.contains("scaled phase by phase to the 2 finished run(s) of this plan"),
+        "{text}"
+    );
     let todo: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("todo")).collect();
-    assert!(todo.len() == 1 && todo[0].ends_with("dense") && !todo[0].contains(" ? "), "{text}");
-    assert_eq!(std::fs::metadata(&hashes).unwrap().modified().unwrap(), before, "a dry run rewrote the hash cache");
+    assert!(
+        todo.len() == 1 && todo[0].ends_with("dense") && !todo[0].contains(" ? "),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&hashes).unwrap().modified().unwrap(),
+        before,
+        "a dry run rewrote the hash cache"
+    );
 }
 
 /// A dry run names each problem once, with its cause in plain words and the fix, and counts the
@@ -459,11 +644,21 @@ fn dry_run_only_and_fail_fast() {
 #[test]
 fn dry_run_names_each_problem_once() {
     let sb = Sandbox::new();
-    let text = BASE.replace("models: [MODEL]", "models: [MODEL, no-such-org/no-such-model, other-org/missing]");
+    let text = BASE.replace(
+        "models: [MODEL]",
+        "models: [MODEL, no-such-org/no-such-model, other-org/missing]",
+    );
     let cfg = sb.write("p.yaml", &text);
     let empty_cache = sb.out.parent().unwrap().join("empty-cache");
     let run = |extra: &[&str]| {
-        let out = repro().arg("run").arg(&cfg).arg("--dry-run").args(extra).env("HF_HUB_CACHE", &empty_cache).output().unwrap();
+        let out = repro()
+            .arg("run")
+            .arg(&cfg)
+            .arg("--dry-run")
+            .args(extra)
+            .env("HF_HUB_CACHE", &empty_cache)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -473,16 +668,31 @@ fn dry_run_names_each_problem_once() {
     let line = "14 run(s) - models `no-such-org/no-such-model` (7), `other-org/missing` (7): offline and not cached\n      fix: download it where there is network";
     assert!(text.contains(line), "{text}");
     for model in ["no-such-org/no-such-model", "other-org/missing"] {
-        assert!(!text.contains(&format!("{model} dense")), "a problem's runs are counted, not listed: {text}");
+        assert!(
+            !text.contains(&format!("{model} dense")),
+            "a problem's runs are counted, not listed: {text}"
+        );
     }
     assert_eq!(text.matches("HF_HUB_OFFLINE").count(), 1, "the problem once: {text}");
     let todo: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("todo")).collect();
     assert_eq!(todo.len(), 7, "{text}");
-    assert!(todo.iter().all(|l| l.contains(" s ") && l.contains("MiB")), "every runnable run has a time and memory: {text}");
-    assert!(text.contains("wall time on 1 worker(s)") && text.contains("fits"), "{text}");
+    assert!(
+        todo.iter().all(|l| l.contains(" s ") && l.contains("MiB")),
+        "every runnable run has a time and memory: {text}"
+    );
+    assert!(
+        text.contains("wall time on 1 worker(s)") && text.contains("fits"),
+        "{text}"
+    );
     let verbose = run(&["--verbose", "--workers", "3"]);
-    assert!(verbose.contains("no-such-org/no-such-model dense") && verbose.contains("wall time on 3 worker(s)"), "{verbose}");
-    assert!(verbose.contains("calibration") && verbose.contains("zero-shot"), "each run's phases: {verbose}");
+    assert!(
+        verbose.contains("no-such-org/no-such-model dense") && verbose.contains("wall time on 3 worker(s)"),
+        "{verbose}"
+    );
+    assert!(
+        verbose.contains("calibration") && verbose.contains("zero-shot"),
+        "each run's phases: {verbose}"
+    );
     assert!(!sb.out.exists(), "a dry run writes nothing");
 }
 
@@ -491,22 +701,47 @@ fn dry_run_names_each_problem_once() {
 #[test]
 fn records_are_checked_and_never_replaced_by_failures() {
     let sb = Sandbox::new();
-    let text = BASE.replace("[dense, magnitude, wanda, sparsegpt]", "[dense, magnitude]").replace("[unstructured, \"2:4\"]", "[unstructured]");
+    let text = BASE
+        .replace("[dense, magnitude, wanda, sparsegpt]", "[dense, magnitude]")
+        .replace("[unstructured, \"2:4\"]", "[unstructured]");
     let cfg = sb.write("r.yaml", &format!("{text}stream: on\n"));
     let run = |tmpdir: &str, extra: &[&str]| {
-        let out = repro().env("TMPDIR", tmpdir).arg("run").arg(&cfg).args(extra).output().unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        let out = repro()
+            .env("TMPDIR", tmpdir)
+            .arg("run")
+            .arg(&cfg)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     };
     let tmp = std::env::temp_dir();
     let (ok, text) = run(tmp.to_str().unwrap(), &[]);
     assert!(ok, "{text}");
-    let before: Vec<String> = records(&sb.out).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    let before: Vec<String> = records(&sb.out)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
 
     // With no temporary directory the streamed pruned run fails; its good record stays.
     let (ok, text) = run("/nonexistent", &["--force"]);
     assert!(!ok && text.contains("its earlier successful record is kept"), "{text}");
-    let after: Vec<String> = records(&sb.out).iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
-    let statuses = |rs: &[String]| rs.iter().map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["status"].clone()).collect::<Vec<_>>();
+    let after: Vec<String> = records(&sb.out)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let statuses = |rs: &[String]| {
+        rs.iter()
+            .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["status"].clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(statuses(&after), statuses(&before));
     assert!(statuses(&after).iter().all(|s| s == "ok"));
 
@@ -536,12 +771,19 @@ fn records_are_checked_and_never_replaced_by_failures() {
     );
 
     // Another sweep pointed at this output would hide these records from its report: refused.
-    let other = sb.write("o.yaml", &BASE.replace("name: t", "name: other").replace("[dense, magnitude, wanda, sparsegpt]", "[dense]"));
+    let other = sb.write(
+        "o.yaml",
+        &BASE
+            .replace("name: t", "name: other")
+            .replace("[dense, magnitude, wanda, sparsegpt]", "[dense]"),
+    );
     let out = repro().arg("run").arg(&other).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("holds the records of sweep `t`"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("holds the records of sweep `t`"),
+        "{stderr}"
+    );
 }
-
 
 /// Every shipped config loads, renders only artefacts that exist, and builds the paper's grid
 /// (Table 2: 7 models x (dense + 3 methods x 3 patterns) = 70; Table 7: 3 metrics x 5 groups).
@@ -565,7 +807,11 @@ fn paper_configs_expand_to_the_papers_grids() {
         let path = entry.unwrap().path();
         let cfg = SweepConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
         let name = path.file_stem().unwrap().to_str().unwrap();
-        let want = expected.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no expected size for {name}")).1;
+        let want = expected
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no expected size for {name}"))
+            .1;
         assert_eq!(cfg.expand().unwrap().len(), want, "{name}");
         assert!(!cfg.artefacts(&path).unwrap().is_empty(), "{name} renders nothing");
         seen += 1;
@@ -579,22 +825,37 @@ fn paper_configs_expand_to_the_papers_grids() {
 #[test]
 fn table7_renders_every_metric_and_group() {
     let sb = Sandbox::new();
-    let groups = ["per-layer", "per-input", "per-input-128", "per-output", "per-output-128"];
+    let groups = [
+        "per-layer",
+        "per-input",
+        "per-input-128",
+        "per-output",
+        "per-output-128",
+    ];
     let methods: Vec<String> = ["magnitude", "sparsegpt_metric", "wanda"]
         .iter()
         .flat_map(|m| groups.iter().map(move |g| format!("{{name: {m}, group: {g}}}")))
         .collect();
     let text = BASE
-        .replace("[dense, magnitude, wanda, sparsegpt]", &format!("[{}]", methods.join(", ")))
+        .replace(
+            "[dense, magnitude, wanda, sparsegpt]",
+            &format!("[{}]", methods.join(", ")),
+        )
         .replace("[unstructured, \"2:4\"]", "[unstructured]")
         + "report: [table7]\n";
     let cfg = sb.write("t7.yaml", &text);
     let out = repro().arg("run").arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = std::fs::read_to_string(sb.out.join("report/table7.md")).unwrap();
-    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Pruning metric")).collect();
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| Pruning metric"))
+        .collect();
     assert_eq!(rows.len(), 3, "{table}");
-    assert!(rows.iter().all(|r| r.matches("(paper ").count() == 5) && !table.contains('–'), "every cell filled:\n{table}");
+    assert!(
+        rows.iter().all(|r| r.matches("(paper ").count() == 5) && !table.contains('–'),
+        "every cell filled:\n{table}"
+    );
     // The numbers themselves, from the records (a random model's perplexities print as 4e3).
     let ppl = |method: &str, group: &str| {
         let r = records(&sb.out)
@@ -618,17 +879,36 @@ fn table7_renders_every_metric_and_group() {
 #[test]
 fn unidentifiable_hub_models_do_not_stop_the_others() {
     let sb = Sandbox::new();
-    let text = BASE.replace("models: [MODEL]", "models: [MODEL, no-such-org/no-such-model]").replace("[dense, magnitude, wanda, sparsegpt]", "[dense]");
+    let text = BASE
+        .replace("models: [MODEL]", "models: [MODEL, no-such-org/no-such-model]")
+        .replace("[dense, magnitude, wanda, sparsegpt]", "[dense]");
     let cfg = sb.write("u.yaml", &text);
-    let out = repro().arg("run").arg(&cfg).env("HF_HUB_CACHE", sb.out.parent().unwrap().join("empty-cache")).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = repro()
+        .arg("run")
+        .arg(&cfg)
+        .env("HF_HUB_CACHE", sb.out.parent().unwrap().join("empty-cache"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("unresolved") && text.contains("no-such-org/no-such-model") && text.contains("HF_HUB_OFFLINE is set"), "{text}");
+    assert!(
+        text.contains("unresolved")
+            && text.contains("no-such-org/no-such-model")
+            && text.contains("HF_HUB_OFFLINE is set"),
+        "{text}"
+    );
     assert!(text.contains("1 run(s) failed"), "{text}");
     assert_eq!(records(&sb.out).len(), 1, "the local model's dense run is recorded");
     // The report counts the unidentified run as planned and says why it has no record.
     assert!(text.contains("report: 1 of 2 planned runs have records"), "{text}");
-    assert!(text.contains("planned run `no-such-org/no-such-model dense` could not be identified"), "{text}");
+    assert!(
+        text.contains("planned run `no-such-org/no-such-model dense` could not be identified"),
+        "{text}"
+    );
 }
 
 /// A model in the Hugging Face cache under `$HF_HUB_CACHE` is both loaded from there and
@@ -642,11 +922,28 @@ fn hf_hub_cache_serves_loading_and_identity() {
         let p = e.unwrap().path();
         std::fs::copy(&p, snapshot.join(p.file_name().unwrap())).unwrap();
     }
-    let text = BASE.replace("models: [MODEL]", "models: [some-org/tiny]").replace("[dense, magnitude, wanda, sparsegpt]", "[dense]");
+    let text = BASE
+        .replace("models: [MODEL]", "models: [some-org/tiny]")
+        .replace("[dense, magnitude, wanda, sparsegpt]", "[dense]");
     let cfg = sb.write("c.yaml", &text);
-    let out = repro().arg("run").arg(&cfg).env("HF_HUB_CACHE", &cache).env("HF_HOME", sb.out.parent().unwrap().join("hf-home")).output().unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&records(&sb.out)[0]).unwrap()).unwrap();
-    assert_eq!(record["model_identity"], serde_json::json!({"id": "some-org/tiny", "revision": CACHE_COMMIT}));
+    let out = repro()
+        .arg("run")
+        .arg(&cfg)
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HOME", sb.out.parent().unwrap().join("hf-home"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&records(&sb.out)[0]).unwrap()).unwrap();
+    assert_eq!(
+        record["model_identity"],
+        serde_json::json!({"id": "some-org/tiny", "revision": CACHE_COMMIT})
+    );
     assert!(record["result"]["ppl"]["wikitext2"].as_f64().unwrap().is_finite());
 }

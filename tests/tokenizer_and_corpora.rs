@@ -11,16 +11,33 @@ use repro::tokenizer::Tokenizer;
 fn bos_is_prepended_when_the_post_processor_does_not_add_it() {
     let src = fixtures().join("models/llama-tiny");
     let tmp = tempfile::tempdir().unwrap();
-    let mut tj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap()).unwrap();
+    let mut tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap()).unwrap();
     tj["post_processor"] = serde_json::Value::Null;
     std::fs::write(tmp.path().join("tokenizer.json"), tj.to_string()).unwrap();
-    std::fs::write(tmp.path().join("tokenizer_config.json"), r#"{"add_bos_token": true, "bos_token": "</s>"}"#).unwrap();
-    let tok = Tokenizer::from_files(&tmp.path().join("tokenizer.json"), Some(&tmp.path().join("tokenizer_config.json")), "opt", Some(2)).unwrap();
+    std::fs::write(
+        tmp.path().join("tokenizer_config.json"),
+        r#"{"add_bos_token": true, "bos_token": "</s>"}"#,
+    )
+    .unwrap();
+    let tok = Tokenizer::from_files(
+        &tmp.path().join("tokenizer.json"),
+        Some(&tmp.path().join("tokenizer_config.json")),
+        "opt",
+        Some(2),
+    )
+    .unwrap();
     let ids = tok.encode("The quick brown fox").unwrap();
     assert_eq!(ids[0], 2, "{ids:?}");
     assert_ne!(ids[1], 2);
     // LLaMA's own post-processor adds <s>; nothing is added twice.
-    let llama = Tokenizer::from_files(&src.join("tokenizer.json"), Some(&src.join("tokenizer_config.json")), "llama", Some(1)).unwrap();
+    let llama = Tokenizer::from_files(
+        &src.join("tokenizer.json"),
+        Some(&src.join("tokenizer_config.json")),
+        "llama",
+        Some(1),
+    )
+    .unwrap();
     let ids = llama.encode("The quick brown fox").unwrap();
     assert_eq!(&ids[..2], &[1, 375]);
 }
@@ -30,7 +47,14 @@ fn bos_is_prepended_when_the_post_processor_does_not_add_it() {
 #[test]
 fn c4_validation_protocol() {
     let hub = Hub::new(Some(fixtures()));
-    let m = repro::model::load(&hub, "llama-tiny", tch::Device::Cpu, tch::Kind::Float, repro::model::Streaming::Off).unwrap();
+    let m = repro::model::load(
+        &hub,
+        "llama-tiny",
+        tch::Device::Cpu,
+        tch::Kind::Float,
+        repro::model::Streaming::Off,
+    )
+    .unwrap();
     let corpus = repro::data::PplCorpus::parse("c4:c4-format-sample");
     let ids = corpus.token_ids(&hub, 512, &|t| m.tokenizer.encode(t)).unwrap();
     assert_eq!(ids.len(), 256 * 512);
@@ -46,7 +70,10 @@ fn c4_validation_protocol() {
 fn same_named_corpora_stay_apart_and_repeats_run_once() {
     let tmp = tempfile::tempdir().unwrap();
     let mut specs = Vec::new();
-    for (dir, text) in [("a", "The quick brown fox jumps over the lazy dog. "), ("b", "It was the best of times, it was the worst of times. ")] {
+    for (dir, text) in [
+        ("a", "The quick brown fox jumps over the lazy dog. "),
+        ("b", "It was the best of times, it was the worst of times. "),
+    ] {
         std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
         let path = tmp.path().join(dir).join("test.txt");
         std::fs::write(&path, text.repeat(40)).unwrap();
@@ -54,13 +81,26 @@ fn same_named_corpora_stay_apart_and_repeats_run_once() {
     }
     let ppl = format!("{},{},{}", specs[0], specs[1], specs[0]);
     let out = repro()
-        .args(["eval", "--model", &fixture_model("llama-tiny-random"), "--seqlen", "32", "--max-windows", "2", "--json"])
+        .args([
+            "eval",
+            "--model",
+            &fixture_model("llama-tiny-random"),
+            "--seqlen",
+            "32",
+            "--max-windows",
+            "2",
+            "--json",
+        ])
         .args(["--ppl", &ppl, "--tasks", "rte,rte", "--limit", "4"])
         .output()
         .unwrap();
     let r = json_of(&out);
     let ppl = r["ppl"].as_object().unwrap();
-    assert_eq!(ppl.keys().cloned().collect::<Vec<_>>(), { let mut s = specs.clone(); s.sort(); s });
+    assert_eq!(ppl.keys().cloned().collect::<Vec<_>>(), {
+        let mut s = specs.clone();
+        s.sort();
+        s
+    });
     assert_ne!(ppl[&specs[0]], ppl[&specs[1]]);
     assert_eq!(r["zero_shot"].as_object().unwrap().len(), 1);
     assert_eq!(r["zero_shot_mean_acc"], r["zero_shot"]["rte"]["acc"]);
@@ -72,14 +112,36 @@ fn same_named_corpora_stay_apart_and_repeats_run_once() {
 fn a_cached_dataset_repo_is_found_by_its_id() {
     let tmp = tempfile::tempdir().unwrap();
     let snapshot = hf_cache_snapshot(tmp.path(), "datasets--some-org--books");
-    std::fs::copy(fixtures().join("datasets/books-heldout/test-00000-of-00001.parquet"), snapshot.join("test-00000-of-00001.parquet")).unwrap();
+    std::fs::copy(
+        fixtures().join("datasets/books-heldout/test-00000-of-00001.parquet"),
+        snapshot.join("test-00000-of-00001.parquet"),
+    )
+    .unwrap();
     let ppl = |corpus: &str| {
         let out = repro()
             .env("HF_HUB_CACHE", tmp.path())
-            .args(["eval", "--model", &fixture_model("llama-tiny-random"), "--seqlen", "32", "--max-windows", "2", "--json", "--ppl", corpus])
+            .args([
+                "eval",
+                "--model",
+                &fixture_model("llama-tiny-random"),
+                "--seqlen",
+                "32",
+                "--max-windows",
+                "2",
+                "--json",
+                "--ppl",
+                corpus,
+            ])
             .output()
             .unwrap();
-        json_of(&out)["ppl"].as_object().unwrap().values().next().unwrap().as_f64().unwrap()
+        json_of(&out)["ppl"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .as_f64()
+            .unwrap()
     };
     assert_eq!(ppl("some-org/books"), ppl("books-heldout"));
 }
@@ -89,12 +151,25 @@ fn a_cached_dataset_repo_is_found_by_its_id() {
 #[test]
 fn a_partial_mirror_falls_back_to_the_cache() {
     let tmp = tempfile::tempdir().unwrap();
-    let train = hf_cache_snapshot(tmp.path(), "datasets--Salesforce--wikitext").join("wikitext-2-raw-v1/train-00000-of-00001.parquet");
+    let train = hf_cache_snapshot(tmp.path(), "datasets--Salesforce--wikitext")
+        .join("wikitext-2-raw-v1/train-00000-of-00001.parquet");
     std::fs::create_dir_all(train.parent().unwrap()).unwrap();
-    std::fs::copy(fixtures().join("datasets/Salesforce/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet"), &train).unwrap();
+    std::fs::copy(
+        fixtures().join("datasets/Salesforce/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet"),
+        &train,
+    )
+    .unwrap();
     let out = repro()
         .env("HF_HUB_CACHE", tmp.path())
-        .args(["prune", "--model", &fixture_model("llama-tiny-random"), "--method", "wanda", "--calib", "wikitext2"])
+        .args([
+            "prune",
+            "--model",
+            &fixture_model("llama-tiny-random"),
+            "--method",
+            "wanda",
+            "--calib",
+            "wikitext2",
+        ])
         .args(["--nsamples", "2", "--seqlen", "32", "--json"])
         .output()
         .unwrap();

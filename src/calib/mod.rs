@@ -29,11 +29,17 @@ impl CalibSource {
     /// `c4`, `c4:<dir|repo>`, `wikitext2`, `wikitext2:<dir|repo>`, or a file path.
     pub fn parse(spec: &str) -> CalibSource {
         match spec.split_once(':') {
-            _ if spec == "c4" => CalibSource::C4 { repo: "allenai/c4".into() },
-            _ if spec == "wikitext2" => CalibSource::Wikitext2 { repo: "Salesforce/wikitext".into() },
+            _ if spec == "c4" => CalibSource::C4 {
+                repo: "allenai/c4".into(),
+            },
+            _ if spec == "wikitext2" => CalibSource::Wikitext2 {
+                repo: "Salesforce/wikitext".into(),
+            },
             Some(("c4", r)) => CalibSource::C4 { repo: r.into() },
             Some(("wikitext2", r)) => CalibSource::Wikitext2 { repo: r.into() },
-            _ => CalibSource::File { path: PathBuf::from(spec) },
+            _ => CalibSource::File {
+                path: PathBuf::from(spec),
+            },
         }
     }
 
@@ -44,11 +50,13 @@ impl CalibSource {
             CalibSource::C4 { repo } => hub.repo(repo, RepoKind::Dataset).get(C4_TRAIN_SHARD),
             CalibSource::Wikitext2 { repo } => hub.repo(repo, RepoKind::Dataset).get(WIKITEXT2_TRAIN),
             CalibSource::File { path } if path.is_file() => Ok(path.clone()),
-            CalibSource::File { path } => bail!(
+            CalibSource::File { path } => {
+                bail!(
                 "--calib {}: {} (use c4, c4:<dir|repo>, wikitext2, wikitext2:<dir|repo> or a text/jsonl/parquet file)",
                 path.display(),
                 if path.is_dir() { "a directory; name one file in it" } else { "no such file" }
-            ),
+            )
+            }
         }
     }
 
@@ -62,7 +70,8 @@ impl CalibSource {
         seed: u64,
     ) -> Result<(PathBuf, Vec<Vec<i64>>)> {
         let path = self.locate(hub)?;
-        let from_docs = |docs: Vec<String>| sample::c4_windows(docs.len(), |i| tokenizer.encode(&docs[i]), nsamples, seqlen, seed);
+        let from_docs =
+            |docs: Vec<String>| sample::c4_windows(docs.len(), |i| tokenizer.encode(&docs[i]), nsamples, seqlen, seed);
         let windows = match self {
             CalibSource::Wikitext2 { .. } => {
                 let ids = tokenizer.encode(&read_parquet_strings(&path, "text")?.join(" "))?;

@@ -59,8 +59,7 @@ pub fn c4_windows(
             let doc = match docs.entry(i) {
                 Entry::Occupied(entry) => entry.into_mut(),
                 Entry::Vacant(entry) => {
-                    let ids =
-                        encode(i).with_context(|| format!("encoding calibration document {i}"))?;
+                    let ids = encode(i).with_context(|| format!("encoding calibration document {i}"))?;
                     entry.insert(if ids.len() > seqlen {
                         Doc::Usable(ids)
                     } else {
@@ -92,12 +91,7 @@ pub fn c4_windows(
 ///
 /// Replicates `random.seed(seed)` and, per sample,
 /// `i = random.randint(0, len(ids) - seqlen - 1); inp = ids[i:i + seqlen]`.
-pub fn text_windows(
-    ids: &[i64],
-    nsamples: usize,
-    seqlen: usize,
-    seed: u64,
-) -> Result<Vec<Vec<i64>>> {
+pub fn text_windows(ids: &[i64], nsamples: usize, seqlen: usize, seed: u64) -> Result<Vec<Vec<i64>>> {
     ensure!(seqlen > 0, "calibration seqlen must be positive");
     ensure!(
         ids.len() > seqlen,
@@ -200,10 +194,7 @@ mod tests {
                 seed,
             )
             .unwrap();
-            let want: Vec<Vec<i64>> = expected
-                .iter()
-                .map(|&(d, s)| doc(d)[s..s + 500].to_vec())
-                .collect();
+            let want: Vec<Vec<i64>> = expected.iter().map(|&(d, s)| doc(d)[s..s + 500].to_vec()).collect();
             assert_eq!(windows, want, "seed {seed}");
             assert!(calls.values().all(|&n| n == 1), "seed {seed}: {calls:?}");
         }
@@ -256,18 +247,10 @@ mod tests {
     #[test]
     fn text_windows_need_more_than_seqlen_tokens() {
         let ids: Vec<i64> = (0..129).collect();
-        let err = text_windows(&ids[..128], 2, 128, 0)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("128 tokens") && err.contains("--seqlen"),
-            "{err}"
-        );
+        let err = text_windows(&ids[..128], 2, 128, 0).unwrap_err().to_string();
+        assert!(err.contains("128 tokens") && err.contains("--seqlen"), "{err}");
         assert!(text_windows(&ids, 2, 0, 0).is_err());
         // One token more than seqlen leaves a single possible window.
-        assert_eq!(
-            text_windows(&ids, 2, 128, 0).unwrap(),
-            vec![ids[..128].to_vec(); 2]
-        );
+        assert_eq!(text_windows(&ids, 2, 128, 0).unwrap(), vec![ids[..128].to_vec(); 2]);
     }
 }

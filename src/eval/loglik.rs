@@ -52,7 +52,12 @@ pub fn loglikelihoods(
         let whole: Vec<i64> = c.iter().chain(&k).copied().collect();
         let keep = whole.len().min(max_length + 1);
         let input = whole[whole.len() - keep..whole.len() - 1].to_vec();
-        items.push(Item { index, cont_len: k.len(), cont: k, input });
+        items.push(Item {
+            index,
+            cont_len: k.len(),
+            cont: k,
+            input,
+        });
     }
     items.sort_by(|a, b| b.input.len().cmp(&a.input.len()).then(a.index.cmp(&b.index)));
     let chunks: Vec<&[Item]> = items.chunks(batch_size.max(1)).collect();
@@ -68,7 +73,13 @@ pub fn loglikelihoods(
             Tensor::from_slice(&flat).view([chunk.len() as i64, width as i64])
         })
         .collect();
-    let mut out = vec![LogLik { logprob: 0.0, is_greedy: true }; requests.len()];
+    let mut out = vec![
+        LogLik {
+            logprob: 0.0,
+            is_greedy: true
+        };
+        requests.len()
+    ];
     forward_batches(model, &batches, |i, logits| {
         let logp = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
         for (row, it) in chunks[i].iter().enumerate() {
@@ -77,9 +88,15 @@ pub fn loglikelihoods(
             let n = (it.cont_len as i64).min(end);
             let lp = logp.get(row as i64).narrow(0, end - n, n);
             let target = Tensor::from_slice(&it.cont[it.cont_len - n as usize..]).to_device(lp.device());
-            let picked = lp.gather(1, &target.unsqueeze(1), false).sum(Kind::Double).double_value(&[]);
+            let picked = lp
+                .gather(1, &target.unsqueeze(1), false)
+                .sum(Kind::Double)
+                .double_value(&[]);
             let greedy = lp.argmax(1, false).eq_tensor(&target).all().int64_value(&[]) == 1;
-            out[it.index] = LogLik { logprob: picked, is_greedy: greedy };
+            out[it.index] = LogLik {
+                logprob: picked,
+                is_greedy: greedy,
+            };
         }
         progress.inc(chunks[i].len() as u64);
         Ok(())
@@ -95,7 +112,13 @@ mod tests {
     #[test]
     fn trailing_whitespace_moves_to_the_continuation_as_python_strips_it() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/models/llama-tiny");
-        let tok = Tokenizer::from_files(&dir.join("tokenizer.json"), Some(&dir.join("tokenizer_config.json")), "llama", Some(1)).unwrap();
+        let tok = Tokenizer::from_files(
+            &dir.join("tokenizer.json"),
+            Some(&dir.join("tokenizer_config.json")),
+            "llama",
+            Some(1),
+        )
+        .unwrap();
         let (ctx, cont) = encode_pair(&tok, "Question:\u{1f} ", "yes").unwrap();
         assert_eq!(ctx, tok.encode("Question:").unwrap());
         assert_eq!([ctx, cont].concat(), tok.encode("Question:\u{1f} yes").unwrap());

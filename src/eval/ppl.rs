@@ -23,10 +23,16 @@ pub struct Perplexity {
 /// transformers' loss.
 pub fn window_losses(logits: &Tensor, ids: &Tensor) -> Vec<f64> {
     let l = ids.size()[1];
-    let logp = logits.narrow(1, 0, l - 1).to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+    let logp = logits
+        .narrow(1, 0, l - 1)
+        .to_kind(Kind::Float)
+        .log_softmax(-1, Kind::Float);
     let target = ids.narrow(1, 1, l - 1).to_device(logp.device()).unsqueeze(-1);
     let nll = -logp.gather(-1, &target, false).squeeze_dim(-1);
-    let per_window = nll.mean_dim(1, false, Kind::Float).to_kind(Kind::Double).to_device(tch::Device::Cpu);
+    let per_window = nll
+        .mean_dim(1, false, Kind::Float)
+        .to_kind(Kind::Double)
+        .to_device(tch::Device::Cpu);
     Vec::<f64>::try_from(&per_window).expect("1-D double tensor")
 }
 
@@ -48,7 +54,10 @@ pub fn perplexity(
     let total = ids.len() / seqlen;
     let n = max_windows.map_or(total, |m| m.min(total));
     if n == 0 {
-        bail!("{label}: {} tokens do not fill one window of seqlen {seqlen}; use a smaller --seqlen", ids.len());
+        bail!(
+            "{label}: {} tokens do not fill one window of seqlen {seqlen}; use a smaller --seqlen",
+            ids.len()
+        );
     }
     let windows = Tensor::from_slice(&ids[..n * seqlen]).view([n as i64, seqlen as i64]);
     let batches: Vec<Tensor> = (0..n)

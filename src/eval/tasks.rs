@@ -131,12 +131,7 @@ pub fn task(name: &str) -> Result<Task> {
         .iter()
         .find(|t| t.name == name)
         .cloned()
-        .ok_or_else(|| {
-            anyhow!(
-                "unknown task {name:?}; valid tasks: {}",
-                ALL_TASKS.join(", ")
-            )
-        })
+        .ok_or_else(|| anyhow!("unknown task {name:?}; valid tasks: {}", ALL_TASKS.join(", ")))
 }
 
 impl Task {
@@ -210,10 +205,7 @@ impl Doc {
     fn multiple_choice(context: String, choices: &[String], gold: usize) -> Doc {
         Doc {
             contexts: vec![context],
-            continuations: choices
-                .iter()
-                .map(|c| format!("{TARGET_DELIMITER}{c}"))
-                .collect(),
+            continuations: choices.iter().map(|c| format!("{TARGET_DELIMITER}{c}")).collect(),
             gold,
         }
     }
@@ -228,10 +220,7 @@ impl Doc {
             let Some(cont) = self.continuations.first() else {
                 return Vec::new();
             };
-            self.contexts
-                .iter()
-                .map(|ctx| (ctx.clone(), cont.clone()))
-                .collect()
+            self.contexts.iter().map(|ctx| (ctx.clone(), cont.clone())).collect()
         } else {
             let Some(ctx) = self.contexts.first() else {
                 return Vec::new();
@@ -248,10 +237,7 @@ impl Doc {
         if self.is_partial() {
             self.contexts.iter().map(String::as_str).collect()
         } else {
-            self.continuations
-                .iter()
-                .map(|c| strip_delimiter(c))
-                .collect()
+            self.continuations.iter().map(|c| strip_delimiter(c)).collect()
         }
     }
 
@@ -268,10 +254,7 @@ impl Doc {
             .join(", ");
         let first = |v: &[String]| v.first().map_or(String::new(), |s| py_json_str(s));
         if self.is_partial() {
-            let target = self
-                .continuations
-                .first()
-                .map_or("", |c| strip_delimiter(c));
+            let target = self.continuations.first().map_or("", |c| strip_delimiter(c));
             format!("[{}, {}, [{choices}]]", self.gold, py_json_str(target))
         } else {
             format!("[{}, {}, [{choices}]]", first(&self.contexts), self.gold)
@@ -280,9 +263,7 @@ impl Doc {
 }
 
 fn strip_delimiter(continuation: &str) -> &str {
-    continuation
-        .strip_prefix(TARGET_DELIMITER)
-        .unwrap_or(continuation)
+    continuation.strip_prefix(TARGET_DELIMITER).unwrap_or(continuation)
 }
 
 /// A JSON string literal as Python's `json.dumps(s, ensure_ascii=False)` writes it.
@@ -319,20 +300,13 @@ pub fn load_docs(task: &Task, parquet_path: &Path) -> Result<Vec<Doc>> {
     };
     let docs = match task.format {
         Format::BoolQ => {
-            let contexts = t
-                .strings("passage")?
-                .into_iter()
-                .zip(t.strings("question")?);
+            let contexts = t.strings("passage")?.into_iter().zip(t.strings("question")?);
             let contexts = contexts.map(|(p, q)| format!("{p}\nQuestion: {q}?\nAnswer:"));
             t.labelled(contexts.collect(), ["no", "yes"])?
         }
         Format::Rte => {
-            let contexts = t
-                .strings("sentence1")?
-                .into_iter()
-                .zip(t.strings("sentence2")?);
-            let contexts =
-                contexts.map(|(s1, s2)| format!("{s1}\nQuestion: {s2} True or False?\nAnswer:"));
+            let contexts = t.strings("sentence1")?.into_iter().zip(t.strings("sentence2")?);
+            let contexts = contexts.map(|(s1, s2)| format!("{s1}\nQuestion: {s2} True or False?\nAnswer:"));
             t.labelled(contexts.collect(), ["True", "False"])?
         }
         Format::HellaSwag => {
@@ -341,9 +315,7 @@ pub fn load_docs(task: &Task, parquet_path: &Path) -> Result<Vec<Doc>> {
                 .iter()
                 .zip(t.strings("ctx_a")?)
                 .zip(t.strings("ctx_b")?)
-                .map(|((label, a), b)| {
-                    hellaswag_preprocess(&format!("{label}: {a} {}", py_capitalize(&b)))
-                })
+                .map(|((label, a), b)| hellaswag_preprocess(&format!("{label}: {a} {}", py_capitalize(&b))))
                 .collect();
             let choices = t
                 .string_lists(t.column("endings")?.list(), "endings")?
@@ -423,9 +395,10 @@ pub fn load_docs(task: &Task, parquet_path: &Path) -> Result<Vec<Doc>> {
                     } else {
                         py_lstrip(key)
                     };
-                    labels[row].iter().position(|l| l == key).ok_or_else(|| {
-                        t.bad("answerKey", row, format!("{key:?} not in choices.label"))
-                    })
+                    labels[row]
+                        .iter()
+                        .position(|l| l == key)
+                        .ok_or_else(|| t.bad("answerKey", row, format!("{key:?} not in choices.label")))
                 })
                 .collect::<Result<Vec<_>>>()?;
             mc(contexts, texts, golds)
@@ -506,29 +479,18 @@ impl Table {
     }
 
     fn bad(&self, column: &str, row: usize, msg: String) -> anyhow::Error {
-        anyhow!(
-            "{}: column {column:?}, row {row}: {msg}",
-            self.path.display()
-        )
+        anyhow!("{}: column {column:?}, row {row}: {msg}", self.path.display())
     }
 
     fn column(&self, name: &str) -> Result<&Column> {
-        self.df
-            .column(name)
-            .map_err(|e| self.bad_column(name, e.into()))
+        self.df.column(name).map_err(|e| self.bad_column(name, e.into()))
     }
 
     fn strings(&self, name: &str) -> Result<Vec<String>> {
-        let ca = self
-            .column(name)?
-            .str()
-            .map_err(|e| self.bad_column(name, e.into()))?;
+        let ca = self.column(name)?.str().map_err(|e| self.bad_column(name, e.into()))?;
         ca.iter()
             .enumerate()
-            .map(|(row, v)| {
-                v.map(str::to_owned)
-                    .ok_or_else(|| self.bad(name, row, "null".into()))
-            })
+            .map(|(row, v)| v.map(str::to_owned).ok_or_else(|| self.bad(name, row, "null".into())))
             .collect()
     }
 
@@ -551,11 +513,7 @@ impl Table {
     }
 
     /// A `list<string>` column (or struct field), one `Vec` per row.
-    fn string_lists(
-        &self,
-        lists: PolarsResult<&ListChunked>,
-        name: &str,
-    ) -> Result<Vec<Vec<String>>> {
+    fn string_lists(&self, lists: PolarsResult<&ListChunked>, name: &str) -> Result<Vec<Vec<String>>> {
         let lists = lists.map_err(|e| self.bad_column(name, e.into()))?;
         lists
             .series_iter()
@@ -575,11 +533,7 @@ impl Table {
     }
 
     /// Multiple-choice docs with fixed choices and the integer `label` column as gold index.
-    fn labelled<const N: usize>(
-        &self,
-        contexts: Vec<String>,
-        choices: [&str; N],
-    ) -> Result<Vec<Doc>> {
+    fn labelled<const N: usize>(&self, contexts: Vec<String>, choices: [&str; N]) -> Result<Vec<Doc>> {
         let choices = choices.map(String::from);
         self.ints("label")?
             .into_iter()
@@ -684,18 +638,13 @@ mod tests {
             .into_iter()
             .filter(|n| task_named(n).reports_acc_norm)
             .collect();
-        assert_eq!(
-            acc_norm,
-            ["hellaswag", "arc_easy", "arc_challenge", "openbookqa"]
-        );
+        assert_eq!(acc_norm, ["hellaswag", "arc_easy", "arc_challenge", "openbookqa"]);
     }
 
     #[test]
     fn score_ties_pick_the_first_choice() {
         let doc = mc_doc(&["a", "b", "c"], 1);
-        let s = task_named("boolq")
-            .score(&doc, &[-1.0, -1.0, -3.0])
-            .expect("score");
+        let s = task_named("boolq").score(&doc, &[-1.0, -1.0, -3.0]).expect("score");
         assert_eq!(
             s,
             DocScore {
@@ -704,9 +653,7 @@ mod tests {
             }
         );
         let doc = mc_doc(&["a", "b", "c"], 0);
-        let s = task_named("arc_easy")
-            .score(&doc, &[-1.0, -1.0, -3.0])
-            .expect("score");
+        let s = task_named("arc_easy").score(&doc, &[-1.0, -1.0, -3.0]).expect("score");
         assert_eq!(
             s,
             DocScore {
@@ -722,9 +669,7 @@ mod tests {
         // character -3.3/3 = -1.1 beats -2.3/2 = -1.15. Dividing by bytes (-0.575) or by the
         // continuation with its leading space (-3.3/4 vs -2.3/3) would pick 1 instead.
         let doc = mc_doc(&["abc", "éé"], 1);
-        let s = task_named("hellaswag")
-            .score(&doc, &[-3.3, -2.3])
-            .expect("score");
+        let s = task_named("hellaswag").score(&doc, &[-3.3, -2.3]).expect("score");
         assert_eq!(
             s,
             DocScore {
@@ -782,10 +727,7 @@ mod tests {
         let doc = mc_doc(&["yes \"x\"", "ü\n"], 1);
         assert_eq!(
             doc.requests(),
-            [
-                ("Q".into(), " yes \"x\"".into()),
-                ("Q".into(), " ü\n".into())
-            ]
+            [("Q".into(), " yes \"x\"".into()), ("Q".into(), " ü\n".into())]
         );
         assert_eq!(doc.lm_eval_json(), r#"["Q", 1, ["yes \"x\"", "ü\n"]]"#);
         let partial = Doc {
@@ -800,10 +742,7 @@ mod tests {
                 ("A dog".into(), " barked.\u{1}".into())
             ]
         );
-        assert_eq!(
-            partial.lm_eval_json(),
-            r#"[1, "barked.\u0001", ["A cat", "A dog"]]"#
-        );
+        assert_eq!(partial.lm_eval_json(), r#"[1, "barked.\u0001", ["A cat", "A dog"]]"#);
     }
 
     #[test]
@@ -906,13 +845,7 @@ mod tests {
     fn missing_column_names_file_and_column() {
         let t = task_named("boolq");
         let wrong = task_named("rte").parquet_path(&datasets_root());
-        let err = format!(
-            "{:#}",
-            load_docs(&t, &wrong).expect_err("rte file has no passage")
-        );
-        assert!(
-            err.contains("passage") && err.contains("rte/validation"),
-            "{err}"
-        );
+        let err = format!("{:#}", load_docs(&t, &wrong).expect_err("rte file has no passage"));
+        assert!(err.contains("passage") && err.contains("rte/validation"), "{err}");
     }
 }

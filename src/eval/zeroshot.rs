@@ -6,9 +6,9 @@ use serde::Serialize;
 
 use super::loglik::loglikelihoods;
 use super::tasks::{aggregate, argmax, load_docs, task, Doc, Task, TaskResult};
+use super::NON_FINITE_HINT;
 use crate::hub::{Hub, RepoKind};
 use crate::model::CausalLm;
-use super::NON_FINITE_HINT;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,7 +64,11 @@ pub fn evaluate_docs(model: &dyn CausalLm, tok: &Tokenizer, td: &TaskDocs, batch
     let lls = loglikelihoods(model, tok, &requests, max_length, batch_size, &bar)?;
     bar.finish_and_clear();
     let non_finite = lls.iter().filter(|l| !l.logprob.is_finite()).count();
-    ensure!(non_finite == 0, "{name}: {non_finite} of {} log-likelihoods are not finite: {NON_FINITE_HINT}", lls.len());
+    ensure!(
+        non_finite == 0,
+        "{name}: {non_finite} of {} log-likelihoods are not finite: {NON_FINITE_HINT}",
+        lls.len()
+    );
     let mut scores = Vec::with_capacity(docs.len());
     let mut per_doc = Vec::with_capacity(docs.len());
     let mut predictions = Vec::with_capacity(docs.len());
@@ -77,5 +81,10 @@ pub fn evaluate_docs(model: &dyn CausalLm, tok: &Tokenizer, td: &TaskDocs, batch
         predictions.push(argmax(ll.iter().copied()));
         per_doc.push(ll);
     }
-    Ok(TaskEval { task: name.to_string(), result: aggregate(&scores)?, loglikelihoods: per_doc, predictions })
+    Ok(TaskEval {
+        task: name.to_string(),
+        result: aggregate(&scores)?,
+        loglikelihoods: per_doc,
+        predictions,
+    })
 }

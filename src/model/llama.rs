@@ -2,8 +2,8 @@
 //! RMSNorm, rotary positions, grouped-query attention and a SwiGLU MLP.
 
 use anyhow::{bail, Result};
-use std::ops::ControlFlow;
 use serde::Deserialize;
+use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 
 use super::{BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
@@ -86,10 +86,16 @@ impl Config {
                 self.kv_heads()
             );
         }
-        let field = if self.rope_scaling.is_some() { "rope_scaling" } else { "rope_parameters" };
+        let field = if self.rope_scaling.is_some() {
+            "rope_scaling"
+        } else {
+            "rope_parameters"
+        };
         match self.rope().map(|r| r.rope_type.as_deref()) {
             None | Some(Some("default" | "llama3" | "linear")) => Ok(()),
-            Some(None) => bail!("field `{field}` names no `rope_type` (or `type`); transformers needs one of default, linear, llama3"),
+            Some(None) => bail!(
+                "field `{field}` names no `rope_type` (or `type`); transformers needs one of default, linear, llama3"
+            ),
             Some(Some(t)) => bail!("field `{field}.rope_type` = \"{t}\" is not supported (default, linear, llama3)"),
         }
     }

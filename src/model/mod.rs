@@ -67,7 +67,16 @@ pub struct BlockCtx {
 impl BlockCtx {
     /// Softmax attention (B, heads, L, head_dim), causal unless a mask says otherwise.
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-        Tensor::scaled_dot_product_attention(q, k, v, self.attn_mask.as_ref(), 0.0, self.attn_mask.is_none(), None, false)
+        Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            self.attn_mask.as_ref(),
+            0.0,
+            self.attn_mask.is_none(),
+            None,
+            false,
+        )
     }
 }
 
@@ -129,7 +138,8 @@ impl Streaming {
             Streaming::Off => false,
             Streaming::Auto => {
                 device == Device::Cpu
-                    && crate::resources::mem_available_bytes().is_some_and(|avail| weights_bytes as f64 > 0.7 * avail as f64)
+                    && crate::resources::mem_available_bytes()
+                        .is_some_and(|avail| weights_bytes as f64 > 0.7 * avail as f64)
             }
         }
     }
@@ -168,7 +178,14 @@ impl std::ops::Deref for BlockRef<'_> {
 impl Stack {
     /// Resident: builds every block now and keeps all checkpoint tensors (sharing storage with
     /// the layers). Streamed: keeps the checkpoint index and builds blocks when asked for.
-    pub fn new(info: ModelInfo, weights: Weights, load: BlockLoader, streamed: bool, device: Device, kind: Kind) -> Result<Stack> {
+    pub fn new(
+        info: ModelInfo,
+        weights: Weights,
+        load: BlockLoader,
+        streamed: bool,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Stack> {
         let n = info.n_layers;
         if streamed {
             // Every block is checked now: a missing or misshapen tensor in block 30 must not
@@ -178,10 +195,26 @@ impl Stack {
                 load(&headers, i)?;
             }
             let streamed = stream::Streamed::new(weights, load, info.block_prefix, n);
-            return Ok(Stack { info, blocks: (0..n).map(|_| None).collect(), tensors: Vec::new(), streamed: Some(streamed), device, kind });
+            return Ok(Stack {
+                info,
+                blocks: (0..n).map(|_| None).collect(),
+                tensors: Vec::new(),
+                streamed: Some(streamed),
+                device,
+                kind,
+            });
         }
-        let blocks = (0..n).map(|i| load(&weights, i).map(Some)).collect::<Result<Vec<_>>>()?;
-        Ok(Stack { info, blocks, tensors: weights.into_named(), streamed: None, device, kind })
+        let blocks = (0..n)
+            .map(|i| load(&weights, i).map(Some))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stack {
+            info,
+            blocks,
+            tensors: weights.into_named(),
+            streamed: None,
+            device,
+            kind,
+        })
     }
 
     pub fn n_blocks(&self) -> usize {
@@ -205,7 +238,9 @@ impl Stack {
     pub fn take_block(&mut self, i: usize) -> Result<Box<dyn DecoderBlock>> {
         match &self.streamed {
             Some(s) => s.read(i),
-            None => self.blocks[i].take().ok_or_else(|| anyhow::anyhow!("block {i} is taken out already")),
+            None => self.blocks[i]
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("block {i} is taken out already")),
         }
     }
 
@@ -274,7 +309,11 @@ pub trait CausalLm: Send {
 /// A streamed model reads each block once per group of batches rather than once per batch (the
 /// results are the same); a group's hidden states take at most a quarter of the available host
 /// memory on CPU, 2 GiB on a GPU.
-pub fn forward_batches(model: &dyn CausalLm, batches: &[Tensor], mut f: impl FnMut(usize, Tensor) -> Result<()>) -> Result<()> {
+pub fn forward_batches(
+    model: &dyn CausalLm,
+    batches: &[Tensor],
+    mut f: impl FnMut(usize, Tensor) -> Result<()>,
+) -> Result<()> {
     let stack = model.stack();
     if !stack.is_streamed() {
         for (i, ids) in batches.iter().enumerate() {
@@ -296,7 +335,10 @@ pub fn forward_batches(model: &dyn CausalLm, batches: &[Tensor], mut f: impl FnM
             tokens += batches[end].numel() as u64;
             end += 1;
         }
-        let mut hidden: Vec<Tensor> = batches[start..end].iter().map(|ids| model.embed(&ids.to_device(model.device()))).collect();
+        let mut hidden: Vec<Tensor> = batches[start..end]
+            .iter()
+            .map(|ids| model.embed(&ids.to_device(model.device())))
+            .collect();
         let mut contexts: HashMap<i64, BlockCtx> = HashMap::new();
         let bar = crate::progress::bar(stack.n_blocks() as u64, "blocks");
         bar.set_message(format!("batches {}..{} of {}", start + 1, end, batches.len()));
@@ -331,7 +373,10 @@ pub fn load(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: Stream
     let (model, repo, config) = load_model(hub, spec, device, kind, streaming)?;
     let info = model.info();
     let tokenizer = Tokenizer::from_repo(&repo, &info.model_type, info.bos_token_id)?;
-    if let Some((id, token)) = tokenizer.largest_id().filter(|(id, _)| i64::from(*id) >= info.vocab_size) {
+    if let Some((id, token)) = tokenizer
+        .largest_id()
+        .filter(|(id, _)| i64::from(*id) >= info.vocab_size)
+    {
         bail!(
             "{spec}: the tokenizer produces token id {id} ({token}) but config.json's `vocab_size` is {}: the tokenizer does not belong to this model",
             info.vocab_size
@@ -346,7 +391,13 @@ pub fn load(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: Stream
 }
 
 /// Reads config.json and dispatches on `architectures[0]` (or `model_type`); no tokenizer needed.
-pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: Streaming) -> Result<(Box<dyn CausalLm>, RepoRef, Value)> {
+pub fn load_model(
+    hub: &Hub,
+    spec: &str,
+    device: Device,
+    kind: Kind,
+    streaming: Streaming,
+) -> Result<(Box<dyn CausalLm>, RepoRef, Value)> {
     let repo = hub.repo(spec, RepoKind::Model);
     let config_path = repo.get("config.json")?;
     let text =
@@ -399,7 +450,10 @@ pub fn load_model(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: 
         ),
     };
     if model.stack().n_blocks() == 0 {
-        bail!("{}: field `num_hidden_layers` is 0; a model needs at least one block", config_path.display());
+        bail!(
+            "{}: field `num_hidden_layers` is 0; a model needs at least one block",
+            config_path.display()
+        );
     }
     Ok((model, repo, config))
 }
@@ -418,7 +472,10 @@ mod tests {
         let huge = u64::MAX / 2;
         assert!(Streaming::Auto.decide(huge, Device::Cpu));
         assert!(!Streaming::Auto.decide(1 << 20, Device::Cpu));
-        assert!(!Streaming::Auto.decide(huge, Device::Cuda(0)), "GPU runs hold the weights on the GPU, not in host memory");
+        assert!(
+            !Streaming::Auto.decide(huge, Device::Cuda(0)),
+            "GPU runs hold the weights on the GPU, not in host memory"
+        );
         assert!(Streaming::On.decide(1, Device::Cpu));
         assert!(!Streaming::Off.decide(huge, Device::Cpu));
     }
@@ -429,12 +486,25 @@ mod tests {
     fn taps_see_every_linear_layer_in_listed_order() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let shared = root.join("../shared/fixtures/models");
-        let dirs = ["llama-gqa-llama3rope", "llama-tied", "mistral-tiny", "opt-postln", "opt-proj"]
-            .map(|d| root.join("tests/fixtures/models").join(d))
-            .into_iter()
-            .chain(["llama-tiny-random", "opt-tiny"].map(|d| shared.join(d)));
+        let dirs = [
+            "llama-gqa-llama3rope",
+            "llama-tied",
+            "mistral-tiny",
+            "opt-postln",
+            "opt-proj",
+        ]
+        .map(|d| root.join("tests/fixtures/models").join(d))
+        .into_iter()
+        .chain(["llama-tiny-random", "opt-tiny"].map(|d| shared.join(d)));
         for dir in dirs {
-            let (model, _, _) = load_model(&Hub::new(None), dir.to_str().unwrap(), Device::Cpu, Kind::Float, Streaming::Off).unwrap();
+            let (model, _, _) = load_model(
+                &Hub::new(None),
+                dir.to_str().unwrap(),
+                Device::Cpu,
+                Kind::Float,
+                Streaming::Off,
+            )
+            .unwrap();
             let block = model.stack().block(0).unwrap();
             let mut seen = Vec::new();
             let ids = Tensor::from_slice(&[1i64, 5, 9, 3]).unsqueeze(0);

@@ -2,8 +2,8 @@
 //! opt-350m, after) each sub-block, ReLU MLP, biases everywhere, optional project_in/out.
 
 use anyhow::{bail, Result};
-use std::ops::ControlFlow;
 use serde::Deserialize;
+use std::ops::ControlFlow;
 use tch::{Kind, Tensor};
 
 use super::{BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
@@ -219,8 +219,10 @@ impl Opt {
             bos_token_id: cfg.bos_token_id,
             block_prefix: "model.decoder.layers.",
         };
-        let embed_positions =
-            w.get(&format!("{p}.embed_positions.weight"), &[cfg.max_position_embeddings + POSITION_OFFSET, h])?;
+        let embed_positions = w.get(
+            &format!("{p}.embed_positions.weight"),
+            &[cfg.max_position_embeddings + POSITION_OFFSET, h],
+        )?;
         let load_block = move |w: &Weights, i| Ok(Box::new(Block::load(&cfg, w, i)?) as Box<dyn DecoderBlock>);
         Ok(Opt {
             embed_positions,

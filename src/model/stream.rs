@@ -26,7 +26,15 @@ pub struct Streamed {
 
 impl Streamed {
     pub fn new(weights: Weights, load: BlockLoader, prefix: &'static str, n_blocks: usize) -> Self {
-        Streamed { weights, load, prefix, n_blocks, dir: None, temp: None, written: BTreeSet::new() }
+        Streamed {
+            weights,
+            load,
+            prefix,
+            n_blocks,
+            dir: None,
+            temp: None,
+            written: BTreeSet::new(),
+        }
     }
 
     pub fn read(&self, i: usize) -> Result<Box<dyn DecoderBlock>> {
@@ -71,8 +79,11 @@ impl Streamed {
             self.temp = Some(temp);
         }
         let dir = self.dir.clone().expect("set above");
-        let linears: BTreeMap<String, &Tensor> =
-            block.linears().into_iter().map(|(n, l)| (format!("{n}.weight"), &l.weight)).collect();
+        let linears: BTreeMap<String, &Tensor> = block
+            .linears()
+            .into_iter()
+            .map(|(n, l)| (format!("{n}.weight"), &l.weight))
+            .collect();
         let mut tensors = Vec::new();
         for (name, rest) in self.block_names(i) {
             let t = match linears.get(&rest) {
@@ -105,9 +116,15 @@ impl Streamed {
                 self.write(i, block.as_ref())?;
             }
         }
-        let in_blocks: BTreeMap<String, usize> =
-            (0..self.n_blocks).flat_map(|i| self.block_names(i).into_iter().map(move |(n, _)| (n, i))).collect();
-        let rest: Vec<String> = self.weights.names().into_iter().filter(|n| !in_blocks.contains_key(n)).collect();
+        let in_blocks: BTreeMap<String, usize> = (0..self.n_blocks)
+            .flat_map(|i| self.block_names(i).into_iter().map(move |(n, _)| (n, i)))
+            .collect();
+        let rest: Vec<String> = self
+            .weights
+            .names()
+            .into_iter()
+            .filter(|n| !in_blocks.contains_key(n))
+            .collect();
         let tensors = rest
             .iter()
             .map(|n| Ok((n.clone(), self.weights.get_any(n)?.to_device(Device::Cpu).contiguous())))
@@ -144,14 +161,20 @@ impl TempBlocks {
             .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
             .tempdir()
             .context("cannot create a temporary directory for streamed blocks (set TMPDIR to a disk with room for the model)")?;
-        LIVE_TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner()).push(dir.path().to_path_buf());
+        LIVE_TEMP_DIRS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir.path().to_path_buf());
         Ok(TempBlocks(dir))
     }
 }
 
 impl Drop for TempBlocks {
     fn drop(&mut self) {
-        LIVE_TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner()).retain(|d| d != self.0.path());
+        LIVE_TEMP_DIRS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|d| d != self.0.path());
     }
 }
 
@@ -171,10 +194,18 @@ pub fn remove_temp_blocks_on_interrupt() -> Result<()> {
 /// A run killed by SIGKILL (or a crash) leaves its temporary blocks behind (as much as the whole pruned
 /// model); the next streamed run removes those whose process (the pid in the name) is gone.
 fn remove_orphaned_block_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for path in entries.flatten().map(|e| e.path()) {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let pid = name.strip_prefix(TEMP_PREFIX).and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pid = name
+            .strip_prefix(TEMP_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(&path);

@@ -63,17 +63,33 @@ impl Weights {
                     repo.id
                 )
             })?;
-            let text = std::fs::read_to_string(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?;
+            let text = std::fs::read_to_string(&index_path)
+                .with_context(|| format!("cannot read {}", index_path.display()))?;
             let index: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", index_path.display()))?;
-            let Some(map) = index.get("weight_map").and_then(|m| m.as_object()).filter(|m| !m.is_empty()) else {
+            let Some(map) = index
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .filter(|m| !m.is_empty())
+            else {
                 bail!("{}: missing or empty object field `weight_map`", index_path.display());
             };
             let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
             let files = shards.iter().map(|s| repo.get(s)).collect::<Result<Vec<_>>>()?;
-            (files, format!("{} and its {} shards", index_path.display(), shards.len()))
+            (
+                files,
+                format!("{} and its {} shards", index_path.display(), shards.len()),
+            )
         };
-        let mut w = Weights { files: Vec::new(), index: HashMap::new(), resident: HashMap::new(), device, kind, source, headers_only: false };
+        let mut w = Weights {
+            files: Vec::new(),
+            index: HashMap::new(),
+            resident: HashMap::new(),
+            device,
+            kind,
+            source,
+            headers_only: false,
+        };
         for f in files {
             w.add_file(&f)?;
         }
@@ -86,10 +102,13 @@ impl Weights {
         let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let file_len = file.metadata()?.len();
         let mut len = [0u8; 8];
-        file.read_exact(&mut len).map_err(|e| bad(format!("header length: {e}")))?;
+        file.read_exact(&mut len)
+            .map_err(|e| bad(format!("header length: {e}")))?;
         let header_len = u64::from_le_bytes(len);
         if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
-            return Err(bad(format!("header length {header_len} for a file of {file_len} bytes")));
+            return Err(bad(format!(
+                "header length {header_len} for a file of {file_len} bytes"
+            )));
         }
         let mut header = vec![0u8; header_len as usize];
         file.read_exact(&mut header)?;
@@ -100,8 +119,14 @@ impl Weights {
             let kind = tch_kind(info.dtype)
                 .ok_or_else(|| bad(format!("tensor `{name}` has unsupported dtype {:?}", info.dtype)))?;
             let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-            let bytes = info.shape.iter().try_fold(kind.elt_size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64));
-            let (start, end) = (data_start + info.data_offsets.0 as u64, data_start + info.data_offsets.1 as u64);
+            let bytes = info
+                .shape
+                .iter()
+                .try_fold(kind.elt_size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64));
+            let (start, end) = (
+                data_start + info.data_offsets.0 as u64,
+                data_start + info.data_offsets.1 as u64,
+            );
             if Some(end.saturating_sub(start)) != bytes || end > file_len {
                 return Err(bad(format!(
                     "tensor `{name}`: offsets {:?} do not fit shape {shape:?} or the file",
@@ -109,7 +134,16 @@ impl Weights {
                 )));
             }
             self.resident.remove(&name);
-            self.index.insert(name, Location { file: file_no, start, end, kind, shape });
+            self.index.insert(
+                name,
+                Location {
+                    file: file_no,
+                    start,
+                    end,
+                    kind,
+                    shape,
+                },
+            );
         }
         self.files.push(path.to_path_buf());
         Ok(())
@@ -117,8 +151,12 @@ impl Weights {
 
     /// Reads every tensor not yet in memory, in file order (one sequential pass per file).
     pub fn read_all(&mut self) -> Result<()> {
-        let mut todo: Vec<(String, Location)> =
-            self.index.iter().filter(|(n, _)| !self.resident.contains_key(*n)).map(|(n, l)| (n.clone(), l.clone())).collect();
+        let mut todo: Vec<(String, Location)> = self
+            .index
+            .iter()
+            .filter(|(n, _)| !self.resident.contains_key(*n))
+            .map(|(n, l)| (n.clone(), l.clone()))
+            .collect();
         todo.sort_by_key(|(_, l)| (l.file, l.start));
         for (name, loc) in todo {
             let t = self.read(&name, &loc)?;
@@ -135,12 +173,16 @@ impl Weights {
         // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `bytes` bytes, written only here.
         let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, bytes) };
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        file.read_exact_at(buf, loc.start).with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
+        file.read_exact_at(buf, loc.start)
+            .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
         if !t.is_floating_point() {
             return Ok(t.to_device(self.device));
         }
         if !all_finite(&t) {
-            bail!("{}: tensor `{name}` holds NaN or infinite values; the checkpoint is damaged", path.display());
+            bail!(
+                "{}: tensor `{name}` holds NaN or infinite values; the checkpoint is damaged",
+                path.display()
+            );
         }
         let t = t.to_kind(self.kind);
         if !all_finite(&t) {
@@ -159,7 +201,10 @@ impl Weights {
         let (key, loc) = self.location(name)?;
         let file = self.files[loc.file].display();
         if loc.shape != shape {
-            bail!("{file}: tensor `{name}` has shape {:?}, config.json implies {shape:?}", loc.shape);
+            bail!(
+                "{file}: tensor `{name}` has shape {:?}, config.json implies {shape:?}",
+                loc.shape
+            );
         }
         if !is_float(loc.kind) {
             bail!(
@@ -172,7 +217,8 @@ impl Weights {
     }
 
     fn location(&self, name: &str) -> Result<(&str, &Location)> {
-        self.lookup(name).ok_or_else(|| anyhow::anyhow!("{}: missing weight tensor `{name}`", self.source))
+        self.lookup(name)
+            .ok_or_else(|| anyhow::anyhow!("{}: missing weight tensor `{name}`", self.source))
     }
 
     fn fetch(&self, key: &str, loc: &Location) -> Result<Tensor> {
@@ -222,7 +268,11 @@ impl Weights {
         self.index
             .values()
             .map(|l| {
-                let elt = if is_float(l.kind) { kind.elt_size_in_bytes() } else { l.kind.elt_size_in_bytes() };
+                let elt = if is_float(l.kind) {
+                    kind.elt_size_in_bytes()
+                } else {
+                    l.kind.elt_size_in_bytes()
+                };
                 l.shape.iter().product::<i64>() as u64 * elt as u64
             })
             .sum()
@@ -236,7 +286,10 @@ impl Weights {
 
     /// All tensors by sorted name, sharing storage with what the model uses (resident models).
     pub fn into_named(mut self) -> Vec<(String, Tensor)> {
-        self.names().into_iter().filter_map(|n| self.resident.remove(&n).map(|t| (n, t))).collect()
+        self.names()
+            .into_iter()
+            .filter_map(|n| self.resident.remove(&n).map(|t| (n, t)))
+            .collect()
     }
 }
 

@@ -58,11 +58,17 @@ impl TryFrom<AllocationText> for Allocation {
     fn try_from(t: AllocationText) -> Result<Self> {
         let a = match t {
             AllocationText::Name(n) if n == "uniform" => Allocation::Uniform,
-            AllocationText::Name(n) if n == "owl" => Allocation::Owl { m: OWL_M, lambda: OWL_LAMBDA },
+            AllocationText::Name(n) if n == "owl" => Allocation::Owl {
+                m: OWL_M,
+                lambda: OWL_LAMBDA,
+            },
             AllocationText::Name(n) => bail!(
                 "allocation `{n}`: use uniform, owl, {{owl: {{m: 5, lambda: 0.08}}}} or a list of per-block sparsities"
             ),
-            AllocationText::Owl { owl } => Allocation::Owl { m: owl.m, lambda: owl.lambda },
+            AllocationText::Owl { owl } => Allocation::Owl {
+                m: owl.m,
+                lambda: owl.lambda,
+            },
             AllocationText::List(l) => Allocation::Blocks(l),
         };
         a.check_values()?;
@@ -74,7 +80,9 @@ impl From<Allocation> for AllocationText {
     fn from(a: Allocation) -> Self {
         match a {
             Allocation::Uniform => AllocationText::Name("uniform".into()),
-            Allocation::Owl { m, lambda } => AllocationText::Owl { owl: OwlSettings { m, lambda } },
+            Allocation::Owl { m, lambda } => AllocationText::Owl {
+                owl: OwlSettings { m, lambda },
+            },
             Allocation::Blocks(l) => AllocationText::List(l),
         }
     }
@@ -97,9 +105,15 @@ impl Allocation {
     pub fn parse(s: &str, m: Option<f64>, lambda: Option<f64>) -> Result<Allocation> {
         let a = match s.trim() {
             "uniform" => Allocation::Uniform,
-            "owl" => Allocation::Owl { m: m.unwrap_or(OWL_M), lambda: lambda.unwrap_or(OWL_LAMBDA) },
+            "owl" => Allocation::Owl {
+                m: m.unwrap_or(OWL_M),
+                lambda: lambda.unwrap_or(OWL_LAMBDA),
+            },
             list => {
-                let ratios = list.split(',').map(|r| r.trim().parse::<f64>()).collect::<Result<Vec<_>, _>>();
+                let ratios = list
+                    .split(',')
+                    .map(|r| r.trim().parse::<f64>())
+                    .collect::<Result<Vec<_>, _>>();
                 match ratios {
                     Ok(r) => Allocation::Blocks(r),
                     Err(_) => bail!("--allocation `{s}`: use uniform, owl, or a comma-separated list of per-block sparsities (0.6,0.7,...)"),
@@ -168,7 +182,10 @@ impl Allocation {
 /// `check_outlier_mean` over the concatenated, flattened scores).
 pub fn outlier_ratio(scores: &[Tensor], m: f64) -> f64 {
     let all = Tensor::cat(
-        &scores.iter().map(|s| s.to_kind(Kind::Float).to_device(tch::Device::Cpu).flatten(0, -1)).collect::<Vec<_>>(),
+        &scores
+            .iter()
+            .map(|s| s.to_kind(Kind::Float).to_device(tch::Device::Cpu).flatten(0, -1))
+            .collect::<Vec<_>>(),
         0,
     );
     let threshold = all.mean(None::<Kind>) * m;
@@ -246,11 +263,20 @@ mod tests {
         for (got, want) in s.iter().zip(want) {
             assert!((got - want).abs() < 1e-12, "{s:?}");
         }
-        assert!((s.iter().sum::<f64>() / 3.0 - 0.7).abs() < 1e-12, "the mean is the target");
+        assert!(
+            (s.iter().sum::<f64>() / 3.0 - 0.7).abs() < 1e-12,
+            "the mean is the target"
+        );
         assert_eq!(owl_sparsities(&[1.0, 2.0], 0.3, 0.1).unwrap()[1], OWL_FLOOR);
         let e = owl_sparsities(&[3.0, 3.0, 3.0], 0.08, 0.7).unwrap_err().to_string();
-        assert!(e.contains("same outlier ratio") && e.contains("--allocation uniform"), "{e}");
-        assert_eq!(owl_sparsities(&[1.0, 5.0], 0.0, 0.7).unwrap(), vec![1.0 - (1.0 - 0.7), 1.0 - (1.0 - 0.7)]);
+        assert!(
+            e.contains("same outlier ratio") && e.contains("--allocation uniform"),
+            "{e}"
+        );
+        assert_eq!(
+            owl_sparsities(&[1.0, 5.0], 0.0, 0.7).unwrap(),
+            vec![1.0 - (1.0 - 0.7), 1.0 - (1.0 - 0.7)]
+        );
     }
 
     #[test]
@@ -263,24 +289,41 @@ mod tests {
 
     #[test]
     fn allocations_parse_from_flags_and_yaml() {
-        assert_eq!(Allocation::parse("owl", None, Some(0.1)).unwrap(), Allocation::Owl { m: 5.0, lambda: 0.1 });
-        assert_eq!(Allocation::parse("0.6, 0.8", None, None).unwrap(), Allocation::Blocks(vec![0.6, 0.8]));
+        assert_eq!(
+            Allocation::parse("owl", None, Some(0.1)).unwrap(),
+            Allocation::Owl { m: 5.0, lambda: 0.1 }
+        );
+        assert_eq!(
+            Allocation::parse("0.6, 0.8", None, None).unwrap(),
+            Allocation::Blocks(vec![0.6, 0.8])
+        );
         assert!(Allocation::parse("uniform", Some(3.0), None)
             .unwrap_err()
             .to_string()
             .contains("--allocation owl only"));
-        assert!(Allocation::parse("0.6,1.2", None, None).unwrap_err().to_string().contains("must be in [0, 1)"));
-        assert!(Allocation::parse("owls", None, None).unwrap_err().to_string().contains("comma-separated list"));
+        assert!(Allocation::parse("0.6,1.2", None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("must be in [0, 1)"));
+        assert!(Allocation::parse("owls", None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("comma-separated list"));
         let yaml = |s: &str| serde_yaml::from_str::<Allocation>(s);
         assert_eq!(yaml("owl").unwrap(), Allocation::Owl { m: 5.0, lambda: 0.08 });
         assert_eq!(yaml("{owl: {m: 7}}").unwrap(), Allocation::Owl { m: 7.0, lambda: 0.08 });
         assert_eq!(yaml("[0.5, 0.7]").unwrap(), Allocation::Blocks(vec![0.5, 0.7]));
         assert!(yaml("{owl: {lamda: 0.1}}").is_err());
-        let e =
-            Allocation::Owl { m: 5.0, lambda: 0.08 }.check_pattern(Pattern::NM { n: 2, m: 4 }).unwrap_err().to_string();
+        let e = Allocation::Owl { m: 5.0, lambda: 0.08 }
+            .check_pattern(Pattern::NM { n: 2, m: 4 })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("N:M prunes exactly N of every M"), "{e}");
         // Records keep the same spelling.
         let a = Allocation::Owl { m: 7.0, lambda: 0.1 };
-        assert_eq!(serde_json::from_value::<Allocation>(serde_json::to_value(&a).unwrap()).unwrap(), a);
+        assert_eq!(
+            serde_json::from_value::<Allocation>(serde_json::to_value(&a).unwrap()).unwrap(),
+            a
+        );
     }
 }

@@ -30,7 +30,11 @@ const VARIABLES: [(&str, Var, &str); 4] = [
     ("W", Var::W, "the weights [out, in]"),
     ("X", Var::X, "input activation norms, Wanda's sqrt(scaler_row) [1, in]"),
     ("Hdiag", Var::Hdiag, "diagonal of the input Hessian 2/n Σ x xᵀ [1, in]"),
-    ("Hinv", Var::Hinv, "diagonal of the Cholesky factor of SparseGPT's damped inverse Hessian [1, in]"),
+    (
+        "Hinv",
+        Var::Hinv,
+        "diagonal of the Cholesky factor of SparseGPT's damped inverse Hessian [1, in]",
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +91,10 @@ struct Shape {
 
 impl Shape {
     fn join(self, o: Shape) -> Shape {
-        Shape { rows: self.rows || o.rows, cols: self.cols || o.cols }
+        Shape {
+            rows: self.rows || o.rows,
+            cols: self.cols || o.cols,
+        }
     }
 }
 
@@ -176,7 +183,9 @@ impl<'a> Parser<'a> {
                     }
                 }
                 let s: String = chars[start..i].iter().collect();
-                let n = s.parse::<f64>().map_err(|_| (column, format!("`{s}` is not a number")))?;
+                let n = s
+                    .parse::<f64>()
+                    .map_err(|_| (column, format!("`{s}` is not a number")))?;
                 out.push((Token::Num(n), column));
             } else if c.is_alphabetic() || c == '_' {
                 let start = i;
@@ -281,9 +290,10 @@ impl<'a> Parser<'a> {
                         args.push(self.sum()?);
                     }
                     if args.len() != *arity {
-                        return Err(
-                            self.error(column, &format!("`{name}` takes {arity} argument(s), got {}", args.len()))
-                        );
+                        return Err(self.error(
+                            column,
+                            &format!("`{name}` takes {arity} argument(s), got {}", args.len()),
+                        ));
                     }
                     self.expect(')')?;
                     return Ok(Node::Call(*func, args));
@@ -298,7 +308,10 @@ impl<'a> Parser<'a> {
             }
             t => Err(self.error(
                 column,
-                &format!("expected a number, variable, parameter, function or `(`, found {}", describe(&t)),
+                &format!(
+                    "expected a number, variable, parameter, function or `(`, found {}",
+                    describe(&t)
+                ),
             )),
         }
     }
@@ -314,15 +327,27 @@ fn describe(t: &Token) -> String {
 }
 
 fn shape(node: &Node) -> Shape {
-    let scalar = Shape { rows: false, cols: false };
+    let scalar = Shape {
+        rows: false,
+        cols: false,
+    };
     match node {
         Node::Num(_) | Node::Param(_) => scalar,
         Node::Var(Var::W) => Shape { rows: true, cols: true },
-        Node::Var(_) => Shape { rows: false, cols: true },
+        Node::Var(_) => Shape {
+            rows: false,
+            cols: true,
+        },
         Node::Neg(a) => shape(a),
         Node::Bin(_, a, b) => shape(a).join(shape(b)),
-        Node::Call(Func::Rowsum, a) => Shape { rows: shape(&a[0]).rows, cols: false },
-        Node::Call(Func::Colsum, a) => Shape { rows: false, cols: shape(&a[0]).cols },
+        Node::Call(Func::Rowsum, a) => Shape {
+            rows: shape(&a[0]).rows,
+            cols: false,
+        },
+        Node::Call(Func::Colsum, a) => Shape {
+            rows: false,
+            cols: shape(&a[0]).cols,
+        },
         Node::Call(Func::Mean, _) => scalar,
         Node::Call(_, args) => args.iter().map(shape).fold(scalar, Shape::join),
     }
@@ -360,15 +385,30 @@ enum Val {
 impl Expression {
     /// Parses `text` with the declared parameters and checks that it gives one score per weight.
     pub fn parse(text: &str, params: &BTreeMap<String, f64>) -> Result<Expression> {
-        let tokens = Parser::tokenize(text)
-            .map_err(|(column, msg)| Parser { text, tokens: Vec::new(), pos: 0, params }.error(column, &msg))?;
-        let mut p = Parser { text, tokens, pos: 0, params };
+        let tokens = Parser::tokenize(text).map_err(|(column, msg)| {
+            Parser {
+                text,
+                tokens: Vec::new(),
+                pos: 0,
+                params,
+            }
+            .error(column, &msg)
+        })?;
+        let mut p = Parser {
+            text,
+            tokens,
+            pos: 0,
+            params,
+        };
         let root = p.sum()?;
         let (rest, column) = p.peek().clone();
         if rest != Token::End {
             return Err(p.error(
                 column,
-                &format!("expected an operator or the end of the expression, found {}", describe(&rest)),
+                &format!(
+                    "expected an operator or the end of the expression, found {}",
+                    describe(&rest)
+                ),
             ));
         }
         let s = shape(&root);
@@ -383,12 +423,17 @@ impl Expression {
                 "parameter `{unused}` is declared but metric expression `{text}` does not use it; remove it or use it"
             );
         }
-        if let Some(clash) =
-            params.keys().find(|k| VARIABLES.iter().any(|(n, _, _)| n == k) || FUNCTIONS.iter().any(|(n, _, _)| n == k))
+        if let Some(clash) = params
+            .keys()
+            .find(|k| VARIABLES.iter().any(|(n, _, _)| n == k) || FUNCTIONS.iter().any(|(n, _, _)| n == k))
         {
             bail!("parameter `{clash}` has the name of a variable or function; rename it");
         }
-        Ok(Expression { text: text.to_string(), root, params: params.clone() })
+        Ok(Expression {
+            text: text.to_string(),
+            root,
+            params: params.clone(),
+        })
     }
 
     pub fn text(&self) -> &str {
@@ -419,7 +464,11 @@ impl Expression {
             Node::Num(n) => Val::Num(*n),
             Node::Param(p) => Val::Num(self.params[p]),
             Node::Var(v) => Val::T(
-                vars.iter().find(|(x, _)| x == v).expect("every mentioned variable is computed").1.shallow_clone(),
+                vars.iter()
+                    .find(|(x, _)| x == v)
+                    .expect("every mentioned variable is computed")
+                    .1
+                    .shallow_clone(),
             ),
             Node::Neg(a) => match self.eval(a, vars)? {
                 Val::Num(x) => Val::Num(-x),
@@ -487,8 +536,17 @@ fn variable(v: Var, w: &Tensor, stats: &LayerStats) -> Result<Tensor> {
     let missing = |what: &str| anyhow::anyhow!("the expression reads {what}, which was not collected");
     Ok(match v {
         Var::W => w.to_kind(Kind::Float),
-        Var::X => stats.norms.ok_or_else(|| missing("X"))?.scaler_row.sqrt().reshape([1, -1]),
-        Var::Hdiag => stats.hessian.ok_or_else(|| missing("Hdiag"))?.diagonal(0, 0, 1).reshape([1, -1]),
+        Var::X => stats
+            .norms
+            .ok_or_else(|| missing("X"))?
+            .scaler_row
+            .sqrt()
+            .reshape([1, -1]),
+        Var::Hdiag => stats
+            .hessian
+            .ok_or_else(|| missing("Hdiag"))?
+            .diagonal(0, 0, 1)
+            .reshape([1, -1]),
         Var::Hinv => {
             super::sparsegpt::inverse_hessian_diagonal(stats.hessian.ok_or_else(|| missing("Hinv"))?)?.reshape([1, -1])
         }
@@ -503,7 +561,10 @@ pub struct ExpressionMetric {
 
 impl ExpressionMetric {
     pub fn new(name: &str, expression: Expression) -> Arc<dyn Metric> {
-        Arc::new(ExpressionMetric { name: name.to_string(), expression })
+        Arc::new(ExpressionMetric {
+            name: name.to_string(),
+            expression,
+        })
     }
 }
 
@@ -526,7 +587,10 @@ impl Metric for ExpressionMetric {
                 mentioned.push(v)
             }
         });
-        let vars = mentioned.into_iter().map(|v| Ok((v, variable(v, w, stats)?))).collect::<Result<Vec<_>>>()?;
+        let vars = mentioned
+            .into_iter()
+            .map(|v| Ok((v, variable(v, w, stats)?)))
+            .collect::<Result<Vec<_>>>()?;
         let score = match self.expression.eval(&self.expression.root, &vars)? {
             Val::T(t) => t.broadcast_to(w.size()),
             Val::Num(_) => unreachable!("the shape check rejects expressions without W"),
@@ -548,7 +612,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Expression::parse(text, &BTreeMap::from([("a".to_string(), 0.5)])).unwrap_err().to_string()
+        Expression::parse(text, &BTreeMap::from([("a".to_string(), 0.5)]))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -556,7 +622,10 @@ mod tests {
         let e = err("abs(W * ^ X) * a");
         assert!(e.contains("column 9:"), "{e}");
         assert!(e.contains("found `^`"), "{e}");
-        assert!(e.contains("variables: W (") && e.contains("Hinv (") && e.contains("parameters: a"), "{e}");
+        assert!(
+            e.contains("variables: W (") && e.contains("Hinv (") && e.contains("parameters: a"),
+            "{e}"
+        );
         assert!(err("abs(Y) * a").contains("column 5: unknown name `Y`"));
         assert!(err("(W * a").contains("column 7: expected `)`, found the end"));
         assert!(err("min(W) * a").contains("`min` takes 2 argument(s), got 1"));
@@ -580,9 +649,15 @@ mod tests {
         assert_eq!(eval("rowsum(abs(W)) + 0 * W"), vec![3.0, 3.0, 7.0, 7.0]);
         assert_eq!(eval("colsum(abs(W)) + 0 * W"), vec![4.0, 6.0, 4.0, 6.0]);
         assert_eq!(eval("W / mean(abs(W))"), vec![0.4, -0.8, 1.2, -1.6]);
-        assert_eq!(eval("max(W, 0) + min(W, -3) + 1e0 * 0 * W"), vec![-2.0, -3.0, 0.0, -4.0]);
+        assert_eq!(
+            eval("max(W, 0) + min(W, -3) + 1e0 * 0 * W"),
+            vec![-2.0, -3.0, 0.0, -4.0]
+        );
         let e = Expression::parse("log(W)", &BTreeMap::new()).unwrap();
-        let msg = ExpressionMetric::new("logw", e).score(&w, &stats).unwrap_err().to_string();
+        let msg = ExpressionMetric::new("logw", e)
+            .score(&w, &stats)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("metric `logw` (log(W)) gives non-finite scores"), "{msg}");
     }
 
@@ -590,8 +665,26 @@ mod tests {
     fn only_mentioned_statistics_are_needed() {
         let needs = |t: &str| Expression::parse(t, &BTreeMap::new()).unwrap().needs();
         assert_eq!(needs("abs(W)"), Needs::NONE);
-        assert_eq!(needs("abs(W) * X"), Needs { norms: true, hessian: false });
-        assert_eq!(needs("W^2 / Hinv^2"), Needs { norms: false, hessian: true });
-        assert_eq!(needs("W * Hdiag * X"), Needs { norms: true, hessian: true });
+        assert_eq!(
+            needs("abs(W) * X"),
+            Needs {
+                norms: true,
+                hessian: false
+            }
+        );
+        assert_eq!(
+            needs("W^2 / Hinv^2"),
+            Needs {
+                norms: false,
+                hessian: true
+            }
+        );
+        assert_eq!(
+            needs("W * Hdiag * X"),
+            Needs {
+                norms: true,
+                hessian: true
+            }
+        );
     }
 }

@@ -19,7 +19,9 @@ impl Pattern {
         if s == "unstructured" {
             return Ok(Pattern::Unstructured);
         }
-        let parsed = s.split_once(':').and_then(|(n, m)| Some((n.parse::<i64>().ok()?, m.parse::<i64>().ok()?)));
+        let parsed = s
+            .split_once(':')
+            .and_then(|(n, m)| Some((n.parse::<i64>().ok()?, m.parse::<i64>().ok()?)));
         match parsed {
             Some((n, m)) if n > 0 && n < m => Ok(Pattern::NM { n, m }),
             Some((n, m)) => bail!("pattern `{s}`: N:M needs 0 < N < M (got N = {n}, M = {m}); e.g. 2:4 or 4:8"),
@@ -31,7 +33,9 @@ impl Pattern {
     pub fn check_sparsity(&self, sparsity: f64) -> Result<()> {
         match self {
             Pattern::Unstructured if (0.0..1.0).contains(&sparsity) => Ok(()),
-            Pattern::Unstructured => bail!("sparsity {sparsity} (--sparsity, or `sparsities` in a sweep) must be in [0, 1)"),
+            Pattern::Unstructured => {
+                bail!("sparsity {sparsity} (--sparsity, or `sparsities` in a sweep) must be in [0, 1)")
+            }
             Pattern::NM { .. } if (sparsity - self.default_sparsity()).abs() < 1e-9 => Ok(()),
             Pattern::NM { n, m } => bail!(
                 "pattern {n}:{m} prunes exactly {n}/{m} of the weights, but sparsity {sparsity} was requested; \
@@ -107,7 +111,10 @@ impl Group {
 
     /// The name `--group` and run records use (`per-output`, ...).
     pub fn name(self) -> String {
-        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 }
 
@@ -229,21 +236,30 @@ mod tests {
             vec![4., 0., 8., 3., 3., 4., 8., 9., 3., 2., 0., 6.]
         );
         let wanda = unstructured(&score, 0.5, Group::PerOutput);
-        assert_eq!(kept(&w, &wanda), vec![4., 0., 1., 0., 0., 0., -1., -3., -3., 0., 0., 2.]);
+        assert_eq!(
+            kept(&w, &wanda),
+            vec![4., 0., 1., 0., 0., 0., -1., -3., -3., 0., 0., 2.]
+        );
     }
 
     #[test]
     fn stable_ties_prune_earlier_columns_first() {
         let s = t(&[[1., 1., 1., 1.]]);
         let m = unstructured(&s, 0.5, Group::PerOutput);
-        assert_eq!(Vec::<bool>::try_from(m.flatten(0, -1)).unwrap(), vec![true, true, false, false]);
+        assert_eq!(
+            Vec::<bool>::try_from(m.flatten(0, -1)).unwrap(),
+            vec![true, true, false, false]
+        );
     }
 
     #[test]
     fn per_input_group_prunes_within_columns() {
         let s = t(&[[1., 5., 3., 0.], [2., 4., 1., 9.]]);
         let m = unstructured(&s, 0.5, Group::PerInput);
-        assert_eq!(Vec::<bool>::try_from(m.flatten(0, -1)).unwrap(), vec![true, false, false, true, false, true, true, false]);
+        assert_eq!(
+            Vec::<bool>::try_from(m.flatten(0, -1)).unwrap(),
+            vec![true, false, false, true, false, true, true, false]
+        );
     }
 
     #[test]
@@ -254,7 +270,10 @@ mod tests {
         let score = Tensor::cat(&[&small, &(&small + 1000.0), &(&small.narrow(1, 0, 4) + 5000.0)], 1);
         let pruned = |m: &Tensor, start, len| m.narrow(1, start, len).sum(Kind::Int64).int64_value(&[]);
         let m = unstructured(&score, 0.5, Group::InputBlocks);
-        assert_eq!((pruned(&m, 0, 128), pruned(&m, 128, 128), pruned(&m, 256, 4)), (129, 129, 5));
+        assert_eq!(
+            (pruned(&m, 0, 128), pruned(&m, 128, 128), pruned(&m, 256, 4)),
+            (129, 129, 5)
+        );
         assert_eq!(pruned(&unstructured(&score, 0.5, Group::PerLayer), 0, 128), 256);
         let out = unstructured(&score.transpose(0, 1), 0.5, Group::OutputBlocks);
         assert!(out.equal(&m.transpose(0, 1)));
@@ -267,7 +286,10 @@ mod tests {
         let per_group = m.view([16, 8, 4]).sum_dim_intlist(-1, false, Kind::Int64);
         assert!(per_group.eq(2).all().int64_value(&[]) == 1);
         let kept_min = s.masked_fill(&m, f64::NEG_INFINITY).view([16, 8, 4]).amax(-1, false);
-        let pruned_max = s.masked_fill(&m.logical_not(), f64::NEG_INFINITY).view([16, 8, 4]).amax(-1, false);
+        let pruned_max = s
+            .masked_fill(&m.logical_not(), f64::NEG_INFINITY)
+            .view([16, 8, 4])
+            .amax(-1, false);
         assert!(kept_min.ge_tensor(&pruned_max).all().int64_value(&[]) == 1);
         assert!(n_m(&s.narrow(1, 0, 30), 2, 4).is_err());
     }

@@ -144,7 +144,15 @@ impl Method {
                 metric::builtin_names().join(", ")
             );
         }
-        if variant && !matches!(method, Method::Metric { group: Group::PerOutput, .. }) {
+        if variant
+            && !matches!(
+                method,
+                Method::Metric {
+                    group: Group::PerOutput,
+                    ..
+                }
+            )
+        {
             bail!("--use-variant needs a metric method with the per-output group (it is the Wanda variant)");
         }
         if let Pattern::NM { .. } = pattern {
@@ -493,8 +501,20 @@ impl<'a> SharedHessians<'a> {
 }
 
 /// The mask a metric picks on the dense weights before any update, in the metric's own group.
-fn ablation_mask(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, sparsity: f64, pattern: Pattern) -> Result<Tensor> {
-    let score = metric.score(&w.to_kind(Kind::Float), &LayerStats { norms: n, hessian: None })?;
+fn ablation_mask(
+    metric: &dyn Metric,
+    w: &Tensor,
+    n: Option<&InputNorms>,
+    sparsity: f64,
+    pattern: Pattern,
+) -> Result<Tensor> {
+    let score = metric.score(
+        &w.to_kind(Kind::Float),
+        &LayerStats {
+            norms: n,
+            hessian: None,
+        },
+    )?;
     match pattern {
         Pattern::NM { n, m } => mask::n_m(&score, n, m),
         Pattern::Unstructured => Ok(mask::unstructured(&score, sparsity, metric.default_group())),
@@ -504,7 +524,15 @@ fn ablation_mask(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, sparsi
 /// A metric evaluated on a slice of columns starting at `col` (input norms sliced to match).
 fn rescore_block(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, col: i64) -> Tensor {
     let sliced = n.map(|n| n.columns(col, w.size()[1]));
-    metric.score(w, &LayerStats { norms: sliced.as_ref(), hessian: None }).expect("statistics were collected for this metric")
+    metric
+        .score(
+            w,
+            &LayerStats {
+                norms: sliced.as_ref(),
+                hessian: None,
+            },
+        )
+        .expect("statistics were collected for this metric")
 }
 
 /// Prunes one linear layer in place from its statistics (`hessian` when the method needs it);
@@ -524,7 +552,13 @@ fn prune_layer(
     let mut alpha = None;
     match method {
         Method::Metric { metric, group, variant } => {
-            let score = metric.score(w, &LayerStats { norms, hessian: hessian.as_ref() })?;
+            let score = metric.score(
+                w,
+                &LayerStats {
+                    norms,
+                    hessian: hessian.as_ref(),
+                },
+            )?;
             let mask = match pattern {
                 Pattern::NM { n, m } => mask::n_m(&score, n, m)?,
                 Pattern::Unstructured if *variant => {
@@ -606,7 +640,12 @@ impl Activations {
             let x = model.embed(&ids.narrow(0, s, b).to_device(model.device()));
             inps.narrow(0, s, b).copy_(&x);
         }
-        Activations { outs: inps.zeros_like(), inps, ctx: model.context(l), batch }
+        Activations {
+            outs: inps.zeros_like(),
+            inps,
+            ctx: model.context(l),
+            batch,
+        }
     }
 
     /// Runs `block` over all samples with `see` shown each linear layer's inputs. Each pass

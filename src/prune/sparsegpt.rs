@@ -74,7 +74,9 @@ pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, 
             q1.select(1, i).copy_(&q);
             let e = (&col - &q) / d;
             // W1[:, i:] -= e ⊗ Hinv1[i, i:], as one rank-1 update.
-            let _ = w1.narrow(1, i, count - i).addr_(&(-&e), &hinv1.get(i).narrow(0, i, count - i));
+            let _ = w1
+                .narrow(1, i, count - i)
+                .addr_(&(-&e), &hinv1.get(i).narrow(0, i, count - i));
             err1.select(1, i).copy_(&e);
         }
         w.narrow(1, i1, count).copy_(&q1);
@@ -99,8 +101,11 @@ fn inverse_hessian_upper(h: Tensor, dead: &Tensor) -> Result<Tensor> {
     let _ = h.diagonal(0, 0, 1).g_add_scalar_(damp);
     // libtorch's message runs on with its C++ stack; its first line says what failed.
     let first_line = |e: tch::TchError| e.to_string().lines().next().unwrap_or_default().to_string();
-    let hint = "degenerate calibration activations (a few samples of one repeated text?); use more or other calibration data";
-    let l = h.f_linalg_cholesky(false).map_err(|e| anyhow::anyhow!("Cholesky of the damped Hessian failed ({}): {hint}", first_line(e)))?;
+    let hint =
+        "degenerate calibration activations (a few samples of one repeated text?); use more or other calibration data";
+    let l = h
+        .f_linalg_cholesky(false)
+        .map_err(|e| anyhow::anyhow!("Cholesky of the damped Hessian failed ({}): {hint}", first_line(e)))?;
     l.cholesky_inverse(false)
         .f_linalg_cholesky(true)
         .map_err(|e| anyhow::anyhow!("Cholesky of the inverse Hessian failed ({}): {hint}", first_line(e)))
@@ -156,8 +161,15 @@ mod tests {
         h.add_batch(&Tensor::randn([4, 96, 256], (Kind::Float, Device::Cpu)));
         let h = h.finish();
         let pruned = prune(&w, h.copy(), 0.5, Pattern::Unstructured, MaskRule::Saliency).unwrap();
-        let stats = LayerStats { norms: None, hessian: Some(&h) };
-        let mask = unstructured(&SparseGptMetric.score(&w, &stats).unwrap(), 0.5, SparseGptMetric.default_group());
+        let stats = LayerStats {
+            norms: None,
+            hessian: Some(&h),
+        };
+        let mask = unstructured(
+            &SparseGptMetric.score(&w, &stats).unwrap(),
+            0.5,
+            SparseGptMetric.default_group(),
+        );
         let first = |t: &Tensor| t.narrow(1, 0, BLOCKSIZE);
         assert!(first(&pruned).eq(0.0).equal(&first(&mask)));
         let second = |t: &Tensor| t.narrow(1, BLOCKSIZE, BLOCKSIZE);

@@ -50,17 +50,27 @@ pub struct InputNorms {
 
 impl InputNorms {
     pub fn new(columns: i64, device: tch::Device) -> Self {
-        InputNorms { scaler_row: Tensor::zeros([columns], (Kind::Float, device)), nsamples: 0, hessian_scaled: false }
+        InputNorms {
+            scaler_row: Tensor::zeros([columns], (Kind::Float, device)),
+            nsamples: 0,
+            hessian_scaled: false,
+        }
     }
 
     /// Statistics accumulated the way the weight-update ablation accumulates them.
     pub fn for_ablation(columns: i64, device: tch::Device) -> Self {
-        InputNorms { hessian_scaled: true, ..Self::new(columns, device) }
+        InputNorms {
+            hessian_scaled: true,
+            ..Self::new(columns, device)
+        }
     }
 
     /// The same statistics restricted to input columns `start..start+len`.
     pub fn columns(&self, start: i64, len: i64) -> InputNorms {
-        InputNorms { scaler_row: self.scaler_row.narrow(0, start, len), ..*self }
+        InputNorms {
+            scaler_row: self.scaler_row.narrow(0, start, len),
+            ..*self
+        }
     }
 
     /// `x` is (B, L, C): B samples, each updating the mean the way one hook call does.
@@ -69,7 +79,11 @@ impl InputNorms {
         for s in 0..x.size()[0] {
             self.scaler_row *= self.nsamples as f64 / (self.nsamples + 1) as f64;
             self.nsamples += 1;
-            let xs = if self.hessian_scaled { xf.get(s) * (2.0 / self.nsamples as f64).sqrt() } else { xf.get(s) };
+            let xs = if self.hessian_scaled {
+                xf.get(s) * (2.0 / self.nsamples as f64).sqrt()
+            } else {
+                xf.get(s)
+            };
             self.scaler_row += xs.norm_scalaropt_dim(2, [0], false).pow_tensor_scalar(2) / self.nsamples as f64;
         }
     }
@@ -86,7 +100,10 @@ pub struct Hessian {
 
 impl Hessian {
     pub fn new(columns: i64, device: tch::Device) -> Self {
-        Hessian { h: Tensor::zeros([columns, columns], (Kind::Float, device)), nsamples: 0 }
+        Hessian {
+            h: Tensor::zeros([columns, columns], (Kind::Float, device)),
+            nsamples: 0,
+        }
     }
 
     /// `x` is (B, L, C): B calibration samples, each one hook call.

@@ -29,8 +29,16 @@ fn register_font() -> Result<()> {
 /// `text` at the largest font size in `sizes` (px) whose width fits `room` pixels, cut with an
 /// ellipsis at the smallest size when none does: plotters neither wraps nor shrinks text, so a
 /// long title or legend entry would run off the canvas. The tables keep the full text.
-fn fit<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, text: &str, sizes: std::ops::RangeInclusive<u32>, room: u32) -> (String, u32) {
-    let width = |t: &str, px: u32| root.estimate_text_size(t, &TextStyle::from(("sans-serif", px).into_font())).map_or(0, |(w, _)| w);
+fn fit<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    text: &str,
+    sizes: std::ops::RangeInclusive<u32>,
+    room: u32,
+) -> (String, u32) {
+    let width = |t: &str, px: u32| {
+        root.estimate_text_size(t, &TextStyle::from(("sans-serif", px).into_font()))
+            .map_or(0, |(w, _)| w)
+    };
     if let Some(px) = sizes.clone().rev().find(|&px| width(text, px) <= room) {
         return (text.to_string(), px);
     }
@@ -62,7 +70,9 @@ struct Series {
 /// The series of a line chart: ours per slot, then the paper's where it has values. At sparsity
 /// 0 every method is the dense model, so that point comes from the series model's dense baseline.
 fn line_series(a: &Artefact, records: &[Record]) -> Result<(Vec<String>, Vec<Series>)> {
-    let x = a.x.as_ref().ok_or_else(|| anyhow!("chart `{}`: a line chart needs `x`", a.name))?;
+    let x =
+        a.x.as_ref()
+            .ok_or_else(|| anyhow!("chart `{}`: a line chart needs `x`", a.name))?;
     let labels = x
         .values
         .iter()
@@ -73,19 +83,35 @@ fn line_series(a: &Artefact, records: &[Record]) -> Result<(Vec<String>, Vec<Ser
         .collect::<Vec<String>>();
     let (mut out, mut points) = (Vec::new(), Vec::new());
     for s in &a.series {
-        let dense = Selector { model: s.select.model.clone(), method: Some(DENSE.into()), ..Selector::default() };
+        let dense = Selector {
+            model: s.select.model.clone(),
+            method: Some(DENSE.into()),
+            ..Selector::default()
+        };
         let mut values = Vec::new();
         for (&v, at) in x.values.iter().zip(&labels) {
-            let sel = if x.field == XField::Sparsity && v == 0.0 { &dense } else { &s.select };
+            let sel = if x.field == XField::Sparsity && v == 0.0 {
+                &dense
+            } else {
+                &s.select
+            };
             let point = cell(records, &a.metric, &[sel], Some((x.field, v)));
             values.push(point.as_ref().map(|p| p.mean));
             points.extend(point.map(|p| (format!("{} at {at}", s.label.joined()), p)));
         }
-        out.push(Series { label: s.label.joined(), values, paper: false });
+        out.push(Series {
+            label: s.label.joined(),
+            values,
+            paper: false,
+        });
     }
     warn_mixed(a, points.iter().map(|(at, p)| (at.clone(), p)));
     for s in a.series.iter().filter(|s| !s.paper.is_empty()) {
-        out.push(Series { label: format!("{} (paper)", s.label.joined()), values: s.paper.clone(), paper: true });
+        out.push(Series {
+            label: format!("{} (paper)", s.label.joined()),
+            values: s.paper.clone(),
+            paper: true,
+        });
     }
     Ok((labels, out))
 }
@@ -104,7 +130,11 @@ fn bar_series(a: &Artefact, records: &[Record]) -> (Vec<String>, Vec<Series>) {
                 bars.extend(bar.map(|b| (format!("{} / {}", c.label.joined(), s.label.joined()), b)));
                 mean
             });
-            Series { label: s.label.joined(), values: values.collect(), paper: false }
+            Series {
+                label: s.label.joined(),
+                values: values.collect(),
+                paper: false,
+            }
         })
         .collect();
     warn_mixed(a, bars.iter().map(|(at, b)| (at.clone(), b)));
@@ -112,7 +142,11 @@ fn bar_series(a: &Artefact, records: &[Record]) -> (Vec<String>, Vec<Series>) {
 }
 
 fn finite(series: &[Series], positive: bool) -> Vec<f64> {
-    series.iter().flat_map(|s| s.values.iter().flatten().copied()).filter(|v| v.is_finite() && (!positive || *v > 0.0)).collect()
+    series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten().copied())
+        .filter(|v| v.is_finite() && (!positive || *v > 0.0))
+        .collect()
 }
 
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
@@ -121,7 +155,14 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 
 /// `positive_only` on a log axis, where values <= 0 have no place (they are left out, not
 /// drawn at the bottom edge).
-fn draw_lines<DB: DrawingBackend, Y>(root: &DrawingArea<DB, Shift>, a: &Artefact, xs: &[String], series: &[Series], y: Y, positive_only: bool) -> Result<()>
+fn draw_lines<DB: DrawingBackend, Y>(
+    root: &DrawingArea<DB, Shift>,
+    a: &Artefact,
+    xs: &[String],
+    series: &[Series],
+    y: Y,
+    positive_only: bool,
+) -> Result<()>
 where
     Y: AsRangedCoord<Value = f64>,
     Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
@@ -152,17 +193,33 @@ where
     let ours = series.iter().filter(|s| !s.paper).count();
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(if s.paper { i - ours } else { i }).to_rgba();
-        let pts: Vec<(SegmentValue<i32>, f64)> =
-            s.values.iter().enumerate().filter_map(|(k, v)| v.filter(|v| v.is_finite() && (!positive_only || *v > 0.0)).map(|v| (SegmentValue::CenterOf(k as i32), v))).collect();
+        let pts: Vec<(SegmentValue<i32>, f64)> = s
+            .values
+            .iter()
+            .enumerate()
+            .filter_map(|(k, v)| {
+                v.filter(|v| v.is_finite() && (!positive_only || *v > 0.0))
+                    .map(|v| (SegmentValue::CenterOf(k as i32), v))
+            })
+            .collect();
         let style = color.stroke_width(2);
         let anno = if s.paper {
-            chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)).map_err(plot_err)?;
-            chart.draw_series(pts.iter().map(|p| TriangleMarker::new(p.clone(), 6, color.filled()))).map_err(plot_err)?
+            chart
+                .draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))
+                .map_err(plot_err)?;
+            chart
+                .draw_series(pts.iter().map(|p| TriangleMarker::new(p.clone(), 6, color.filled())))
+                .map_err(plot_err)?
         } else {
-            chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(plot_err)?;
-            chart.draw_series(pts.iter().map(|p| Circle::new(p.clone(), 5, color.filled()))).map_err(plot_err)?
+            chart
+                .draw_series(LineSeries::new(pts.clone(), style))
+                .map_err(plot_err)?;
+            chart
+                .draw_series(pts.iter().map(|p| Circle::new(p.clone(), 5, color.filled())))
+                .map_err(plot_err)?
         };
-        anno.label(legend_label(root, &s.label)).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
+        anno.label(legend_label(root, &s.label))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
     }
     draw_legend(&mut chart)
 }
@@ -179,7 +236,12 @@ fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(chart: &mut Char
     Ok(())
 }
 
-fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, a: &Artefact, groups: &[String], series: &[Series]) -> Result<()> {
+fn draw_bars<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    a: &Artefact,
+    groups: &[String],
+    series: &[Series],
+) -> Result<()> {
     let n = series.len().max(1) as i32;
     // Half-bar units: bar k of group g spans [2(g(n+1)+k), 2(g(n+1)+k)+2]; the group's centre is 2g(n+1)+n.
     let width = 2 * groups.len() as i32 * (n + 1);
@@ -195,7 +257,11 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, a: &Artefact, gr
     let fmt = |v: &i32| {
         let span = 2 * (n + 1);
         let g = v.div_euclid(span);
-        if v.rem_euclid(span) == n { groups.get(g as usize).cloned().unwrap_or_default() } else { String::new() }
+        if v.rem_euclid(span) == n {
+            groups.get(g as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
     };
     chart
         .configure_mesh()
@@ -211,7 +277,8 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, a: &Artefact, gr
         let color = Palette99::pick(k).to_rgba();
         let bars = s.values.iter().enumerate().filter_map(|(g, v)| {
             let x0 = 2 * (g as i32 * (n + 1) + k as i32);
-            v.filter(|v| v.is_finite()).map(|v| Rectangle::new([(x0, 0.0), (x0 + 2, v)], color.filled()))
+            v.filter(|v| v.is_finite())
+                .map(|v| Rectangle::new([(x0, 0.0), (x0 + 2, v)], color.filled()))
         });
         chart
             .draw_series(bars)
@@ -231,12 +298,18 @@ fn layout(a: &Artefact, records: &[Record]) -> Result<(Vec<String>, Vec<Series>)
     }
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, a: &Artefact, (xs, series): &(Vec<String>, Vec<Series>)) -> Result<()> {
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    a: &Artefact,
+    (xs, series): &(Vec<String>, Vec<Series>),
+) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err)?;
     match a.kind {
         ArtefactKind::Line => {
             let vals = finite(series, a.log_y);
-            let (lo, hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
+            let (lo, hi) = vals
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
             let (lo, hi) = if vals.is_empty() { (1.0, 10.0) } else { (lo, hi) };
             // A log axis within one decade would show no tick labels; it is linear there.
             if a.log_y && hi / lo > 10.0 {
@@ -259,8 +332,10 @@ pub fn write(a: &Artefact, records: &[Record], dir: &Path) -> Result<Vec<PathBuf
     let png = dir.join(format!("{}.png", a.name));
     let svg = dir.join(format!("{}.svg", a.name));
     let chart = layout(a, records)?;
-    draw(BitMapBackend::new(&png, SIZE).into_drawing_area(), a, &chart).with_context(|| format!("rendering {}", png.display()))?;
-    draw(SVGBackend::new(&svg, SIZE).into_drawing_area(), a, &chart).with_context(|| format!("rendering {}", svg.display()))?;
+    draw(BitMapBackend::new(&png, SIZE).into_drawing_area(), a, &chart)
+        .with_context(|| format!("rendering {}", png.display()))?;
+    draw(SVGBackend::new(&svg, SIZE).into_drawing_area(), a, &chart)
+        .with_context(|| format!("rendering {}", svg.display()))?;
     Ok(vec![png, svg])
 }
 
@@ -282,7 +357,10 @@ mod tests {
         assert!(text == wide && (14..24).contains(&px), "{px}");
         let (text, px) = fit(&root, &"Wanda ".repeat(60), 14..=24, room);
         assert!(text.ends_with('…') && px == 14 && text.chars().count() < 360, "{text}");
-        let width = root.estimate_text_size(&text, &TextStyle::from(("sans-serif", 14).into_font())).unwrap().0;
+        let width = root
+            .estimate_text_size(&text, &TextStyle::from(("sans-serif", 14).into_font()))
+            .unwrap()
+            .0;
         assert!(width <= room, "{width}");
     }
 }

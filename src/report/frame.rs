@@ -24,7 +24,11 @@ fn result_f64(r: &Record, key: &str) -> Option<f64> {
 }
 
 fn keys(records: &[Record], field: &str) -> BTreeSet<String> {
-    records.iter().filter_map(|r| r.result.get(field)?.as_object()).flat_map(|m| m.keys().cloned()).collect()
+    records
+        .iter()
+        .filter_map(|r| r.result.get(field)?.as_object())
+        .flat_map(|m| m.keys().cloned())
+        .collect()
 }
 
 pub fn frame(records: &[Record]) -> Result<DataFrame> {
@@ -32,7 +36,9 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
     let mut cols = vec![
         text("id", records, |r| Some(r.id.clone())),
         text("label", records, |r| Some(r.label.clone())),
-        text("status", records, |r| Some(if r.status == Status::Ok { "ok" } else { "failed" }.into())),
+        text("status", records, |r| {
+            Some(if r.status == Status::Ok { "ok" } else { "failed" }.into())
+        }),
         text("model", records, |r| Some(r.settings.model.model.clone())),
         text("method", records, |r| Some(r.settings.method_name().into())),
         text("method_label", records, |r| Some(r.method_label.clone())),
@@ -57,13 +63,25 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
         }),
         text("pattern", records, |r| Some(prune(r)?.pattern.to_string())),
         float("sparsity", records, |r| Some(prune(r).map_or(0.0, |p| p.sparsity))),
-        text("calibration", records, |r| prune(r).map(|p| p.calib).filter(|c| !c.is_empty())),
-        float("nsamples", records, |r| prune(r).filter(|p| !p.calib.is_empty()).map(|p| p.nsamples as f64)),
-        float("seed", records, |r| prune(r).filter(|p| !p.calib.is_empty()).map(|p| p.seed as f64)),
+        text("calibration", records, |r| {
+            prune(r).map(|p| p.calib).filter(|c| !c.is_empty())
+        }),
+        float("nsamples", records, |r| {
+            prune(r).filter(|p| !p.calib.is_empty()).map(|p| p.nsamples as f64)
+        }),
+        float("seed", records, |r| {
+            prune(r).filter(|p| !p.calib.is_empty()).map(|p| p.seed as f64)
+        }),
         float("seqlen", records, |r| result_f64(r, "seqlen")),
-        text("device", records, |r| r.result.get("device").and_then(Value::as_str).map(str::to_string)),
-        text("dtype", records, |r| r.result.get("dtype").and_then(Value::as_str).map(str::to_string)),
-        float("max_windows", records, |r| r.settings.eval.max_windows.map(|m| m as f64)),
+        text("device", records, |r| {
+            r.result.get("device").and_then(Value::as_str).map(str::to_string)
+        }),
+        text("dtype", records, |r| {
+            r.result.get("dtype").and_then(Value::as_str).map(str::to_string)
+        }),
+        float("max_windows", records, |r| {
+            r.settings.eval.max_windows.map(|m| m as f64)
+        }),
         float("zero_shot_limit", records, |r| r.settings.eval.limit.map(|m| m as f64)),
         float("eval_batch_size", records, |r| Some(r.settings.eval.batch_size as f64)),
     ];
@@ -88,11 +106,17 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
         cols.push(float(&format!("param_{option}"), records, |r| prune(r)?.param(&option)));
     }
     for corpus in keys(records, "ppl") {
-        cols.push(float(&format!("ppl_{corpus}"), records, |r| r.result.get("ppl")?.get(&corpus)?.as_f64()));
-        cols.push(float(&format!("windows_{corpus}"), records, |r| r.result.get("ppl_details")?.get(&corpus)?.get("windows")?.as_f64()));
+        cols.push(float(&format!("ppl_{corpus}"), records, |r| {
+            r.result.get("ppl")?.get(&corpus)?.as_f64()
+        }));
+        cols.push(float(&format!("windows_{corpus}"), records, |r| {
+            r.result.get("ppl_details")?.get(&corpus)?.get("windows")?.as_f64()
+        }));
     }
     for task in keys(records, "zero_shot") {
-        cols.push(float(&format!("acc_{task}"), records, |r| r.result.get("zero_shot")?.get(&task)?.get("acc")?.as_f64()));
+        cols.push(float(&format!("acc_{task}"), records, |r| {
+            r.result.get("zero_shot")?.get(&task)?.get("acc")?.as_f64()
+        }));
     }
     for key in [
         "zero_shot_mean_acc",
@@ -106,8 +130,12 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
     ] {
         cols.push(float(key, records, |r| result_f64(r, key)));
     }
-    cols.push(text("repro_version", records, |r| Some(r.environment.repro_version.clone())));
-    cols.push(text("libtorch_version", records, |r| Some(r.environment.libtorch_version.clone())));
+    cols.push(text("repro_version", records, |r| {
+        Some(r.environment.repro_version.clone())
+    }));
+    cols.push(text("libtorch_version", records, |r| {
+        Some(r.environment.libtorch_version.clone())
+    }));
     cols.push(text("error", records, |r| r.error.clone()));
     DataFrame::new(records.len(), cols).map_err(|e| anyhow!("building the results table: {e}"))
 }
@@ -118,8 +146,12 @@ pub fn write(records: &[Record], dir: &Path) -> Result<Vec<PathBuf>> {
     let parquet = dir.join("results.parquet");
     let csv = dir.join("results.csv");
     let f = std::fs::File::create(&parquet).with_context(|| format!("cannot create {}", parquet.display()))?;
-    ParquetWriter::new(f).finish(&mut df).map_err(|e| anyhow!("writing {}: {e}", parquet.display()))?;
+    ParquetWriter::new(f)
+        .finish(&mut df)
+        .map_err(|e| anyhow!("writing {}: {e}", parquet.display()))?;
     let f = std::fs::File::create(&csv).with_context(|| format!("cannot create {}", csv.display()))?;
-    CsvWriter::new(f).finish(&mut df).map_err(|e| anyhow!("writing {}: {e}", csv.display()))?;
+    CsvWriter::new(f)
+        .finish(&mut df)
+        .map_err(|e| anyhow!("writing {}: {e}", csv.display()))?;
     Ok(vec![parquet, csv])
 }

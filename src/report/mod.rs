@@ -125,7 +125,12 @@ pub enum Metric {
     Seconds(String),
 }
 
-const SECONDS: [&str; 4] = ["prune_seconds", "calibration_forward_seconds", "eval_seconds", "total_seconds"];
+const SECONDS: [&str; 4] = [
+    "prune_seconds",
+    "calibration_forward_seconds",
+    "eval_seconds",
+    "total_seconds",
+];
 
 impl TryFrom<String> for Metric {
     type Error = String;
@@ -135,7 +140,10 @@ impl TryFrom<String> for Metric {
             Some(("acc", t)) if !t.is_empty() => Ok(Metric::Acc(t.into())),
             _ if s == "zero_shot_mean" => Ok(Metric::ZeroShotMean),
             _ if SECONDS.contains(&s.as_str()) => Ok(Metric::Seconds(s)),
-            _ => Err(format!("unknown metric `{s}`: use ppl:<corpus>, acc:<task>, zero_shot_mean, {}", SECONDS.join(", "))),
+            _ => Err(format!(
+                "unknown metric `{s}`: use ppl:<corpus>, acc:<task>, zero_shot_mean, {}",
+                SECONDS.join(", ")
+            )),
         }
     }
 }
@@ -177,7 +185,10 @@ impl Artefact {
     pub fn load(path: &Path) -> Result<Artefact> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         serde_yaml::from_str(&text).map_err(|e| {
-            let at = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
+            let at = e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default();
             anyhow!("{}{at}: {e}", path.display())
         })
     }
@@ -191,12 +202,21 @@ impl Artefact {
         };
         let file_safe = !self.name.is_empty()
             && !self.name.starts_with('.')
-            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         if !file_safe {
-            bail!("report `{}`: `name` becomes the file name in report/; use letters, digits, '.', '_' and '-'", self.name);
+            bail!(
+                "report `{}`: `name` becomes the file name in report/; use letters, digits, '.', '_' and '-'",
+                self.name
+            );
         }
         if self.title.contains('\n') || self.slots().any(|s| s.label.parts().iter().any(|l| l.contains('\n'))) {
-            bail!("report `{}`: a title or label holds a line break, which would split table rows", self.name);
+            bail!(
+                "report `{}`: a title or label holds a line break, which would split table rows",
+                self.name
+            );
         }
         // Paper values run along the other axis: a row's over the columns, a series' over x (line) or the groups (bars).
         let along = match self.kind {
@@ -207,14 +227,37 @@ impl Artefact {
             ArtefactKind::Table => &self.rows,
             _ => &self.series,
         };
-        if let Some(s) = paper_slots.iter().find(|s| s.paper.len() > along || s.paper_std.len() > along) {
-            bail!("report `{}`: `{}` lists {} paper values for {along} places", self.name, s.label.joined(), s.paper.len().max(s.paper_std.len()));
+        if let Some(s) = paper_slots
+            .iter()
+            .find(|s| s.paper.len() > along || s.paper_std.len() > along)
+        {
+            bail!(
+                "report `{}`: `{}` lists {} paper values for {along} places",
+                self.name,
+                s.label.joined(),
+                s.paper.len().max(s.paper_std.len())
+            );
         }
-        let need = |ok: bool, what: &str| if ok { Ok(()) } else { Err(anyhow!("report `{}`: a {kind} needs {what}", self.name)) };
+        let need = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(anyhow!("report `{}`: a {kind} needs {what}", self.name))
+            }
+        };
         match self.kind {
-            ArtefactKind::Table => need(!self.rows.is_empty() && !self.columns.is_empty(), "`rows` and `columns`"),
-            ArtefactKind::Line => need(self.x.as_ref().is_some_and(|x| !x.values.is_empty()) && !self.series.is_empty(), "`x` (with values) and `series`"),
-            ArtefactKind::Bars => need(!self.columns.is_empty() && !self.series.is_empty(), "`columns` (groups) and `series` (bars)"),
+            ArtefactKind::Table => need(
+                !self.rows.is_empty() && !self.columns.is_empty(),
+                "`rows` and `columns`",
+            ),
+            ArtefactKind::Line => need(
+                self.x.as_ref().is_some_and(|x| !x.values.is_empty()) && !self.series.is_empty(),
+                "`x` (with values) and `series`",
+            ),
+            ArtefactKind::Bars => need(
+                !self.columns.is_empty() && !self.series.is_empty(),
+                "`columns` (groups) and `series` (bars)",
+            ),
         }
     }
 
@@ -232,7 +275,8 @@ impl Artefact {
         self.slots()
             .filter(|slot| {
                 let metric = slot.metric.as_ref().unwrap_or(&self.metric);
-                !ok.iter().any(|r| slot.select.matches(&r.settings, &r.method_label) && metric.value(r).is_some())
+                !ok.iter()
+                    .any(|r| slot.select.matches(&r.settings, &r.method_label) && metric.value(r).is_some())
             })
             .map(|slot| slot.label.joined())
             .collect()
@@ -276,7 +320,12 @@ fn protocol(s: &RunSpec) -> [(&'static str, String); 16] {
 }
 
 /// `metric` over the successful records matched by all `selectors` (and at `x`, on a line chart).
-pub fn cell(records: &[Record], metric: &Metric, selectors: &[&Selector], x: Option<(XField, f64)>) -> Option<Aggregate> {
+pub fn cell(
+    records: &[Record],
+    metric: &Metric,
+    selectors: &[&Selector],
+    x: Option<(XField, f64)>,
+) -> Option<Aggregate> {
     let runs: Vec<(&Record, f64)> = records
         .iter()
         .filter(|r| r.status == Status::Ok && selectors.iter().all(|s| s.matches(&r.settings, &r.method_label)))
@@ -318,7 +367,11 @@ pub(crate) fn warn_mixed<'a>(a: &Artefact, cells: impl IntoIterator<Item = (Stri
             "warning: report `{}`: {} runs that differ in more than the seed, so their ± is not a seed spread: {}; \
              narrow the row's, column's or series' `where`",
             a.name,
-            if mixed.len() == 1 { "one cell averages".to_string() } else { format!("{} cells average", mixed.len()) },
+            if mixed.len() == 1 {
+                "one cell averages".to_string()
+            } else {
+                format!("{} cells average", mixed.len())
+            },
             mixed.join("; ")
         );
     }
@@ -339,7 +392,10 @@ pub fn report(run_dir: &Path) -> Result<Vec<PathBuf>> {
     }
     // Everything is rendered into a staging directory, then renamed into place file by file, so
     // workers that finish together (`repro run` on a cluster) never leave a half-written file.
-    let stage = tempfile::Builder::new().prefix(".report-").tempdir_in(run_dir).with_context(|| format!("cannot write in {}", run_dir.display()))?;
+    let stage = tempfile::Builder::new()
+        .prefix(".report-")
+        .tempdir_in(run_dir)
+        .with_context(|| format!("cannot write in {}", run_dir.display()))?;
     let mut written = frame::write(&records, stage.path())?;
     let out = stage.path().join("report");
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -371,7 +427,10 @@ pub fn report(run_dir: &Path) -> Result<Vec<PathBuf>> {
         eprintln!("warning: planned run `{label}` could not be identified, so it has no record: {why}");
     }
     let planned = sweep.runs.len() + sweep.unresolved.len();
-    println!("report: {} of {planned} planned runs have records ({ok} ok)", records.len());
+    println!(
+        "report: {} of {planned} planned runs have records ({ok} ok)",
+        records.len()
+    );
     for f in &written {
         println!("  {}", f.display());
     }

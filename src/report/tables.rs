@@ -40,8 +40,18 @@ fn grid(a: &Artefact, records: &[Record]) -> Vec<Vec<Cell>> {
                 .iter()
                 .enumerate()
                 .map(|(j, col)| Cell {
-                    ours: cell(records, col.metric.as_ref().unwrap_or(&a.metric), &[&row.select, &col.select], None),
-                    paper: row.paper.get(j).copied().flatten().map(|p| (p, row.paper_std.get(j).copied().flatten())),
+                    ours: cell(
+                        records,
+                        col.metric.as_ref().unwrap_or(&a.metric),
+                        &[&row.select, &col.select],
+                        None,
+                    ),
+                    paper: row
+                        .paper
+                        .get(j)
+                        .copied()
+                        .flatten()
+                        .map(|p| (p, row.paper_std.get(j).copied().flatten())),
                 })
                 .collect()
         })
@@ -59,7 +69,12 @@ fn render_cell(c: &Cell, d: usize) -> (String, Option<(String, String)>) {
         Some(o) => mean_std((o.mean, o.std)) + if o.mixed.is_empty() { "" } else { MIXED_MARK },
         None => "–".into(),
     };
-    let paper = c.paper.map(|p| (mean_std(p), c.ours.as_ref().map(|o| signed(o.mean - p.0, d)).unwrap_or_default()));
+    let paper = c.paper.map(|p| {
+        (
+            mean_std(p),
+            c.ours.as_ref().map(|o| signed(o.mean - p.0, d)).unwrap_or_default(),
+        )
+    });
     (ours, paper)
 }
 
@@ -67,10 +82,20 @@ const MIXED_MARK: &str = "*";
 
 /// The note under a table with marked cells: the settings their runs differ in.
 fn mixed_note(grid: &[Vec<Cell>]) -> Option<String> {
-    let mut fields: Vec<&str> = grid.iter().flatten().filter_map(|c| c.ours.as_ref()).flat_map(|o| o.mixed.iter().copied()).collect();
+    let mut fields: Vec<&str> = grid
+        .iter()
+        .flatten()
+        .filter_map(|c| c.ours.as_ref())
+        .flat_map(|o| o.mixed.iter().copied())
+        .collect();
     fields.sort_unstable();
     fields.dedup();
-    (!fields.is_empty()).then(|| format!("{MIXED_MARK} averages runs that differ in {}, not only in the seed.", fields.join(", ")))
+    (!fields.is_empty()).then(|| {
+        format!(
+            "{MIXED_MARK} averages runs that differ in {}, not only in the seed.",
+            fields.join(", ")
+        )
+    })
 }
 
 fn join(paper: &str, diff: &str) -> String {
@@ -83,7 +108,9 @@ fn join(paper: &str, diff: &str) -> String {
 
 fn header(a: &Artefact) -> Vec<String> {
     let width = a.rows.iter().map(|r| r.label.parts().len()).max().unwrap_or(1);
-    let mut h: Vec<String> = (0..width).map(|i| a.row_header.get(i).cloned().unwrap_or_default()).collect();
+    let mut h: Vec<String> = (0..width)
+        .map(|i| a.row_header.get(i).cloned().unwrap_or_default())
+        .collect();
     h.extend(a.columns.iter().map(|c| c.label.joined()));
     h
 }
@@ -158,8 +185,15 @@ fn latex(a: &Artefact, grid: &[Vec<Cell>]) -> String {
     let width = head.len() - a.columns.len();
     let mut s = String::from("\\begin{table}[t]\n\\centering\n");
     s += &format!("\\caption{{{}}}\n", tex_escape(&a.title));
-    s += &format!("\\begin{{tabular}}{{{}{}}}\n\\toprule\n", "l".repeat(width), "c".repeat(a.columns.len()));
-    s += &format!("{} \\\\\n\\midrule\n", head.iter().map(|h| tex_escape(h)).collect::<Vec<_>>().join(" & "));
+    s += &format!(
+        "\\begin{{tabular}}{{{}{}}}\n\\toprule\n",
+        "l".repeat(width),
+        "c".repeat(a.columns.len())
+    );
+    s += &format!(
+        "{} \\\\\n\\midrule\n",
+        head.iter().map(|h| tex_escape(h)).collect::<Vec<_>>().join(" & ")
+    );
     for (i, row) in grid.iter().enumerate() {
         let mut cells: Vec<String> = row_labels(a, i, width).iter().map(|l| tex_escape(l)).collect();
         cells.extend(row.iter().map(|c| match render_cell(c, a.decimals) {
@@ -184,7 +218,12 @@ pub fn write(a: &Artefact, records: &[Record], dir: &Path) -> Result<Vec<PathBuf
     warn_mixed(
         a,
         grid.iter().enumerate().flat_map(|(i, row)| {
-            row.iter().enumerate().filter_map(move |(j, c)| Some((format!("{} / {}", a.rows[i].label.joined(), a.columns[j].label.joined()), c.ours.as_ref()?)))
+            row.iter().enumerate().filter_map(move |(j, c)| {
+                Some((
+                    format!("{} / {}", a.rows[i].label.joined(), a.columns[j].label.joined()),
+                    c.ours.as_ref()?,
+                ))
+            })
         }),
     );
     std::fs::write(&md, markdown(a, &grid)).with_context(|| format!("cannot write {}", md.display()))?;

@@ -358,7 +358,9 @@ pub fn print_plan(
                 planned: p,
                 seconds: estimate.as_ref().and_then(|e| e.seconds).map(|s| s.total()),
                 estimate,
-                holder: (p.id.is_ok() && !p.cached).then(|| super::claim::holder(&store.dir, p.id())).flatten(),
+                holder: (p.id.is_ok() && !p.cached)
+                    .then(|| super::claim::holder(&store.dir, p.id()))
+                    .flatten(),
             }
         })
         .collect();

@@ -35,8 +35,15 @@ pub struct Fingerprinter {
 
 impl Fingerprinter {
     pub fn open(file: PathBuf) -> Fingerprinter {
-        let cache = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        Fingerprinter { file, cache, repos: BTreeMap::new() }
+        let cache = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        Fingerprinter {
+            file,
+            cache,
+            repos: BTreeMap::new(),
+        }
     }
 
     pub fn save(&self) -> Result<()> {
@@ -46,23 +53,44 @@ impl Fingerprinter {
     /// SHA-256 of a file's content.
     pub fn file(&mut self, path: &Path) -> Result<String> {
         let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf()).to_string_lossy().into_owned();
-        if let Some(c) = self.cache.get(&key).filter(|c| c.size == meta.len() && c.mtime_ns == mtime_ns) {
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let key = path
+            .canonicalize()
+            .unwrap_or_else(|_| path.to_path_buf())
+            .to_string_lossy()
+            .into_owned();
+        if let Some(c) = self
+            .cache
+            .get(&key)
+            .filter(|c| c.size == meta.len() && c.mtime_ns == mtime_ns)
+        {
             return Ok(c.sha256.clone());
         }
         let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", path.display()))?;
             if n == 0 {
                 break;
             }
             h.update(&buf[..n]);
         }
         let sha256 = hex(&h.finalize());
-        self.cache.insert(key, CachedHash { size: meta.len(), mtime_ns, sha256: sha256.clone() });
+        self.cache.insert(
+            key,
+            CachedHash {
+                size: meta.len(),
+                mtime_ns,
+                sha256: sha256.clone(),
+            },
+        );
         Ok(sha256)
     }
 
@@ -92,7 +120,8 @@ impl Fingerprinter {
             return known.clone().map_err(|e| anyhow::anyhow!(e));
         }
         let identity = self.identify(hub, id, kind);
-        self.repos.insert(key, identity.as_ref().map(Value::clone).map_err(|e| format!("{e:#}")));
+        self.repos
+            .insert(key, identity.as_ref().map(Value::clone).map_err(|e| format!("{e:#}")));
         identity
     }
 
@@ -127,7 +156,9 @@ impl Fingerprinter {
         let mut data = BTreeMap::new();
         if let Some(p) = spec.prune.as_ref().filter(|p| !p.calib.is_empty()) {
             let v = match CalibSource::parse(&p.calib) {
-                CalibSource::C4 { repo } | CalibSource::Wikitext2 { repo } => self.repo(hub, &repo, RepoKind::Dataset)?,
+                CalibSource::C4 { repo } | CalibSource::Wikitext2 { repo } => {
+                    self.repo(hub, &repo, RepoKind::Dataset)?
+                }
                 CalibSource::File { path } => self.path(&path)?,
             };
             data.insert(format!("calibration:{}", p.calib), v);
@@ -137,9 +168,13 @@ impl Fingerprinter {
                 self.repo(hub, task(name)?.hub_id, RepoKind::Dataset)?
             } else {
                 match PplCorpus::parse(name) {
-                    PplCorpus::Wikitext2 { repo } | PplCorpus::C4 { repo } => self.repo(hub, &repo, RepoKind::Dataset)?,
+                    PplCorpus::Wikitext2 { repo } | PplCorpus::C4 { repo } => {
+                        self.repo(hub, &repo, RepoKind::Dataset)?
+                    }
                     PplCorpus::Text { spec } if Path::new(&spec).exists() => self.path(Path::new(&spec))?,
-                    PplCorpus::Text { spec } => self.repo(hub, spec.split(':').next().unwrap_or(&spec), RepoKind::Dataset)?,
+                    PplCorpus::Text { spec } => {
+                        self.repo(hub, spec.split(':').next().unwrap_or(&spec), RepoKind::Dataset)?
+                    }
                 }
             };
             data.insert(name.clone(), v);

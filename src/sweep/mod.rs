@@ -61,7 +61,14 @@ pub struct PlanEntry {
 /// A planned run with its identity resolved (or the reason it could not be).
 pub struct Planned {
     pub run: PlannedRun,
-    pub id: Result<(String, serde_json::Value, std::collections::BTreeMap<String, serde_json::Value>), String>,
+    pub id: Result<
+        (
+            String,
+            serde_json::Value,
+            std::collections::BTreeMap<String, serde_json::Value>,
+        ),
+        String,
+    >,
     pub cached: bool,
 }
 
@@ -77,7 +84,10 @@ pub fn plan(cfg: &SweepConfig, hub: &Hub, store: &Store, force: bool, dry_run: b
     let mut fp = Fingerprinter::open(store.dir.join(".fingerprints.json"));
     let mut out: Vec<Planned> = Vec::new();
     for run in cfg.expand()? {
-        let id = fp.run(hub, &run.spec).map(|(m, d)| (run_id(&run.spec, &m, &d), m, d)).map_err(|e| dryrun::error_chain(&e));
+        let id = fp
+            .run(hub, &run.spec)
+            .map(|(m, d)| (run_id(&run.spec, &m, &d), m, d))
+            .map_err(|e| dryrun::error_chain(&e));
         out.push(Planned { run, id, cached: false });
     }
     if store.dir.is_dir() && !dry_run {
@@ -97,10 +107,17 @@ pub fn plan(cfg: &SweepConfig, hub: &Hub, store: &Store, force: bool, dry_run: b
 
 /// The runs `--only` picks by label (`*` globs) or id prefix; all of them without it.
 fn select<'a>(planned: &'a [Planned], only: Option<&str>) -> Result<Vec<&'a Planned>> {
-    let picked: Vec<&Planned> = planned.iter().filter(|p| only.is_none_or(|pat| glob(pat, &p.run.label) || p.id().starts_with(pat))).collect();
+    let picked: Vec<&Planned> = planned
+        .iter()
+        .filter(|p| only.is_none_or(|pat| glob(pat, &p.run.label) || p.id().starts_with(pat)))
+        .collect();
     if let (Some(pat), true) = (only, picked.is_empty()) {
         let labels: Vec<&str> = planned.iter().take(5).map(|p| p.run.label.as_str()).collect();
-        bail!("--only `{pat}` matches none of the {} runs (labels look like: {})", planned.len(), labels.join("; "));
+        bail!(
+            "--only `{pat}` matches none of the {} runs (labels look like: {})",
+            planned.len(),
+            labels.join("; ")
+        );
     }
     Ok(picked)
 }
@@ -125,22 +142,33 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     }
     let artefacts = cfg.artefacts(&args.config)?;
     if cfg.output.as_os_str().is_empty() {
-        bail!("{}: `output` is empty: name the directory for the sweep's records and report", args.config.display());
+        bail!(
+            "{}: `output` is empty: name the directory for the sweep's records and report",
+            args.config.display()
+        );
     }
     let store = Store::open(&cfg.output);
     if !args.dry_run {
-        std::fs::create_dir_all(&cfg.output).with_context(|| format!("cannot create the sweep's output {}", cfg.output.display()))?;
+        std::fs::create_dir_all(&cfg.output)
+            .with_context(|| format!("cannot create the sweep's output {}", cfg.output.display()))?;
         store.check_writable()?;
     }
     let planned = plan(&cfg, hub, &store, args.force, args.dry_run)?;
     if planned.is_empty() {
-        bail!("{}: the sweep plans no runs (does `exclude` drop every grid point?)", args.config.display());
+        bail!(
+            "{}: the sweep plans no runs (does `exclude` drop every grid point?)",
+            args.config.display()
+        );
     }
     let selected = match (&args.plan, args.task_index) {
         (Some(frozen), Some(task)) => slurm::task_runs(frozen, task, &planned)?,
         _ => select(&planned, args.only.as_deref())?,
     };
-    let opts = dryrun::DryRunOptions { costs: args.dry_run, verbose: args.verbose, workers: args.workers };
+    let opts = dryrun::DryRunOptions {
+        costs: args.dry_run,
+        verbose: args.verbose,
+        workers: args.workers,
+    };
     dryrun::print_plan(&cfg, hub, &planned, &selected, &store, opts)?;
     if args.dry_run {
         return Ok(());
@@ -152,9 +180,19 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     let sweep = SweepFile {
         name: cfg.name.clone(),
         config: args.config.display().to_string(),
-        runs: planned.iter().filter(|p| p.id.is_ok()).map(|p| PlanEntry { id: p.id().to_string(), label: p.run.label.clone() }).collect(),
+        runs: planned
+            .iter()
+            .filter(|p| p.id.is_ok())
+            .map(|p| PlanEntry {
+                id: p.id().to_string(),
+                label: p.run.label.clone(),
+            })
+            .collect(),
         artefacts,
-        unresolved: planned.iter().filter_map(|p| Some((p.run.label.clone(), p.id.as_ref().err()?.clone()))).collect(),
+        unresolved: planned
+            .iter()
+            .filter_map(|p| Some((p.run.label.clone(), p.id.as_ref().err()?.clone())))
+            .collect(),
     };
     store::write_atomic(&cfg.output.join("sweep.json"), &serde_json::to_vec_pretty(&sweep)?)?;
 
@@ -162,7 +200,13 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     let claims = Claims::open(&cfg.output)?;
     let started = now();
     let bar = crate::progress::bar(todo.len() as u64, "sweep");
-    let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}")
+        } else {
+            bar.println(line)
+        }
+    };
     let mut failed = 0;
     let mut held = 0;
     let mut stopped = None;
@@ -170,7 +214,13 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         bar.set_message(p.run.label.clone());
         if p.id.is_ok() {
             if let Attempt::HeldBy(worker) = claims.claim(p.id(), &p.run.label)? {
-                say(format!("held   {} {} (another worker runs it: {}, since {})", p.id(), p.run.label, worker.worker(), status::clock(worker.started_at)));
+                say(format!(
+                    "held   {} {} (another worker runs it: {}, since {})",
+                    p.id(),
+                    p.run.label,
+                    worker.worker(),
+                    status::clock(worker.started_at)
+                ));
                 held += 1;
                 bar.inc(1);
                 continue;
@@ -179,7 +229,11 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
             if let Ok(Some(r)) = store.get(p.id()) {
                 if r.finished_at > started || (r.status == Status::Ok && !args.force) {
                     claims.release()?;
-                    say(format!("skip   {} {} (another worker finished it meanwhile)", p.id(), p.run.label));
+                    say(format!(
+                        "skip   {} {} (another worker finished it meanwhile)",
+                        p.id(),
+                        p.run.label
+                    ));
                     bar.inc(1);
                     continue;
                 }
@@ -187,15 +241,29 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         }
         let record = execute(hub, p, &bar);
         if p.id.is_ok() && !claims.still_ours() {
-            say(format!("DROPPED {} {}: its claim was taken over by another worker, which redoes it; no record written", record.id, record.label));
+            say(format!(
+                "DROPPED {} {}: its claim was taken over by another worker, which redoes it; no record written",
+                record.id, record.label
+            ));
             bar.inc(1);
             continue;
         }
         // A forced rerun that fails keeps the earlier successful record.
-        let keeps_earlier = record.status == Status::Failed && store.get(&record.id).is_ok_and(|r| r.is_some_and(|r| r.status == Status::Ok));
+        let keeps_earlier = record.status == Status::Failed
+            && store
+                .get(&record.id)
+                .is_ok_and(|r| r.is_some_and(|r| r.status == Status::Ok));
         let line = match &record.error {
-            None => format!("done   {} ({:.1}s) {}", record.id, record.finished_at - record.started_at, record.label),
-            Some(e) if keeps_earlier => format!("FAILED {} {}: {e} (its earlier successful record is kept)", record.id, record.label),
+            None => format!(
+                "done   {} ({:.1}s) {}",
+                record.id,
+                record.finished_at - record.started_at,
+                record.label
+            ),
+            Some(e) if keeps_earlier => format!(
+                "FAILED {} {}: {e} (its earlier successful record is kept)",
+                record.id, record.label
+            ),
             Some(e) => format!("FAILED {} {}: {e}", record.id, record.label),
         };
         // An unresolvable model has no id to file a record under; its error is reported only.
@@ -208,7 +276,11 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         if record.status == Status::Failed {
             failed += 1;
             if args.fail_fast {
-                stopped = Some(format!("run {} failed (--fail-fast): {}", record.label, record.error.unwrap_or_default()));
+                stopped = Some(format!(
+                    "run {} failed (--fail-fast): {}",
+                    record.label,
+                    record.error.unwrap_or_default()
+                ));
                 break;
             }
         }
@@ -216,13 +288,19 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     bar.finish_and_clear();
     crate::report::report(&cfg.output)?;
     if held > 0 {
-        eprintln!("{held} run(s) held by other workers: their records land when they finish (watch with `repro status {}`)", cfg.output.display());
+        eprintln!(
+            "{held} run(s) held by other workers: their records land when they finish (watch with `repro status {}`)",
+            cfg.output.display()
+        );
     }
     if let Some(why) = stopped {
         bail!(why);
     }
     if failed > 0 {
-        bail!("{failed} run(s) failed; see the errors above (and their records in {})", cfg.output.join("runs").display());
+        bail!(
+            "{failed} run(s) failed; see the errors above (and their records in {})",
+            cfg.output.join("runs").display()
+        );
     }
     Ok(())
 }
@@ -255,14 +333,19 @@ impl Observer for StageOnBar<'_> {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Turns a panic in `job` (a bug, or a libtorch error that tch raises as a panic) into an
 /// error, so that it fails one run and not the whole sweep.
 fn catch_panic<T>(job: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(AssertUnwindSafe(job)).unwrap_or_else(|panic| {
-        let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
         Err(anyhow::anyhow!("internal error (panic): {}", msg.unwrap_or_default()))
     })
 }
@@ -278,7 +361,14 @@ fn execute(hub: &Hub, p: &Planned, bar: &ProgressBar) -> Record {
     let outcome = match &p.id {
         Err(e) => Err(anyhow::anyhow!("{e}")),
         Ok(_) => catch_panic(|| {
-            run_job(hub, &p.run.spec.model, p.run.spec.prune.as_ref(), &p.run.spec.eval, None, &StageOnBar(bar, &p.run.label))
+            run_job(
+                hub,
+                &p.run.spec.model,
+                p.run.spec.prune.as_ref(),
+                &p.run.spec.eval,
+                None,
+                &StageOnBar(bar, &p.run.label),
+            )
         }),
     };
     let (status, error, result) = match outcome {

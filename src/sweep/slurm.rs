@@ -171,7 +171,9 @@ fn slurm_duration(seconds: f64) -> String {
 /// finds it: a local directory, the mirror, the HF cache, or config.json fetched alone.
 fn parameter_count(hub: &Hub, model: &str) -> Option<u64> {
     let config = super::dryrun::model_config(hub, model).ok()?;
-    crate::model::shape::ModelShape::from_config(&config).ok().map(|shape| shape.params())
+    crate::model::shape::ModelShape::from_config(&config)
+        .ok()
+        .map(|shape| shape.params())
 }
 
 /// `'text'` for the shell.

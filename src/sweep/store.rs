@@ -76,9 +76,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(bytes)?;
     // Readable like the results and report files beside it (temporary files start private).
-    tmp.as_file().set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(())
 }
 
@@ -120,7 +122,8 @@ impl Store {
     pub fn check_writable(&self) -> Result<()> {
         let runs = self.dir.join("runs");
         std::fs::create_dir_all(&runs).with_context(|| format!("cannot create {}", runs.display()))?;
-        tempfile::NamedTempFile::new_in(&runs).with_context(|| format!("cannot write records in {}", runs.display()))?;
+        tempfile::NamedTempFile::new_in(&runs)
+            .with_context(|| format!("cannot write records in {}", runs.display()))?;
         Ok(())
     }
 

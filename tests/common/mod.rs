@@ -31,7 +31,11 @@ pub fn golden(path: &std::path::Path) -> serde_json::Value {
 }
 
 pub fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
 /// |a - b| <= rel * |b| + abs, elementwise, with a message naming what differs.
@@ -49,7 +53,9 @@ pub fn user_cache() -> PathBuf {
 
 pub fn repro() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_repro"));
-    c.env("REPRO_HUB_MIRROR", fixtures()).env("HF_HUB_OFFLINE", "1").env("XDG_CACHE_HOME", user_cache());
+    c.env("REPRO_HUB_MIRROR", fixtures())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("XDG_CACHE_HOME", user_cache());
     c
 }
 
@@ -64,7 +70,11 @@ pub fn json_of(out: &std::process::Output) -> serde_json::Value {
 pub fn run_err(args: &[&str]) -> String {
     let out = repro().args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "expected a clean failure for {args:?}, stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a clean failure for {args:?}, stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
     stderr
 }
