@@ -463,6 +463,26 @@ fn config_fields<T: serde::de::DeserializeOwned>(config: &Value) -> Result<T> {
     serde_path_to_error::deserialize(config).map_err(|e| anyhow!("field `{}`: {}", e.path(), e.inner()))
 }
 
+/// Every architecture variant among the test checkpoints: the generated ones in tests/fixtures
+/// (GQA with llama3 rope, tied LLaMA, Mistral, OPT post-LN and projections) and the named models
+/// of ../shared/fixtures.
+#[cfg(test)]
+pub(crate) fn fixture_checkpoints(shared: &[&str]) -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let generated = [
+        "llama-gqa-llama3rope",
+        "llama-tied",
+        "mistral-tiny",
+        "opt-postln",
+        "opt-proj",
+    ];
+    generated
+        .iter()
+        .map(|d| root.join("tests/fixtures/models").join(d))
+        .chain(shared.iter().map(|d| root.join("../shared/fixtures/models").join(d)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,19 +504,7 @@ mod tests {
     /// architecture must show its layers to the tap in the order `linears()` lists them.
     #[test]
     fn taps_see_every_linear_layer_in_listed_order() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let shared = root.join("../shared/fixtures/models");
-        let dirs = [
-            "llama-gqa-llama3rope",
-            "llama-tied",
-            "mistral-tiny",
-            "opt-postln",
-            "opt-proj",
-        ]
-        .map(|d| root.join("tests/fixtures/models").join(d))
-        .into_iter()
-        .chain(["llama-tiny-random", "opt-tiny"].map(|d| shared.join(d)));
-        for dir in dirs {
+        for dir in fixture_checkpoints(&["llama-tiny-random", "opt-tiny"]) {
             let (model, _, _) = load_model(
                 &Hub::new(None),
                 dir.to_str().unwrap(),

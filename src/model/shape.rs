@@ -197,18 +197,7 @@ mod tests {
     /// The parameter count from config.json alone equals the checkpoint's tensor count.
     #[test]
     fn parameters_match_the_fixture_checkpoints() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dirs = [
-            "llama-gqa-llama3rope",
-            "llama-tied",
-            "mistral-tiny",
-            "opt-postln",
-            "opt-proj",
-        ]
-        .map(|d| root.join("tests/fixtures/models").join(d))
-        .into_iter()
-        .chain(["llama-tiny", "opt-tiny"].map(|d| root.join("../shared/fixtures/models").join(d)));
-        for dir in dirs {
+        for dir in crate::model::fixture_checkpoints(&["llama-tiny", "opt-tiny"]) {
             let config: Value =
                 serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
             let shape = ModelShape::from_config(&config).unwrap();
