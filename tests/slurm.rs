@@ -393,18 +393,21 @@ fn submission_errors_are_clear_and_lose_nothing() {
         "{e}"
     );
 
+    // An output outside /tmp is not warned about. It must not depend on where the checkout is
+    // (CI may clone under /tmp); --dry-run writes nothing there.
+    let outside_tmp = PathBuf::from(format!("/srv/repro-slurm-test-{}/x", std::process::id()));
     let e = text(
         &cluster
             .repro()
             .arg("slurm")
             .arg(&config)
             .arg("--output")
-            .arg(tmp.path().join("x"))
+            .arg(&outside_tmp)
             .arg("--dry-run")
             .output()
             .unwrap(),
     );
-    assert!(!e.contains("temporary directory"), "{e}");
+    assert!(!e.contains("temporary directory") && !outside_tmp.exists(), "{e}");
     let e = text(
         &cluster
             .repro()
