@@ -96,6 +96,22 @@ impl Found {
     }
 }
 
+/// Creates `path` holding `bytes`, failing with `AlreadyExists` when it exists: the content is
+/// written and synced in a temporary file first, then hard-linked into place (link(2) is atomic
+/// and exclusive, on NFS too), so a worker killed at any moment never leaves an empty claim that
+/// would look held. Returns the claim's open file, for its heartbeat.
+fn create_written(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    tmp.as_file().sync_all()?;
+    std::fs::hard_link(tmp.path(), path)?;
+    // Dropping the temporary name leaves the claim's own link to the same file.
+    Ok(tmp.into_file())
+}
+
 /// Who is judging a claim: this process, and its SLURM job if any.
 struct Judge<'a> {
     host: &'a str,
@@ -260,11 +276,8 @@ impl Claims {
         let path = self.path(id);
         for _ in 0..5 {
             let info = me(id, label);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    file.write_all(&serde_json::to_vec_pretty(&info)?)
-                        .and_then(|()| file.sync_all())
-                        .with_context(|| format!("cannot write {}", path.display()))?;
+            match create_written(&path, &serde_json::to_vec_pretty(&info)?) {
+                Ok(file) => {
                     self.lost.store(false, Ordering::SeqCst);
                     *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Held {
                         file,
