@@ -1,9 +1,11 @@
 //! Per-run claims, so that any number of `repro run` workers (one machine or many sharing the
 //! output directory over NFS or Lustre) take disjoint runs of one sweep.
 //!
-//! A worker owns run `<id>` while `RUN_DIR/claims/<id>.json` holds its token. The file is made
-//! with `O_CREAT|O_EXCL` (atomic on local filesystems and on NFSv3+), so two workers never both
-//! own a run. Its content names the worker (host, pid, SLURM ids, start time); its mtime is the
+//! A worker owns run `<id>` while `RUN_DIR/claims/<id>.json` holds its token. The file appears
+//! whole and exclusively: written in a temporary file, then hard-linked into place (link(2) fails
+//! when the name exists, atomically on local filesystems and on NFS, the classic lock-file way;
+//! `O_CREAT|O_EXCL` with a later write would leave an empty claim if the worker died in between),
+//! so two workers never both own a run. Its content names the worker (host, pid, SLURM ids, start time); its mtime is the
 //! heartbeat, which a background thread refreshes through the worker's own open handle, so a
 //! worker whose claim was taken over only ever touches its own, already unlinked, file.
 //!
