@@ -22,6 +22,19 @@ fn hub() -> Hub {
     Hub::new(Some(fixtures()))
 }
 
+/// A fixture model on the CPU in f32, as the goldens were made.
+fn load_fixture(name: &str) -> model::Loaded {
+    model::load(&hub(), &fixture_model(name), Device::Cpu, Kind::Float, Streaming::Off).unwrap()
+}
+
+/// The C4-format calibration windows the goldens draw, with `loaded`'s tokenizer.
+fn c4_windows(loaded: &model::Loaded, nsamples: usize, seqlen: usize, seed: u64) -> Vec<Vec<i64>> {
+    CalibSource::parse("c4:c4-format-sample")
+        .windows(&hub(), &loaded.tokenizer, nsamples, seqlen, seed)
+        .unwrap()
+        .1
+}
+
 fn ids_sha256(windows: &[Vec<i64>]) -> String {
     let mut h = Sha256::new();
     for w in windows {
@@ -42,14 +55,7 @@ fn check_case(file: &str) {
     let g = golden(&goldens().join(format!("{file}.json")));
     let s = &g["settings"];
     let model_name = s["model"].as_str().unwrap();
-    let mut loaded = model::load(
-        &hub(),
-        &fixture_model(model_name),
-        Device::Cpu,
-        Kind::Float,
-        Streaming::Off,
-    )
-    .unwrap();
+    let mut loaded = load_fixture(model_name);
     let (nsamples, seqlen, seed) = (
         s["nsamples"].as_u64().unwrap() as usize,
         s["seqlen"].as_u64().unwrap() as usize,
@@ -75,9 +81,7 @@ fn check_case(file: &str) {
     };
     let _g = tch::no_grad_guard();
     let calib = if method.needs_calibration() || allocation.needs_calibration() {
-        let (_, windows) = CalibSource::parse("c4:c4-format-sample")
-            .windows(&hub(), &loaded.tokenizer, nsamples, seqlen, seed)
-            .unwrap();
+        let windows = c4_windows(&loaded, nsamples, seqlen, seed);
         assert_eq!(
             ids_sha256(&windows),
             g["calibration"]["ids_sha256"].as_str().unwrap(),
@@ -294,17 +298,8 @@ golden_cases! {
 
 /// llama-tiny pruned with Wanda at 70% under `allocation`, with the OWL goldens' calibration.
 fn wanda_70(allocation: &Allocation) -> (Vec<(String, String)>, repro::prune::PruneReport) {
-    let mut loaded = model::load(
-        &hub(),
-        &fixture_model("llama-tiny"),
-        Device::Cpu,
-        Kind::Float,
-        Streaming::Off,
-    )
-    .unwrap();
-    let (_, windows) = CalibSource::parse("c4:c4-format-sample")
-        .windows(&hub(), &loaded.tokenizer, 16, 128, 0)
-        .unwrap();
+    let mut loaded = load_fixture("llama-tiny");
+    let windows = c4_windows(&loaded, 16, 128, 0);
     let calib = Tensor::from_slice(&windows.concat()).view([16, 128]);
     let _g = tch::no_grad_guard();
     let method = Method::parse(MethodChoice::named("wanda"), Pattern::Unstructured).unwrap();
@@ -354,18 +349,9 @@ fn owl_ratios_as_a_list_and_owl_at_lambda_zero() {
 #[test]
 fn calibration_windows_match_official_sampler() {
     let g = golden(&goldens().join("calib_llama-tiny_n128_seqlen512.json"));
-    let loaded = model::load(
-        &hub(),
-        &fixture_model("llama-tiny"),
-        Device::Cpu,
-        Kind::Float,
-        Streaming::Off,
-    )
-    .unwrap();
+    let loaded = load_fixture("llama-tiny");
     for seed in ["0", "1"] {
-        let (_, windows) = CalibSource::parse("c4:c4-format-sample")
-            .windows(&hub(), &loaded.tokenizer, 128, 512, seed.parse().unwrap())
-            .unwrap();
+        let windows = c4_windows(&loaded, 128, 512, seed.parse().unwrap());
         let want = &g["seeds"][seed];
         assert_eq!(
             ids_sha256(&windows),
@@ -386,17 +372,8 @@ fn calibration_windows_match_official_sampler() {
 #[test]
 fn pruning_is_deterministic() {
     let run = || {
-        let mut l = model::load(
-            &hub(),
-            &fixture_model("llama-tiny-random"),
-            Device::Cpu,
-            Kind::Float,
-            Streaming::Off,
-        )
-        .unwrap();
-        let (_, w) = CalibSource::parse("c4:c4-format-sample")
-            .windows(&hub(), &l.tokenizer, 8, 64, 3)
-            .unwrap();
+        let mut l = load_fixture("llama-tiny-random");
+        let w = c4_windows(&l, 8, 64, 3);
         let calib = Tensor::from_slice(&w.concat()).view([8, 64]);
         let _g = tch::no_grad_guard();
         let method = Method::parse(MethodChoice::named("sparsegpt"), Pattern::Unstructured).unwrap();
