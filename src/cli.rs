@@ -10,9 +10,9 @@ use crate::hub::Hub;
 use crate::model::Streaming;
 use crate::pipeline::{run_job, EvalSpec, ModelSpec, Observer, PrintLines, PruneSpec, Quiet};
 use crate::prune::allocation::Allocation;
-use crate::prune::mask::Pattern;
-use crate::prune::method_names;
-use crate::prune::metric::{Params, BUILTINS};
+use crate::prune::mask::{Group, Pattern};
+use crate::prune::metric::Params;
+use crate::prune::{registry, MethodOptions};
 use crate::{report, sweep};
 
 #[derive(Parser)]
@@ -160,15 +160,8 @@ pub struct EvalArgs {
 pub struct PruneArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, required_unless_present = "metric", conflicts_with = "metric", help = method_help())]
-    pub method: Option<String>,
-    /// A metric expression instead of --method, over W, X, Hdiag, Hinv: e.g. "abs(W) * X^a"
-    /// (README, "Try your own metric").
-    #[arg(long)]
-    pub metric: Option<String>,
-    /// A metric option (`--method ria --param a=0.25`) or an expression parameter, NAME=VALUE; repeatable.
-    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
-    pub params: Vec<(String, f64)>,
+    #[command(flatten)]
+    pub method: MethodArgs,
     /// Fraction of each linear layer's weights to remove (default: N/M for an N:M pattern, else 0.5).
     #[arg(long)]
     pub sparsity: Option<f64>,
@@ -186,12 +179,6 @@ pub struct PruneArgs {
     /// OWL: block densities spread over ±lambda around the target (default 0.08, the paper's for LLaMA).
     #[arg(long)]
     pub owl_lambda: Option<f64>,
-    /// Comparison group for metric methods: per-output, per-input, per-layer, per-input-128, per-output-128 (default: the metric's own).
-    #[arg(long)]
-    pub group: Option<String>,
-    /// The Wanda variant (alpha search over each row's cumulative score).
-    #[arg(long)]
-    pub use_variant: bool,
     /// Calibration data: c4, c4:<dir|repo>, wikitext2, wikitext2:<dir|repo>, or a local file.
     #[arg(long, default_value = "c4")]
     pub calib: String,
@@ -214,21 +201,45 @@ pub struct PruneArgs {
     pub save: Option<PathBuf>,
 }
 
-/// `--method`'s help, from the method registry.
-fn method_help() -> String {
-    let options: Vec<String> = BUILTINS
-        .iter()
-        .flat_map(|b| {
-            b.options
-                .iter()
-                .map(move |o| format!("{} {}={} ({})", b.name, o.name, o.default, o.help))
-        })
-        .collect();
-    format!(
-        "One of: {} (sparsegpt_metric: SparseGPT's saliency without its update; ablate_*: Table 8). Metric options, set with --param: {}",
-        method_names().join(", "),
-        options.join("; ")
-    )
+/// The method and its options, every flag's choices and help from the method registry.
+#[derive(Args)]
+pub struct MethodArgs {
+    #[arg(long, required_unless_present = "metric", conflicts_with = "metric", help = registry::help())]
+    pub method: Option<String>,
+    /// A metric expression instead of --method, over W, X, Hdiag, Hinv: e.g. "abs(W) * X^a"
+    /// (README, "Try your own metric").
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// A method's option (`--method ria --param a=0.25`) or an expression parameter, NAME=VALUE; repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, f64)>,
+    /// Comparison group for methods that only zero weights (not SparseGPT's update): per-output,
+    /// per-input, per-layer, per-input-128, per-output-128 (default: the metric's own).
+    #[arg(long, value_parser = |s: &str| Group::parse(s).map_err(|e| e.to_string()))]
+    pub group: Option<Group>,
+    /// The Wanda variant (alpha search over each row's cumulative score).
+    #[arg(long)]
+    pub use_variant: bool,
+}
+
+impl MethodArgs {
+    /// The method's name (an expression is named by itself) and its options.
+    fn spec(&self) -> Result<(String, MethodOptions)> {
+        let mut params = Params::new();
+        for (name, value) in &self.params {
+            if params.insert(name.clone(), *value).is_some() {
+                bail!("--param {name} is given twice; give each parameter once");
+            }
+        }
+        let name = self.method.clone().or_else(|| self.metric.clone()).unwrap_or_default();
+        let options = MethodOptions {
+            metric: self.metric.clone(),
+            params,
+            group: self.group,
+            use_variant: self.use_variant,
+        };
+        Ok((name, options))
+    }
 }
 
 fn parse_param(s: &str) -> Result<(String, f64), String> {
@@ -345,12 +356,7 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
 
 fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
     let pattern = Pattern::parse(&args.pattern)?;
-    let mut params = Params::new();
-    for (name, value) in &args.params {
-        if params.insert(name.clone(), *value).is_some() {
-            bail!("--param {name} is given twice; give each parameter once");
-        }
-    }
+    let (method, options) = args.method.spec()?;
     let allocation = Allocation::parse(&args.allocation, args.owl_m, args.owl_lambda)?;
     let sparsity = match (args.sparsity, allocation.list_target()) {
         (Some(s), _) => s,
@@ -358,15 +364,11 @@ fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
         (None, None) => pattern.default_sparsity(),
     };
     let spec = PruneSpec {
-        // An expression is named by itself.
-        method: args.method.clone().or_else(|| args.metric.clone()).unwrap_or_default(),
-        metric: args.metric.clone(),
-        params,
+        method,
+        options,
         sparsity,
         pattern,
         allocation,
-        group: args.group.clone(),
-        use_variant: args.use_variant,
         calib: args.calib.clone(),
         nsamples: args.nsamples,
         seed: args.seed,

@@ -15,7 +15,8 @@ use crate::pipeline::{EvalSpec, ModelSpec, PruneSpec};
 use crate::prune::allocation::Allocation;
 use crate::prune::mask::{Group, Pattern};
 use crate::prune::metric::Params;
-use crate::prune::{method_names, Method, MethodChoice};
+use crate::prune::registry::method_names;
+use crate::prune::{Method, MethodOptions};
 use std::collections::BTreeMap;
 
 /// A whole sweep file.
@@ -139,6 +140,9 @@ pub struct Selector {
     /// Metric options or expression parameters, each at this value (a built-in's default
     /// matches runs that left it out).
     pub params: Option<Params>,
+    /// A metric expression, as the method wrote it.
+    pub metric: Option<String>,
+    pub use_variant: Option<bool>,
 }
 
 /// A method with its options. Written as a bare name (`wanda`) or a map
@@ -240,13 +244,13 @@ impl MethodEntry {
         grid
     }
 
-    fn choice<'a>(&'a self, params: &'a Params) -> MethodChoice<'a> {
-        MethodChoice {
-            name: &self.0.name,
-            expression: self.0.metric.as_deref(),
-            params,
+    /// The options of one point of the parameter grid.
+    fn options_at(&self, params: &Params) -> MethodOptions {
+        MethodOptions {
+            metric: self.0.metric.clone(),
+            params: params.clone(),
             group: self.0.group,
-            variant: self.0.use_variant,
+            use_variant: self.0.use_variant,
         }
     }
 }
@@ -278,7 +282,7 @@ impl TryFrom<StrOr<MethodOpts>> for MethodEntry {
         let entry = MethodEntry(opts);
         if entry.name() != DENSE {
             for params in entry.param_grid() {
-                Method::parse(entry.choice(&params), Pattern::Unstructured)
+                Method::parse(entry.name(), &entry.options_at(&params), Pattern::Unstructured)
                     .map_err(|e| format!("method `{}`: {e} (or dense)", entry.name()))?;
             }
         } else if entry.0.group.is_some()
@@ -496,9 +500,14 @@ impl Selector {
                 .method
                 .as_ref()
                 .is_none_or(|m| m == spec.method_name() || m == method_label)
+            && self.group.is_none_or(|g| p.and_then(|p| p.options.group) == Some(g))
             && self
-                .group
-                .is_none_or(|g| p.and_then(|p| p.group.as_deref()) == Some(g.name().as_str()))
+                .use_variant
+                .is_none_or(|v| p.is_some_and(|p| p.options.use_variant) == v)
+            && self
+                .metric
+                .as_ref()
+                .is_none_or(|e| p.and_then(|p| p.options.metric.as_ref()) == Some(e))
             && self.sparsity.is_none_or(|s| eq(s.0, p.map_or(0.0, |p| p.sparsity)))
             && self.pattern.is_none_or(|x| p.is_some_and(|p| p.pattern == x))
             && self
@@ -536,7 +545,10 @@ impl SweepConfig {
         if cfg.methods.is_empty() {
             return Err(bad(
                 "methods",
-                "is empty: name at least one method (dense, magnitude, wanda, sparsegpt, ...)",
+                &format!(
+                    "is empty: name at least one method ({DENSE}, {}, or a metric expression)",
+                    method_names().join(", ")
+                ),
             ));
         }
         if cfg.calibration.nsamples.contains(&0)
@@ -773,13 +785,10 @@ impl SweepConfig {
                             for &seed in &seeds {
                                 let mut p = PruneSpec {
                                     method: m.name().to_string(),
-                                    metric: m.0.metric.clone(),
-                                    params: params.clone(),
+                                    options: m.options_at(&params),
                                     sparsity,
                                     pattern: *pattern,
                                     allocation: allocation.clone(),
-                                    group: m.0.group.map(Group::name),
-                                    use_variant: m.0.use_variant,
                                     calib: self.calibration.dataset.clone(),
                                     nsamples: ns,
                                     seed,

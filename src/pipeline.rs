@@ -17,8 +17,8 @@ use crate::hub::{Hub, RepoKind};
 use crate::model::{self, Loaded, Streaming};
 use crate::prune::allocation::Allocation;
 use crate::prune::mask::{Group, Pattern};
-use crate::prune::metric::{Builtin, Params};
-use crate::prune::{prune_model, Method, MethodChoice};
+use crate::prune::registry::{MethodDef, Update};
+use crate::prune::{prune_model, Method, MethodOptions};
 use crate::resources::peak_rss_bytes;
 
 /// Which model, where, and at which precision and window length.
@@ -41,21 +41,16 @@ pub struct ModelSpec {
 /// How to prune. `calib` is ignored by data-free methods.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PruneSpec {
-    /// A method name, or the name of the metric expression in `metric`.
+    /// A method name, or the name of the metric expression in `options.metric`.
     pub method: String,
-    /// A metric expression (`abs(W) * X`), named by `method`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metric: Option<String>,
-    /// A built-in metric's options (those at their defaults left out) or an expression's parameters.
-    #[serde(default, skip_serializing_if = "Params::is_empty")]
-    pub params: Params,
+    /// Written beside `method` (records of schema 1 and 2 read as they are).
+    #[serde(flatten)]
+    pub options: MethodOptions,
     pub sparsity: f64,
     pub pattern: Pattern,
     /// Sparsity per block: uniform (the paper's), OWL's, or a list.
     #[serde(default, skip_serializing_if = "Allocation::is_uniform")]
     pub allocation: Allocation,
-    pub group: Option<String>,
-    pub use_variant: bool,
     pub calib: String,
     pub nsamples: usize,
     pub seed: u64,
@@ -82,29 +77,34 @@ impl PruneSpec {
                 "a per-block allocation fixes the sparsity at its mean, {mean}; leave --sparsity out (or give {mean})"
             );
         }
-        let group = self.group.as_deref().map(Group::parse).transpose()?;
-        let choice = MethodChoice {
-            name: &self.method,
-            expression: self.metric.as_deref(),
-            params: &self.params,
-            group,
-            variant: self.use_variant,
-        };
-        Method::parse(choice, self.pattern)
+        Method::parse(&self.method, &self.options, self.pattern)
+    }
+
+    /// The built-in method named, unless the name is an expression's.
+    fn builtin(&self) -> Option<&'static MethodDef> {
+        MethodDef::find(&self.method).filter(|_| self.options.metric.is_none())
     }
 
     /// The value of a metric option or expression parameter in force (a built-in's default when
     /// left out).
     pub fn param(&self, name: &str) -> Option<f64> {
         let default = || {
-            Builtin::find(&self.method)
-                .filter(|_| self.metric.is_none())?
+            self.builtin()?
                 .options
                 .iter()
                 .find(|o| o.name == name)
                 .map(|o| o.default)
         };
-        self.params.get(name).copied().or_else(default)
+        self.options.params.get(name).copied().or_else(default)
+    }
+
+    /// The names of the metric options and expression parameters of this run, set or defaulted.
+    pub fn param_names(&self) -> Vec<String> {
+        let defaults = self
+            .builtin()
+            .into_iter()
+            .flat_map(|b| b.options.iter().map(|o| o.name.to_string()));
+        self.options.params.keys().cloned().chain(defaults).collect()
     }
 
     /// Whether the run draws calibration data: for the method's statistics or OWL's outlier ratios.
@@ -116,9 +116,9 @@ impl PruneSpec {
     /// out, and a data-free method's calibration settings cleared (nothing about them can change
     /// its result), so that equal runs get equal ids.
     pub fn normalise(&mut self, method: &Method) {
-        self.group = self.group_in_force(method);
-        if let Some(builtin) = Builtin::find(&self.method).filter(|_| self.metric.is_none()) {
-            self.params = builtin.normalise(&self.params);
+        self.options.group = self.group_in_force(method);
+        if let Some(builtin) = self.builtin() {
+            self.options.params = builtin.normalise(&self.options.params);
         }
         if !self.needs_calibration(method) {
             self.calib = String::new();
@@ -130,10 +130,10 @@ impl PruneSpec {
 
     /// The comparison group in force: a metric's own default when none was given (unstructured
     /// only; N:M fixes the groups), so that a run records what it did.
-    pub fn group_in_force(&self, method: &Method) -> Option<String> {
-        match (method, self.pattern) {
-            (Method::Metric { group, .. }, Pattern::Unstructured) => Some(group.name()),
-            _ => self.group.clone(),
+    pub fn group_in_force(&self, method: &Method) -> Option<Group> {
+        match (method.update, self.pattern) {
+            (Update::Zero, Pattern::Unstructured) => Some(method.group),
+            _ => self.options.group,
         }
     }
 
@@ -346,15 +346,15 @@ fn prune_step(
         out.insert("warnings".into(), json!([warning]));
     }
     out.insert("method".into(), json!(p.method));
-    if let Some(expression) = &p.metric {
+    if let Some(expression) = &p.options.metric {
         out.insert("metric".into(), json!(expression));
     }
-    if !p.params.is_empty() {
-        out.insert("params".into(), json!(p.params));
+    if !p.options.params.is_empty() {
+        out.insert("params".into(), json!(p.options.params));
     }
     out.insert("pattern".into(), json!(p.pattern.to_string()));
     out.insert("group".into(), json!(p.group_in_force(method)));
-    out.insert("use_variant".into(), json!(p.use_variant));
+    out.insert("use_variant".into(), json!(p.options.use_variant));
     out.insert("sparsity_target".into(), json!(p.sparsity));
     if let Some(a) = &report.allocation {
         out.insert(

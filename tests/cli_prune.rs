@@ -102,7 +102,7 @@ fn invalid_combinations_are_refused() {
         ),
         (
             vec!["--method", "sparsegpt", "--group", "per-layer"],
-            "--group applies to metric methods",
+            "--group applies to methods that only zero weights",
         ),
         (vec!["--method", "obs"], "unknown method `obs`"),
         (

@@ -8,7 +8,7 @@ use repro::hub::Hub;
 use repro::model::{self, Streaming};
 use repro::prune::allocation::Allocation;
 use repro::prune::mask::Pattern;
-use repro::prune::{prune_model, Method, MethodChoice};
+use repro::prune::{prune_model, Method, MethodOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -64,14 +64,11 @@ fn check_case(file: &str) {
     let method_name = s["method"].as_str().unwrap();
     let pattern = Pattern::parse(s["pattern"].as_str().unwrap()).unwrap();
     let variant = s["use_variant"].as_bool().unwrap();
-    let method = Method::parse(
-        MethodChoice {
-            variant,
-            ..MethodChoice::named(method_name)
-        },
-        pattern,
-    )
-    .unwrap();
+    let options = MethodOptions {
+        use_variant: variant,
+        ..MethodOptions::default()
+    };
+    let method = Method::parse(method_name, &options, pattern).unwrap();
     let allocation = match &g["owl"] {
         Value::Null => Allocation::Uniform,
         owl => Allocation::Owl {
@@ -302,7 +299,7 @@ fn wanda_70(allocation: &Allocation) -> (Vec<(String, String)>, repro::prune::Pr
     let windows = c4_windows(&loaded, 16, 128, 0);
     let calib = Tensor::from_slice(&windows.concat()).view([16, 128]);
     let _g = tch::no_grad_guard();
-    let method = Method::parse(MethodChoice::named("wanda"), Pattern::Unstructured).unwrap();
+    let method = Method::named("wanda", Pattern::Unstructured).unwrap();
     let report = prune_model(
         loaded.model.as_mut(),
         &method,
@@ -376,7 +373,7 @@ fn pruning_is_deterministic() {
         let w = c4_windows(&l, 8, 64, 3);
         let calib = Tensor::from_slice(&w.concat()).view([8, 64]);
         let _g = tch::no_grad_guard();
-        let method = Method::parse(MethodChoice::named("sparsegpt"), Pattern::Unstructured).unwrap();
+        let method = Method::named("sparsegpt", Pattern::Unstructured).unwrap();
         prune_model(
             l.model.as_mut(),
             &method,

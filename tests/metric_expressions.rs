@@ -9,11 +9,12 @@ use repro::model::{self, Streaming};
 use repro::prune::allocation::Allocation;
 use repro::prune::mask::{Group, Pattern};
 use repro::prune::metric::Params;
-use repro::prune::{prune_model, Method, MethodChoice};
+use repro::prune::{prune_model, Method, MethodOptions};
 use tch::{Device, Kind, Tensor};
 
-/// The pruned weights of llama-tiny under `choice`, with 8 calibration windows of 64 tokens.
-fn pruned(choice: MethodChoice, pattern: Pattern) -> Vec<(String, Tensor)> {
+/// The pruned weights of llama-tiny under method `name` with `options`, with 8 calibration
+/// windows of 64 tokens.
+fn pruned(name: &str, options: MethodOptions, pattern: Pattern) -> Vec<(String, Tensor)> {
     let hub = Hub::new(Some(fixtures()));
     let mut l = model::load(
         &hub,
@@ -28,7 +29,7 @@ fn pruned(choice: MethodChoice, pattern: Pattern) -> Vec<(String, Tensor)> {
         .unwrap();
     let calib = Tensor::from_slice(&w.concat()).view([8, 64]);
     let _g = tch::no_grad_guard();
-    let method = Method::parse(choice, pattern).unwrap();
+    let method = Method::parse(name, &options, pattern).unwrap();
     prune_model(
         l.model.as_mut(),
         &method,
@@ -54,7 +55,6 @@ fn pruned(choice: MethodChoice, pattern: Pattern) -> Vec<(String, Tensor)> {
 
 #[test]
 fn expressions_of_the_builtin_metrics_give_their_masks() {
-    let none = Params::new();
     let cases = [
         ("magnitude", "abs(W)", Group::PerLayer),
         ("wanda", "abs(W) * X", Group::PerOutput),
@@ -68,16 +68,13 @@ fn expressions_of_the_builtin_metrics_give_their_masks() {
     for pattern in [Pattern::Unstructured, Pattern::NM { n: 2, m: 4 }] {
         for (builtin, text, group) in cases {
             let group = (pattern == Pattern::Unstructured).then_some(group);
-            let want = pruned(MethodChoice::named(builtin), pattern);
-            let got = pruned(
-                MethodChoice {
-                    expression: Some(text),
-                    params: &none,
-                    group,
-                    ..MethodChoice::named("mine")
-                },
-                pattern,
-            );
+            let want = pruned(builtin, MethodOptions::default(), pattern);
+            let expression = MethodOptions {
+                metric: Some(text.to_string()),
+                group,
+                ..MethodOptions::default()
+            };
+            let got = pruned("mine", expression, pattern);
             assert_eq!(want.len(), 4 * 7);
             for ((name, a), (_, b)) in want.iter().zip(&got) {
                 let zeros = a.eq(0.0).sum(Kind::Int64).int64_value(&[]);
@@ -91,8 +88,13 @@ fn expressions_of_the_builtin_metrics_give_their_masks() {
     }
 }
 
-fn masks(choice: MethodChoice) -> Vec<Tensor> {
-    pruned(choice, Pattern::Unstructured)
+fn masks(name: &str, metric: Option<&str>, params: &Params) -> Vec<Tensor> {
+    let options = MethodOptions {
+        metric: metric.map(str::to_string),
+        params: params.clone(),
+        ..MethodOptions::default()
+    };
+    pruned(name, options, Pattern::Unstructured)
         .into_iter()
         .map(|(_, t)| t.eq(0.0))
         .collect()
@@ -105,20 +107,9 @@ fn parameters_and_options_change_the_scores_they_name() {
         Params::from([("a".to_string(), 1.0)]),
     );
     let expr = Some("(abs(W)/rowsum(abs(W)) + abs(W)/colsum(abs(W))) * X^a");
-    let expr_half = masks(MethodChoice {
-        expression: expr,
-        params: &half,
-        ..MethodChoice::named("ria_a")
-    });
-    let expr_one = masks(MethodChoice {
-        expression: expr,
-        params: &one,
-        ..MethodChoice::named("ria_a")
-    });
-    let ria_one = masks(MethodChoice {
-        params: &one,
-        ..MethodChoice::named("ria")
-    });
+    let expr_half = masks("ria_a", expr, &half);
+    let expr_one = masks("ria_a", expr, &one);
+    let ria_one = masks("ria", None, &one);
     assert!(
         expr_half.iter().zip(&expr_one).any(|(x, y)| !x.equal(y)),
         "a = 1 prunes differently from a = 0.5"
@@ -142,7 +133,7 @@ fn expression_errors_come_before_loading_anything() {
         (&["--metric", "X"], "a score needs one value per weight"),
         (
             &["--method", "wanda", "--param", "a=0.5"],
-            "metric `wanda` has no option `a`",
+            "method `wanda` has no option `a`",
         ),
         (&["--method", "ria", "--param", "b=1"], "its options: a (default 0.5"),
     ];

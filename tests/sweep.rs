@@ -225,7 +225,7 @@ fn expression_metrics_sweep_their_parameters() {
     );
     let p = runs[1].spec.prune.as_ref().unwrap();
     assert_eq!(
-        (p.metric.as_deref(), p.params.get("a")),
+        (p.options.metric.as_deref(), p.options.params.get("a")),
         (Some("abs(W) * X^a"), Some(&1.0))
     );
     // A data-free expression is normalised like magnitude: no calibration settings.
@@ -258,9 +258,9 @@ fn expression_metrics_sweep_their_parameters() {
         ),
         (
             "[{name: sparsegpt, params: {a: 1}}]",
-            "method `sparsegpt` takes no options",
+            "method `sparsegpt` has no option",
         ),
-        ("[{name: ria, params: {b: 1}}]", "metric `ria` has no option `b`"),
+        ("[{name: ria, params: {b: 1}}]", "method `ria` has no option `b`"),
     ] {
         let e = err(&BASE.replace("[dense, magnitude, wanda, sparsegpt]", methods));
         assert!(e.contains("configs/t.yaml:4:") && e.contains(msg), "{methods}: {e}");

@@ -547,9 +547,11 @@ fn variable(v: Var, w: &Tensor, stats: &LayerStats) -> Result<Tensor> {
             .ok_or_else(|| missing("Hdiag"))?
             .diagonal(0, 0, 1)
             .reshape([1, -1]),
-        Var::Hinv => {
-            super::sparsegpt::inverse_hessian_diagonal(stats.hessian.ok_or_else(|| missing("Hinv"))?)?.reshape([1, -1])
-        }
+        Var::Hinv => match stats.hinv_diag {
+            Some(d) => d.reshape([1, -1]),
+            None => super::sparsegpt::inverse_hessian_diagonal(stats.hessian.ok_or_else(|| missing("Hinv"))?)?
+                .reshape([1, -1]),
+        },
     })
 }
 

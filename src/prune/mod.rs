@@ -7,12 +7,13 @@ pub mod allocation;
 pub mod expr;
 pub mod mask;
 pub mod metric;
+pub mod registry;
 pub mod ria;
 pub mod sparsegpt;
 pub mod stats;
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -24,158 +25,114 @@ use crate::model::{BlockCtx, CausalLm, DecoderBlock, Linear};
 use allocation::Allocation;
 use mask::{Group, Pattern, VARIANT_TOLERANCE};
 use metric::{Metric, Params};
+use registry::{MethodDef, Update};
 use sparsegpt::MaskRule;
 use stats::{Hessian, InputNorms, LayerStats, Needs};
 
-/// What to prune and how.
-pub enum Method {
-    /// Score with a metric, then zero the lowest scores within each comparison group.
-    Metric {
-        metric: Arc<dyn Metric>,
-        group: Group,
-        variant: bool,
-    },
-    /// SparseGPT's own mask and OBS weight update.
-    SparseGpt,
-    /// Table 8: a magnitude/Wanda mask with SparseGPT's weight update, the mask fixed up front
-    /// (`seq`) or re-chosen per block on the updated weights (`iter`).
-    Ablate { metric: Arc<dyn Metric>, iterative: bool },
-}
-
-pub const SPARSEGPT: &str = "sparsegpt";
-
-/// Table 8's ablations: name, the metric choosing the mask, whether it is re-chosen per block.
-const ABLATIONS: [(&str, &str, bool); 4] = [
-    ("ablate_mag_seq", "magnitude", false),
-    ("ablate_mag_iter", "magnitude", true),
-    ("ablate_wanda_seq", "wanda", false),
-    ("ablate_wanda_iter", "wanda", true),
-];
-
-/// Every method name `--method` and a config's `methods` accept, built-in metrics first.
-pub fn method_names() -> Vec<&'static str> {
-    let mut names = metric::builtin_names();
-    names.push(SPARSEGPT);
-    names.extend(ABLATIONS.iter().map(|a| a.0));
-    names
-}
-
-/// A method as the command line or a config names it: a built-in name, or a metric expression
-/// under a name of the user's choosing.
-#[derive(Clone, Copy, Debug)]
-pub struct MethodChoice<'a> {
-    pub name: &'a str,
-    /// The metric expression, when the method is one.
-    pub expression: Option<&'a str>,
-    /// A built-in metric's options, or an expression's parameters.
-    pub params: &'a Params,
-    pub group: Option<Group>,
+/// What to prune and how: the metric choosing the mask, compared within `group` (unstructured
+/// only), optionally by the Wanda variant's alpha search, and the weight update that follows.
+pub struct Method {
+    pub metric: Arc<dyn Metric>,
+    pub group: Group,
     pub variant: bool,
+    pub update: Update,
 }
 
-static NO_PARAMS: Params = Params::new();
+/// A method's settings besides its name, as the command line, configs and records spell them:
+/// one struct, so an option added here reaches the run's identity, records and report columns.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MethodOptions {
+    /// A metric expression (`abs(W) * X`), named by the method's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// A built-in's options (those at their defaults left out) or an expression's parameters.
+    #[serde(default, skip_serializing_if = "Params::is_empty")]
+    pub params: Params,
+    /// The comparison group (unstructured only): the metric's own when none is given.
+    #[serde(default)]
+    pub group: Option<Group>,
+    /// The Wanda variant: a per-row alpha search over the cumulative score.
+    #[serde(default)]
+    pub use_variant: bool,
+}
 
-impl<'a> MethodChoice<'a> {
-    /// A method by name alone, with its defaults.
-    pub fn named(name: &'a str) -> MethodChoice<'a> {
-        MethodChoice {
-            name,
-            expression: None,
-            params: &NO_PARAMS,
-            group: None,
-            variant: false,
-        }
+impl MethodOptions {
+    /// The options as named text values (parameters aside: their defaults live in the registry),
+    /// for report columns and the settings a table cell compares. The destructuring makes a new
+    /// field a compile error until it is listed here.
+    pub fn named_values(&self) -> [(&'static str, Option<String>); 3] {
+        let MethodOptions {
+            metric,
+            params: _,
+            group,
+            use_variant,
+        } = self;
+        [
+            ("metric", metric.clone()),
+            ("group", group.map(Group::name)),
+            ("use_variant", Some(use_variant.to_string())),
+        ]
     }
 }
 
 impl Method {
     /// Parses and cross-checks a method and its options against the pattern, loading nothing.
-    pub fn parse(choice: MethodChoice, pattern: Pattern) -> Result<Method> {
-        let MethodChoice {
-            name,
-            expression,
+    pub fn parse(name: &str, options: &MethodOptions, pattern: Pattern) -> Result<Method> {
+        let MethodOptions {
+            metric: expression,
             params,
             group,
-            variant,
-        } = choice;
-        let method = match (expression, metric::Builtin::find(name)) {
-            (Some(text), _) => {
-                let metric = expr::ExpressionMetric::new(name, expr::Expression::parse(text, params)?);
-                Method::Metric {
-                    group: group.unwrap_or(metric.default_group()),
-                    metric,
-                    variant,
-                }
-            }
-            (None, Some(builtin)) => {
-                let metric = builtin.with_params(params)?;
-                Method::Metric {
-                    group: group.unwrap_or(metric.default_group()),
-                    metric,
-                    variant,
-                }
-            }
-            (None, None) => {
-                if !params.is_empty() {
-                    bail!(
-                        "method `{name}` takes no options (--param, `params:`); only metrics do: {}",
-                        metric::builtin_names().join(", ")
-                    );
-                }
-                match ABLATIONS.iter().find(|a| a.0 == name) {
-                    _ if name == SPARSEGPT => Method::SparseGpt,
-                    Some(&(_, metric, iterative)) => {
-                        let metric = metric::Builtin::find(metric)
-                            .expect("ablations use built-in metrics")
-                            .with_params(&Params::new())?;
-                        Method::Ablate { metric, iterative }
-                    }
-                    None => bail!(
-                        "unknown method `{name}` (known: {}; or a metric expression: --metric \"abs(W) * X\")",
-                        method_names().join(", ")
-                    ),
-                }
-            }
+            use_variant: variant,
+        } = options;
+        let (metric, update) = match (expression, MethodDef::find(name)) {
+            (Some(text), _) => (
+                expr::ExpressionMetric::new(name, expr::Expression::parse(text, params)?),
+                Update::Zero,
+            ),
+            (None, Some(def)) => (def.build(params)?, def.update),
+            (None, None) => bail!(
+                "unknown method `{name}` (known: {}; or a metric expression: --metric \"abs(W) * X\")",
+                registry::method_names().join(", ")
+            ),
         };
-        let is_metric = matches!(method, Method::Metric { .. });
-        if group.is_some() && !is_metric {
+        if group.is_some() && update.is_obs() {
             bail!(
-                "--group applies to metric methods ({} or an expression), not `{name}`",
-                metric::builtin_names().join(", ")
+                "--group applies to methods that only zero weights ({}, or an expression), not `{name}`, whose mask SparseGPT's update chooses",
+                registry::names_with(Update::Zero).join(", ")
             );
         }
-        if variant
-            && !matches!(
-                method,
-                Method::Metric {
-                    group: Group::PerOutput,
-                    ..
-                }
-            )
-        {
-            bail!("--use-variant needs a metric method with the per-output group (it is the Wanda variant)");
+        let group = group.unwrap_or(metric.default_group());
+        if *variant && (update.is_obs() || group != Group::PerOutput) {
+            bail!("--use-variant needs a method that only zeroes weights, with the per-output group (it is the Wanda variant)");
         }
         if let Pattern::NM { .. } = pattern {
-            if variant {
+            if *variant {
                 bail!("--use-variant works with unstructured sparsity only, not {pattern}");
             }
-            if group.is_some() {
+            if options.group.is_some() {
                 bail!("N:M pruning compares the weights within each group of M inputs of a row; --group does not apply to {pattern}");
             }
         }
-        Ok(method)
+        Ok(Method {
+            metric,
+            group,
+            variant: *variant,
+            update,
+        })
     }
 
-    /// What the method reads about each layer's calibration inputs.
+    /// A built-in method with its defaults.
+    pub fn named(name: &str, pattern: Pattern) -> Result<Method> {
+        Method::parse(name, &MethodOptions::default(), pattern)
+    }
+
+    /// What the method reads about each layer's calibration inputs: its metric's statistics, and
+    /// the Hessian for SparseGPT's update.
     pub fn needs(&self) -> Needs {
-        match self {
-            Method::Metric { metric, .. } => metric.needs(),
-            // The ablations choose the mask from norms and update with the Hessian.
-            Method::Ablate { metric, .. } => Needs {
-                hessian: true,
-                ..metric.needs()
-            },
-            Method::SparseGpt => Needs::HESSIAN,
+        let needs = self.metric.needs();
+        Needs {
+            hessian: needs.hessian || self.update.is_obs(),
+            ..needs
         }
     }
 
@@ -351,13 +308,7 @@ pub fn prune_model(
         if let Some(a) = &acts {
             bar.set_message(format!("block {b}: calibration statistics"));
             let t = Instant::now();
-            stats = BlockStats::collect(
-                a,
-                block.as_ref(),
-                method.needs(),
-                matches!(method, Method::Ablate { .. }),
-                device,
-            );
+            stats = BlockStats::collect(a, block.as_ref(), method.needs(), method.update.is_obs(), device);
             forward_seconds += t.elapsed().as_secs_f64();
         }
         let BlockStats {
@@ -415,7 +366,11 @@ fn owl_outlier_ratios(model: &dyn CausalLm, ids: &Tensor, batch_size: usize, m: 
         let mut scores = Vec::new();
         for (name, linear) in block.linears() {
             let norms = stats.norms.get(stats.leader.get(name).copied().unwrap_or(name));
-            scores.push(metric::Wanda.score(&linear.weight, &LayerStats { norms, hessian: None })?);
+            let stats = LayerStats {
+                norms,
+                ..LayerStats::default()
+            };
+            scores.push(metric::Wanda.score(&linear.weight, &stats)?);
         }
         ratios.push(allocation::outlier_ratio(&scores, m));
         if b + 1 < n_blocks {
@@ -442,7 +397,7 @@ impl BlockStats {
         acts: &Activations,
         block: &dyn DecoderBlock,
         needs: Needs,
-        ablation: bool,
+        obs_update: bool,
         device: Device,
     ) -> BlockStats {
         let mut stats = BlockStats::default();
@@ -455,7 +410,8 @@ impl BlockStats {
                     .norms
                     .entry(key)
                     .or_insert_with(|| {
-                        if ablation {
+                        // Collected beside the Hessian the way the official ablation code does.
+                        if obs_update {
                             InputNorms::for_ablation(cols, device)
                         } else {
                             InputNorms::new(cols, device)
@@ -500,41 +456,6 @@ impl<'a> SharedHessians<'a> {
     }
 }
 
-/// The mask a metric picks on the dense weights before any update, in the metric's own group.
-fn ablation_mask(
-    metric: &dyn Metric,
-    w: &Tensor,
-    n: Option<&InputNorms>,
-    sparsity: f64,
-    pattern: Pattern,
-) -> Result<Tensor> {
-    let score = metric.score(
-        &w.to_kind(Kind::Float),
-        &LayerStats {
-            norms: n,
-            hessian: None,
-        },
-    )?;
-    match pattern {
-        Pattern::NM { n, m } => mask::n_m(&score, n, m),
-        Pattern::Unstructured => Ok(mask::unstructured(&score, sparsity, metric.default_group())),
-    }
-}
-
-/// A metric evaluated on a slice of columns starting at `col` (input norms sliced to match).
-fn rescore_block(metric: &dyn Metric, w: &Tensor, n: Option<&InputNorms>, col: i64) -> Tensor {
-    let sliced = n.map(|n| n.columns(col, w.size()[1]));
-    metric
-        .score(
-            w,
-            &LayerStats {
-                norms: sliced.as_ref(),
-                hessian: None,
-            },
-        )
-        .expect("statistics were collected for this metric")
-}
-
 /// Prunes one linear layer in place from its statistics (`hessian` when the method needs it);
 /// returns the Wanda variant's alpha when it searched one.
 fn prune_layer(
@@ -548,51 +469,49 @@ fn prune_layer(
     if norms.is_some_and(|n| !all_finite(&n.scaler_row)) || hessian.as_ref().is_some_and(|h| !all_finite(h)) {
         bail!("its calibration inputs hold NaN or infinite values: activations overflowed the run's dtype (f16 ends at ±65504); use --dtype bf16 or f32");
     }
+    let metric = method.metric.as_ref();
+    // The mask the metric picks on the weights as they are (for an update: before it starts).
+    let mask_now = |w: &Tensor| -> Result<(Tensor, Option<f64>)> {
+        let stats = LayerStats {
+            norms,
+            hessian: hessian.as_ref(),
+            hinv_diag: None,
+        };
+        let score = metric.score(w, &stats)?;
+        Ok(match pattern {
+            Pattern::NM { n, m } => (mask::n_m(&score, n, m)?, None),
+            Pattern::Unstructured if method.variant => {
+                let (mask, a) = mask::variant(&score, sparsity);
+                (mask, Some(a))
+            }
+            Pattern::Unstructured => (mask::unstructured(&score, sparsity, method.group), None),
+        })
+    };
     let w = &linear.weight;
-    let mut alpha = None;
-    match method {
-        Method::Metric { metric, group, variant } => {
-            let score = metric.score(
-                w,
-                &LayerStats {
-                    norms,
-                    hessian: hessian.as_ref(),
-                },
-            )?;
-            let mask = match pattern {
-                Pattern::NM { n, m } => mask::n_m(&score, n, m)?,
-                Pattern::Unstructured if *variant => {
-                    let (mask, a) = mask::variant(&score, sparsity);
-                    alpha = Some(a);
-                    mask
-                }
-                Pattern::Unstructured => mask::unstructured(&score, sparsity, *group),
-            };
+    match method.update {
+        Update::Zero => {
+            let (mask, alpha) = mask_now(w)?;
             let _ = linear.weight.masked_fill_(&mask, 0.0);
+            Ok(alpha)
         }
-        Method::SparseGpt | Method::Ablate { .. } => {
-            let h = hessian.expect("every linear layer saw calibration inputs");
-            let new = match method {
-                Method::Ablate {
-                    metric,
-                    iterative: false,
-                } => {
-                    let mask = ablation_mask(metric.as_ref(), w, norms, sparsity, pattern)?;
-                    sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Fixed(&mask))?
+        Update::ObsFixedMask | Update::ObsPerBlock => {
+            let rule_mask;
+            let rule = match method.update {
+                Update::ObsFixedMask => {
+                    rule_mask = mask_now(&w.to_kind(Kind::Float))?.0;
+                    MaskRule::Fixed(&rule_mask)
                 }
-                Method::Ablate {
-                    metric,
-                    iterative: true,
-                } => {
-                    let rescore = |wb: &Tensor, col: i64| rescore_block(metric.as_ref(), wb, norms, col);
-                    sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Rescore(&rescore))?
-                }
-                _ => sparsegpt::prune(w, h, sparsity, pattern, MaskRule::Saliency)?,
+                _ => MaskRule::PerBlock { metric, norms },
             };
+            let h = hessian
+                .as_ref()
+                .expect("every linear layer saw calibration inputs")
+                .shallow_clone();
+            let new = sparsegpt::prune(w, h, sparsity, pattern, rule)?;
             linear.weight.copy_(&new);
+            Ok(None)
         }
     }
-    Ok(alpha)
 }
 
 /// Zeros per linear layer of one block, by hub name.

@@ -7,22 +7,23 @@ use tch::{Kind, Tensor};
 
 use super::mask::{threshold_mask, Group, Pattern};
 use super::metric::{hessian, Metric};
-use super::stats::{LayerStats, Needs};
+use super::stats::{InputNorms, LayerStats, Needs};
 
 pub const BLOCKSIZE: i64 = 128;
 pub const PERCDAMP: f64 = 0.01;
 
 /// How the mask is chosen while the weights are being updated.
 pub enum MaskRule<'a> {
-    /// SparseGPT's own saliency w²/[H⁻¹]²_jj, per (rows × 128) block or per M columns.
-    Saliency,
     /// A mask fixed before the update (the paper's Table 8 "sequential" ablation).
     Fixed(&'a Tensor),
-    /// A score recomputed on the partially updated weights of each block (Table 8 "iterative"):
-    /// called with the block's current weights and the block's first column.
-    Rescore(&'a dyn Fn(&Tensor, i64) -> Tensor),
+    /// A metric's mask per (rows × 128) block, or per M columns for N:M, on the weights as updated
+    /// so far. The metric sees those columns of the input norms and of the factor's diagonal:
+    /// with [`SparseGptMetric`] this is SparseGPT's own saliency w²/[H⁻¹]²_jj.
+    PerBlock {
+        metric: &'a dyn Metric,
+        norms: Option<&'a InputNorms>,
+    },
 }
-
 /// The pruned and updated weight (same shape and dtype as `weight`).
 pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, rule: MaskRule) -> Result<Tensor> {
     let mut w = weight.to_dtype(Kind::Float, false, true); // a copy even when already f32
@@ -30,6 +31,19 @@ pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, 
     let dead = dead_inputs(&hessian);
     let _ = w.masked_fill_(&dead.unsqueeze(0), 0.0);
     let hinv = inverse_hessian_upper(hessian, &dead)?;
+    let diag = hinv.diagonal(0, 0, 1);
+    // The rule's score of a slice of the current weights starting at column `col`.
+    let score = |metric: &dyn Metric, norms: Option<&InputNorms>, wb: &Tensor, col: i64| {
+        let width = wb.size()[1];
+        let norms = norms.map(|n| n.columns(col, width));
+        let d = diag.narrow(0, col, width);
+        let stats = LayerStats {
+            norms: norms.as_ref(),
+            hessian: None,
+            hinv_diag: Some(&d),
+        };
+        metric.score(wb, &stats)
+    };
     let (n, m) = match pattern {
         Pattern::Unstructured => (0, 0),
         Pattern::NM { n, m } => {
@@ -50,23 +64,17 @@ pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, 
         let mut mask1 = match (&rule, pattern) {
             (MaskRule::Fixed(mask), _) => mask.narrow(1, i1, count).copy(),
             (_, Pattern::NM { .. }) => Tensor::zeros([rows, count], (Kind::Bool, w.device())),
-            (MaskRule::Saliency, Pattern::Unstructured) => {
-                let tmp = w1.pow_tensor_scalar(2) / d1.reshape([1, -1]).pow_tensor_scalar(2);
-                threshold_mask(&tmp, sparsity)
+            (MaskRule::PerBlock { metric, norms }, Pattern::Unstructured) => {
+                threshold_mask(&score(*metric, *norms, &w1, i1)?, sparsity)
             }
-            (MaskRule::Rescore(score), Pattern::Unstructured) => threshold_mask(&score(&w1, i1), sparsity),
         };
         // The block's pivots in one transfer: reading them one by one would stop a GPU once per column.
         let pivots = Vec::<f64>::try_from(d1.to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
         for i in 0..count {
             let col = w1.select(1, i).copy();
             let d = pivots[i as usize];
-            if n != 0 && i % m == 0 && !matches!(rule, MaskRule::Fixed(_)) {
-                let group = w1.narrow(1, i, m);
-                let tmp = match &rule {
-                    MaskRule::Rescore(score) => score(&group, i1 + i),
-                    _ => group.pow_tensor_scalar(2) / d1.narrow(0, i, m).reshape([1, -1]).pow_tensor_scalar(2),
-                };
+            if let (MaskRule::PerBlock { metric, norms }, true) = (&rule, n != 0 && i % m == 0) {
+                let tmp = score(*metric, *norms, &w1.narrow(1, i, m), i1 + i)?;
                 let (_, idx) = tmp.topk(n, 1, false, true);
                 mask1 = mask1.scatter_value(1, &(idx + i), 1).to_kind(Kind::Bool);
             }
@@ -135,12 +143,19 @@ impl Metric for SparseGptMetric {
         Group::InputBlocks
     }
     fn score(&self, w: &Tensor, stats: &LayerStats) -> Result<Tensor> {
-        let h = hessian(stats, self.name())?;
-        let d = inverse_hessian_diagonal(h)?.reshape([1, -1]);
-        Ok(w.to_kind(Kind::Float)
-            .masked_fill(&dead_inputs(h).unsqueeze(0), 0.0)
-            .pow_tensor_scalar(2)
-            / d.pow_tensor_scalar(2))
+        let w = w.to_kind(Kind::Float);
+        let (w, d) = match stats.hinv_diag {
+            // Inside SparseGPT's update, where the weights of dead inputs are zero already.
+            Some(d) => (w, d.shallow_clone()),
+            None => {
+                let h = hessian(stats, self.name())?;
+                (
+                    w.masked_fill(&dead_inputs(h).unsqueeze(0), 0.0),
+                    inverse_hessian_diagonal(h)?,
+                )
+            }
+        };
+        Ok(w.pow_tensor_scalar(2) / d.reshape([1, -1]).pow_tensor_scalar(2))
     }
 }
 
@@ -160,10 +175,14 @@ mod tests {
         let mut h = Hessian::new(256, Device::Cpu);
         h.add_batch(&Tensor::randn([4, 96, 256], (Kind::Float, Device::Cpu)));
         let h = h.finish();
-        let pruned = prune(&w, h.copy(), 0.5, Pattern::Unstructured, MaskRule::Saliency).unwrap();
-        let stats = LayerStats {
+        let rule = MaskRule::PerBlock {
+            metric: &SparseGptMetric,
             norms: None,
+        };
+        let pruned = prune(&w, h.copy(), 0.5, Pattern::Unstructured, rule).unwrap();
+        let stats = LayerStats {
             hessian: Some(&h),
+            ..LayerStats::default()
         };
         let mask = unstructured(
             &SparseGptMetric.score(&w, &stats).unwrap(),

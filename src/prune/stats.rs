@@ -37,6 +37,9 @@ pub struct LayerStats<'a> {
     pub norms: Option<&'a InputNorms>,
     /// H = 2/n Σ x xᵀ, finished.
     pub hessian: Option<&'a Tensor>,
+    /// The diagonal of the upper Cholesky factor of the damped H⁻¹, when SparseGPT's update has
+    /// computed it already: a mask re-chosen during the update reads the factor being used.
+    pub hinv_diag: Option<&'a Tensor>,
 }
 
 /// Wanda's `scaler_row`: the running mean over samples of each input channel's squared L2 norm.

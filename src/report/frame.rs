@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::prune::allocation::Allocation;
-use crate::prune::metric::Builtin;
+use crate::prune::MethodOptions;
 use crate::sweep::store::{Record, Status};
 
 fn text(name: &str, records: &[Record], f: impl Fn(&Record) -> Option<String>) -> Column {
@@ -42,8 +42,6 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
         text("model", records, |r| Some(r.settings.model.model.clone())),
         text("method", records, |r| Some(r.settings.method_name().into())),
         text("method_label", records, |r| Some(r.method_label.clone())),
-        text("group", records, |r| prune(r)?.group),
-        text("metric", records, |r| prune(r)?.metric),
         text("allocation", records, |r| {
             prune(r).map(|p| {
                 if p.allocation.is_uniform() {
@@ -85,23 +83,12 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
         float("zero_shot_limit", records, |r| r.settings.eval.limit.map(|m| m as f64)),
         float("eval_batch_size", records, |r| Some(r.settings.eval.batch_size as f64)),
     ];
-    // One column per metric option or expression parameter, with a built-in's default where left out.
-    let options: BTreeSet<String> = records
-        .iter()
-        .filter_map(prune)
-        .flat_map(|p| {
-            let builtin = Builtin::find(&p.method).filter(|_| p.metric.is_none());
-            p.params
-                .keys()
-                .cloned()
-                .chain(
-                    builtin
-                        .into_iter()
-                        .flat_map(|b| b.options.iter().map(|o| o.name.to_string())),
-                )
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    // One column per method option, then one per metric option or expression parameter, with a
+    // built-in's default where left out.
+    for (k, (name, _)) in MethodOptions::default().named_values().into_iter().enumerate() {
+        cols.push(text(name, records, |r| prune(r)?.options.named_values()[k].1.clone()));
+    }
+    let options: BTreeSet<String> = records.iter().filter_map(prune).flat_map(|p| p.param_names()).collect();
     for option in options {
         cols.push(float(&format!("param_{option}"), records, |r| prune(r)?.param(&option)));
     }

@@ -296,27 +296,27 @@ pub struct Aggregate {
 
 /// The settings that change a run's numbers, besides the seed. Batch sizes (float noise only)
 /// and the list of evaluations (which metrics exist, not their values) are left out.
-fn protocol(s: &RunSpec) -> [(&'static str, String); 16] {
+fn protocol(s: &RunSpec) -> Vec<(&'static str, String)> {
     let p = s.prune.as_ref();
     let prune = |f: &dyn Fn(&PruneSpec) -> String| p.map(f).unwrap_or_default();
-    [
+    let options = p.map(|p| p.options.clone()).unwrap_or_default();
+    let mut settings = vec![
         ("model", s.model.model.clone()),
         ("device", s.model.device.clone()),
         ("dtype", format!("{:?}", s.model.dtype)),
         ("seqlen", format!("{:?}", s.model.seqlen)),
         ("method", s.method_name().to_string()),
-        ("metric", prune(&|p| format!("{:?}", p.metric))),
-        ("params", prune(&|p| format!("{:?}", p.params))),
+        ("params", prune(&|p| format!("{:?}", p.options.params))),
         ("sparsity", prune(&|p| p.sparsity.to_string())),
         ("pattern", prune(&|p| p.pattern.to_string())),
         ("allocation", prune(&|p| format!("{:?}", p.allocation))),
-        ("group", prune(&|p| format!("{:?}", p.group))),
-        ("use_variant", prune(&|p| p.use_variant.to_string())),
         ("calibration", prune(&|p| p.calib.clone())),
         ("nsamples", prune(&|p| p.nsamples.to_string())),
         ("max_windows", format!("{:?}", s.eval.max_windows)),
         ("limit", format!("{:?}", s.eval.limit)),
-    ]
+    ];
+    settings.extend(options.named_values().map(|(k, v)| (k, format!("{v:?}"))));
+    settings
 }
 
 /// `metric` over the successful records matched by all `selectors` (and at `x`, on a line chart).

@@ -17,6 +17,7 @@ use crate::config::RunSpec;
 use crate::model::shape::{LinearShape, ModelShape};
 use crate::model::Streaming;
 use crate::prune::mask::{Group, Pattern};
+use crate::prune::registry::Update;
 use crate::prune::sparsegpt::BLOCKSIZE;
 use crate::prune::Method;
 
@@ -248,8 +249,8 @@ fn inverse_hessian(cols: f64) -> Work {
 fn prune_layer(l: &LinearShape, method: &Method, pattern: Pattern, elt: f64) -> (Work, Work) {
     let (rows, cols) = (l.rows as f64, l.cols as f64);
     let n = rows * cols;
-    match method {
-        Method::Metric { metric, group, variant } => {
+    match method.update {
+        Update::Zero => {
             let mut w = Work {
                 flops: 0.0,
                 bytes: n * elt * 6.0,
@@ -258,21 +259,21 @@ fn prune_layer(l: &LinearShape, method: &Method, pattern: Pattern, elt: f64) -> 
             };
             w.sort = match pattern {
                 Pattern::NM { m, .. } => n * (m as f64).log2(),
-                Pattern::Unstructured => mask_sort(l, *group),
+                Pattern::Unstructured => mask_sort(l, method.group),
             };
-            if *variant {
+            if method.variant {
                 // The alpha bisection: a cumulative sum and about ten masks over the sorted scores.
                 w.bytes += n * 4.0 * 2.0 * 12.0;
                 w.ops += 12.0 * 6.0;
             }
-            let f32_work = if metric.needs().hessian {
+            let f32_work = if method.metric.needs().hessian {
                 inverse_hessian(cols)
             } else {
                 Work::default()
             };
             (w, f32_work)
         }
-        Method::SparseGpt | Method::Ablate { .. } => {
+        Update::ObsFixedMask | Update::ObsPerBlock => {
             let blocks = (cols / BLOCKSIZE as f64).ceil();
             let mut w = inverse_hessian(cols)
                 + Work {
@@ -287,7 +288,7 @@ fn prune_layer(l: &LinearShape, method: &Method, pattern: Pattern, elt: f64) -> 
                 Pattern::NM { n: _, m } => w.ops += cols / m as f64 * 4.0,
                 Pattern::Unstructured => w.sort += blocks * rows * BLOCKSIZE as f64 * (rows * BLOCKSIZE as f64).log2(),
             }
-            if let Method::Ablate { iterative: false, .. } = method {
+            if method.update == Update::ObsFixedMask {
                 w.sort += mask_sort(l, Group::PerOutput);
             }
             (Work::default(), w)
@@ -368,7 +369,7 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
                 stats_bytes = held + 3.0 * widest * widest * 4.0 + 3.0 * largest * 4.0;
             }
         }
-        if let Method::Metric { .. } = m {
+        if m.update == Update::Zero {
             // The largest layer's scores, sorted values, their int64 indices and the mask.
             stats_bytes += shape.linears().map(|l| l.rows * l.cols).max().unwrap_or(0) as f64 * (4.0 + 4.0 + 8.0 + 1.0);
         }
