@@ -2,7 +2,6 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Map, Value};
 use std::path::PathBuf;
 
 use crate::eval::tasks::{task, ALL_TASKS};
@@ -13,6 +12,7 @@ use crate::prune::allocation::Allocation;
 use crate::prune::mask::{Group, Pattern};
 use crate::prune::metric::Params;
 use crate::prune::{registry, MethodOptions};
+use crate::run_result::RunResult;
 use crate::{report, sweep};
 
 #[derive(Parser)]
@@ -324,10 +324,11 @@ impl PplArgs {
     }
 }
 
-fn print_json(out: Map<String, Value>, json_out: bool) {
+fn print_json(out: RunResult, json_out: bool) -> Result<()> {
     if json_out {
-        println!("{}", Value::Object(out));
+        println!("{}", serde_json::to_string(&out)?);
     }
+    Ok(())
 }
 
 fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
@@ -350,8 +351,7 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
         None,
         args.model.observer(),
     )?;
-    print_json(out, args.model.json);
-    Ok(())
+    print_json(out, args.model.json)
 }
 
 fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
@@ -383,6 +383,5 @@ fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
         args.save.as_deref(),
         args.model.observer(),
     )?;
-    print_json(out, args.model.json);
-    Ok(())
+    print_json(out, args.model.json)
 }

@@ -16,6 +16,7 @@ pub mod progress;
 pub mod prune;
 pub mod report;
 pub mod resources;
+pub mod run_result;
 pub mod sweep;
 pub mod threads;
 pub mod tokenizer;

@@ -3,7 +3,6 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::time::Instant;
 
@@ -20,6 +19,7 @@ use crate::prune::mask::{Group, Pattern};
 use crate::prune::registry::{MethodDef, Update};
 use crate::prune::{prune_model, Method, MethodOptions};
 use crate::resources::peak_rss_bytes;
+use crate::run_result::{CalibrationUsed, PplDetails, RunResult};
 
 /// Which model, where, and at which precision and window length.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -200,7 +200,7 @@ pub fn run_job(
     eval: &EvalSpec,
     save: Option<&Path>,
     obs: &dyn Observer,
-) -> Result<Map<String, Value>> {
+) -> Result<RunResult> {
     let start = Instant::now();
     let method = prune.map(PruneSpec::method).transpose()?;
     // The pruning settings when the method draws calibration data.
@@ -235,35 +235,35 @@ pub fn run_job(
             crate::checkpoint::check_target(dir, false)?;
         }
     }
-    let info = loaded.model.info();
-    let mut out = Map::new();
-    out.insert("model".into(), json!(spec.model));
-    out.insert("architecture".into(), json!(info.architecture));
-    out.insert("device".into(), json!(device_name(device)));
-    out.insert("dtype".into(), json!(dtype_name(kind)));
-    out.insert("seqlen".into(), json!(seqlen));
-    out.insert("streamed".into(), json!(loaded.model.stack().is_streamed()));
-    out.insert("load_seconds".into(), json!(load_seconds));
+    let mut out = RunResult {
+        model: spec.model.clone(),
+        architecture: loaded.model.info().architecture.to_string(),
+        device: device_name(device),
+        dtype: dtype_name(kind).to_string(),
+        seqlen,
+        streamed: loaded.model.stack().is_streamed(),
+        load_seconds,
+        repro_version: env!("CARGO_PKG_VERSION").to_string(),
+        ..RunResult::default()
+    };
     if let (Some(p), Some(method)) = (prune, method) {
         prune_step(hub, &mut loaded, p, &method, seqlen, obs, &mut out)?;
     }
     if spec.sparse_kernels {
-        let layers = crate::kernels::use_sparse_kernels(loaded.model.as_mut())?;
-        out.insert("sparse_kernel_layers".into(), json!(layers));
+        out.sparse_kernel_layers = Some(crate::kernels::use_sparse_kernels(loaded.model.as_mut())?);
     }
     let evaluated = evaluations.run(&loaded, eval, seqlen, obs, &mut out);
-    out.insert("repro_version".into(), json!(env!("CARGO_PKG_VERSION")));
     if let Some(dir) = save {
         // A failed evaluation does not throw the pruned model away.
-        out.insert("saved_to".into(), json!(dir));
-        crate::checkpoint::save(&mut loaded, dir, &Value::Object(out.clone()))?;
+        out.saved_to = Some(dir.to_path_buf());
+        crate::checkpoint::save(&mut loaded, dir, &serde_json::to_value(&out)?)?;
         obs.line(&format!("saved the model to {}", dir.display()));
         evaluated.with_context(|| format!("the model was saved to {} (without this evaluation)", dir.display()))?;
     } else {
         evaluated?;
     }
-    out.insert("total_seconds".into(), json!(start.elapsed().as_secs_f64()));
-    out.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
+    out.total_seconds = start.elapsed().as_secs_f64();
+    out.peak_rss_bytes = peak_rss_bytes();
     Ok(out)
 }
 
@@ -304,17 +304,20 @@ fn prune_step(
     method: &Method,
     seqlen: usize,
     obs: &dyn Observer,
-    out: &mut Map<String, Value>,
+    out: &mut RunResult,
 ) -> Result<()> {
     // At sparsity 0 nothing is pruned (as the official code), so no calibration is drawn.
     let calib = if p.needs_calibration(method) && p.sparsity > 0.0 {
         obs.stage("calibration data");
         let (file, windows) =
             CalibSource::parse(&p.calib).windows(hub, &loaded.tokenizer, p.nsamples, seqlen, p.seed)?;
-        out.insert(
-            "calibration".into(),
-            json!({"source": p.calib, "file": file, "nsamples": p.nsamples, "seqlen": seqlen, "seed": p.seed}),
-        );
+        out.calibration = Some(CalibrationUsed {
+            source: p.calib.clone(),
+            file,
+            nsamples: p.nsamples,
+            seqlen,
+            seed: p.seed,
+        });
         Some(tch::Tensor::from_slice(&windows.concat()).view([p.nsamples as i64, seqlen as i64]))
     } else {
         None
@@ -343,29 +346,20 @@ fn prune_step(
     }
     if let Some(warning) = report.sparsity_warning() {
         eprintln!("warning: {warning}");
-        out.insert("warnings".into(), json!([warning]));
+        out.warnings.push(warning);
     }
-    out.insert("method".into(), json!(p.method));
-    if let Some(expression) = &p.options.metric {
-        out.insert("metric".into(), json!(expression));
-    }
-    if !p.options.params.is_empty() {
-        out.insert("params".into(), json!(p.options.params));
-    }
-    out.insert("pattern".into(), json!(p.pattern.to_string()));
-    out.insert("group".into(), json!(p.group_in_force(method)));
-    out.insert("use_variant".into(), json!(p.options.use_variant));
-    out.insert("sparsity_target".into(), json!(p.sparsity));
-    if let Some(a) = &report.allocation {
-        out.insert(
-            "allocation".into(),
-            json!({"kind": p.allocation, "outlier_ratios": a.outlier_ratios, "block_sparsity": a.block_sparsity}),
-        );
-    }
-    out.insert("sparsity_actual".into(), json!(report.sparsity_actual));
-    out.insert("layers".into(), json!(report.layers));
-    out.insert("prune_seconds".into(), json!(report.prune_seconds));
-    out.insert("calibration_forward_seconds".into(), json!(report.forward_seconds));
+    out.method = Some(p.method.clone());
+    out.metric = p.options.metric.clone();
+    out.params = p.options.params.clone();
+    out.pattern = Some(p.pattern.to_string());
+    out.group = p.group_in_force(method);
+    out.use_variant = Some(p.options.use_variant);
+    out.sparsity_target = Some(p.sparsity);
+    out.sparsity_actual = Some(report.sparsity_actual);
+    out.prune_seconds = Some(report.prune_seconds);
+    out.calibration_forward_seconds = Some(report.forward_seconds);
+    out.allocation = report.allocation;
+    out.layers = report.layers;
     Ok(())
 }
 
@@ -460,7 +454,7 @@ impl Evaluations {
         eval: &EvalSpec,
         seqlen: usize,
         obs: &dyn Observer,
-        out: &mut Map<String, Value>,
+        out: &mut RunResult,
     ) -> Result<()> {
         if !self.corpora.is_empty() {
             eval_ppl(loaded, &self.corpora, seqlen, eval, obs, out)?;
@@ -478,10 +472,9 @@ fn eval_tasks(
     tasks: &[TaskDocs],
     eval: &EvalSpec,
     obs: &dyn Observer,
-    out: &mut Map<String, Value>,
+    out: &mut RunResult,
 ) -> Result<()> {
     let start = Instant::now();
-    let mut results = Map::new();
     let mut accs = Vec::new();
     for td in tasks {
         let name = td.task.name;
@@ -495,16 +488,15 @@ fn eval_tasks(
             r.n
         ));
         accs.push(r.acc);
-        results.insert(name.to_string(), serde_json::to_value(r)?);
+        out.zero_shot.insert(name.to_string(), r);
     }
     let mean = accs.iter().sum::<f64>() / accs.len() as f64;
     if accs.len() > 1 {
         obs.line(&format!("{:<16} acc {:.4}", "mean", mean));
     }
-    out.insert("zero_shot".into(), Value::Object(results));
-    out.insert("zero_shot_mean_acc".into(), json!(mean));
-    out.insert("zero_shot_limit".into(), json!(eval.limit));
-    out.insert("zero_shot_seconds".into(), json!(start.elapsed().as_secs_f64()));
+    out.zero_shot_mean_acc = Some(mean);
+    out.zero_shot_limit = eval.limit;
+    out.zero_shot_seconds = Some(start.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -515,10 +507,8 @@ fn eval_ppl(
     seqlen: usize,
     eval: &EvalSpec,
     obs: &dyn Observer,
-    out: &mut Map<String, Value>,
+    out: &mut RunResult,
 ) -> Result<()> {
-    let mut ppl = Map::new();
-    let mut details = Map::new();
     let start = Instant::now();
     let mut tokens = 0usize;
     for Corpus { spec, label, ids } in corpora {
@@ -536,16 +526,19 @@ fn eval_ppl(
             r.ppl, r.windows, r.n_tokens
         ));
         tokens += r.windows * seqlen;
-        ppl.insert(label.clone(), json!(r.ppl));
-        details.insert(
-            label.clone(),
-            json!({"source": spec, "n_tokens": r.n_tokens, "windows": r.windows, "seqlen": seqlen, "batch_size": eval.batch_size, "max_windows": eval.max_windows}),
-        );
+        out.ppl.insert(label.clone(), r.ppl);
+        let details = PplDetails {
+            source: spec.clone(),
+            n_tokens: r.n_tokens,
+            windows: r.windows,
+            seqlen,
+            batch_size: eval.batch_size,
+            max_windows: eval.max_windows,
+        };
+        out.ppl_details.insert(label.clone(), details);
     }
     let secs = start.elapsed().as_secs_f64();
-    out.insert("ppl".into(), Value::Object(ppl));
-    out.insert("ppl_details".into(), Value::Object(details));
-    out.insert("eval_seconds".into(), json!(secs));
-    out.insert("eval_tokens_per_second".into(), json!(tokens as f64 / secs.max(1e-9)));
+    out.eval_seconds = Some(secs);
+    out.eval_tokens_per_second = Some(tokens as f64 / secs.max(1e-9));
     Ok(())
 }

@@ -75,7 +75,7 @@ fn record(id: String, label: String, method_label: String, settings: RunSpec, re
         environment: Environment::current(),
         started_at: 0.0,
         finished_at: 1.0,
-        result: result.as_object().unwrap().clone(),
+        result: serde_json::from_value(result).unwrap(),
     }
 }
 
@@ -92,7 +92,7 @@ fn fixture(dir: &Path) -> usize {
         let result = json!({
             "ppl": {"wikitext2": 5.0 + 10.0 * s + 0.1 * seed},
             "ppl_details": {"wikitext2": {"windows": 4}},
-            "zero_shot": {"boolq": {"acc": 0.6 - s}},
+            "zero_shot": {"boolq": {"n": 10, "acc": 0.6 - s}},
             "zero_shot_mean_acc": 0.6 - s,
             "seqlen": 64, "device": "cpu", "dtype": "f32", "total_seconds": 1.5, "peak_rss_bytes": 1000
         });
@@ -245,7 +245,7 @@ fn paper_configs_take_one_setting_per_cell() {
             let names = &run.spec.eval.names;
             let result = json!({
                 "ppl": names.iter().map(|n| (n.clone(), json!(10.0))).collect::<serde_json::Map<_, _>>(),
-                "zero_shot": names.iter().map(|n| (n.clone(), json!({"acc": 0.5}))).collect::<serde_json::Map<_, _>>(),
+                "zero_shot": names.iter().map(|n| (n.clone(), json!({"n": 10, "acc": 0.5}))).collect::<serde_json::Map<_, _>>(),
                 "zero_shot_mean_acc": 0.5, "prune_seconds": 1.0, "total_seconds": 2.0
             });
             let id = format!("{i:016x}");

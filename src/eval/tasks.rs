@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use polars::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The seven tasks of the Wanda paper's zero-shot table, in the paper's order.
 pub const ALL_TASKS: [&str; 7] = [
@@ -564,7 +564,7 @@ pub struct DocScore {
 }
 
 /// Task-level metrics, as lm-eval's results table shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
     pub n: usize,
     pub acc: f64,

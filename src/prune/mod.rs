@@ -141,7 +141,8 @@ impl Method {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LayerSparsity {
     pub name: String,
     /// The sparsity asked of this layer: the run's, or its block's under a non-uniform allocation.
@@ -171,8 +172,10 @@ pub struct PruneReport {
     pub allocation: Option<AllocationReport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AllocationReport {
+    pub kind: Allocation,
     /// OWL's per-block outlier ratios (% of Wanda scores above M times their block's mean).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_ratios: Option<Vec<f64>>,
@@ -345,6 +348,7 @@ pub fn prune_model(
     let mut report = PruneReport::new(layers, prune_seconds, forward_seconds);
     if !allocation.is_uniform() {
         report.allocation = Some(AllocationReport {
+            kind: allocation.clone(),
             outlier_ratios,
             block_sparsity: targets,
         });

@@ -3,12 +3,12 @@
 
 use anyhow::{anyhow, Context, Result};
 use polars::prelude::*;
-use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::prune::allocation::Allocation;
 use crate::prune::MethodOptions;
+use crate::run_result::RunResult;
 use crate::sweep::store::{Record, Status};
 
 fn text(name: &str, records: &[Record], f: impl Fn(&Record) -> Option<String>) -> Column {
@@ -19,16 +19,19 @@ fn float(name: &str, records: &[Record], f: impl Fn(&Record) -> Option<f64>) -> 
     Column::new(name.into(), records.iter().map(f).collect::<Vec<_>>())
 }
 
-fn result_f64(r: &Record, key: &str) -> Option<f64> {
-    r.result.get(key).and_then(Value::as_f64)
+/// The keys of a per-name map of the results, over all records.
+fn keys<V>(records: &[Record], map: impl Fn(&Record) -> &BTreeMap<String, V>) -> BTreeSet<String> {
+    records.iter().flat_map(|r| map(r).keys().cloned()).collect()
 }
 
-fn keys(records: &[Record], field: &str) -> BTreeSet<String> {
-    records
-        .iter()
-        .filter_map(|r| r.result.get(field)?.as_object())
-        .flat_map(|m| m.keys().cloned())
-        .collect()
+/// A successful run's result.
+fn ok(r: &Record) -> Option<&RunResult> {
+    (r.status == Status::Ok).then_some(&r.result)
+}
+
+/// A measured value, for successful runs only.
+fn measured(name: &str, records: &[Record], f: impl Fn(&RunResult) -> Option<f64>) -> Column {
+    float(name, records, |r| ok(r).and_then(&f))
 }
 
 pub fn frame(records: &[Record]) -> Result<DataFrame> {
@@ -70,13 +73,9 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
         float("seed", records, |r| {
             prune(r).filter(|p| !p.calib.is_empty()).map(|p| p.seed as f64)
         }),
-        float("seqlen", records, |r| result_f64(r, "seqlen")),
-        text("device", records, |r| {
-            r.result.get("device").and_then(Value::as_str).map(str::to_string)
-        }),
-        text("dtype", records, |r| {
-            r.result.get("dtype").and_then(Value::as_str).map(str::to_string)
-        }),
+        measured("seqlen", records, |r| Some(r.seqlen as f64)),
+        text("device", records, |r| ok(r).map(|r| r.device.clone())),
+        text("dtype", records, |r| ok(r).map(|r| r.dtype.clone())),
         float("max_windows", records, |r| {
             r.settings.eval.max_windows.map(|m| m as f64)
         }),
@@ -92,31 +91,31 @@ pub fn frame(records: &[Record]) -> Result<DataFrame> {
     for option in options {
         cols.push(float(&format!("param_{option}"), records, |r| prune(r)?.param(&option)));
     }
-    for corpus in keys(records, "ppl") {
-        cols.push(float(&format!("ppl_{corpus}"), records, |r| {
-            r.result.get("ppl")?.get(&corpus)?.as_f64()
+    for corpus in keys(records, |r| &r.result.ppl) {
+        cols.push(measured(&format!("ppl_{corpus}"), records, |r| {
+            r.ppl.get(&corpus).copied()
         }));
-        cols.push(float(&format!("windows_{corpus}"), records, |r| {
-            r.result.get("ppl_details")?.get(&corpus)?.get("windows")?.as_f64()
-        }));
-    }
-    for task in keys(records, "zero_shot") {
-        cols.push(float(&format!("acc_{task}"), records, |r| {
-            r.result.get("zero_shot")?.get(&task)?.get("acc")?.as_f64()
+        cols.push(measured(&format!("windows_{corpus}"), records, |r| {
+            r.ppl_details.get(&corpus).map(|d| d.windows as f64)
         }));
     }
-    for key in [
-        "zero_shot_mean_acc",
-        "sparsity_actual",
-        "load_seconds",
-        "prune_seconds",
-        "calibration_forward_seconds",
-        "eval_seconds",
-        "total_seconds",
-        "peak_rss_bytes",
-    ] {
-        cols.push(float(key, records, |r| result_f64(r, key)));
+    for task in keys(records, |r| &r.result.zero_shot) {
+        cols.push(measured(&format!("acc_{task}"), records, |r| {
+            r.zero_shot.get(&task).map(|t| t.acc)
+        }));
     }
+    cols.extend([
+        measured("zero_shot_mean_acc", records, |r| r.zero_shot_mean_acc),
+        measured("sparsity_actual", records, |r| r.sparsity_actual),
+        measured("load_seconds", records, |r| Some(r.load_seconds)),
+        measured("prune_seconds", records, |r| r.prune_seconds),
+        measured("calibration_forward_seconds", records, |r| {
+            r.calibration_forward_seconds
+        }),
+        measured("eval_seconds", records, |r| r.eval_seconds),
+        measured("total_seconds", records, |r| Some(r.total_seconds)),
+        measured("peak_rss_bytes", records, |r| r.peak_rss_bytes.map(|b| b as f64)),
+    ]);
     cols.push(text("repro_version", records, |r| {
         Some(r.environment.repro_version.clone())
     }));

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{RunSpec, Selector};
 use crate::pipeline::PruneSpec;
+use crate::run_result::TIMINGS;
 use crate::sweep::store::{Record, Status, Store};
 use crate::sweep::SweepFile;
 
@@ -125,13 +126,6 @@ pub enum Metric {
     Seconds(String),
 }
 
-const SECONDS: [&str; 4] = [
-    "prune_seconds",
-    "calibration_forward_seconds",
-    "eval_seconds",
-    "total_seconds",
-];
-
 impl TryFrom<String> for Metric {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
@@ -139,10 +133,10 @@ impl TryFrom<String> for Metric {
             Some(("ppl", c)) if !c.is_empty() => Ok(Metric::Ppl(c.into())),
             Some(("acc", t)) if !t.is_empty() => Ok(Metric::Acc(t.into())),
             _ if s == "zero_shot_mean" => Ok(Metric::ZeroShotMean),
-            _ if SECONDS.contains(&s.as_str()) => Ok(Metric::Seconds(s)),
+            _ if TIMINGS.contains(&s.as_str()) => Ok(Metric::Seconds(s)),
             _ => Err(format!(
                 "unknown metric `{s}`: use ppl:<corpus>, acc:<task>, zero_shot_mean, {}",
-                SECONDS.join(", ")
+                TIMINGS.join(", ")
             )),
         }
     }
@@ -164,10 +158,10 @@ impl Metric {
     pub fn value(&self, r: &Record) -> Option<f64> {
         let res = &r.result;
         match self {
-            Metric::Ppl(c) => res.get("ppl")?.get(c)?.as_f64(),
-            Metric::Acc(t) => res.get("zero_shot")?.get(t)?.get("acc")?.as_f64().map(|a| 100.0 * a),
-            Metric::ZeroShotMean => res.get("zero_shot_mean_acc")?.as_f64().map(|a| 100.0 * a),
-            Metric::Seconds(s) => res.get(s)?.as_f64(),
+            Metric::Ppl(c) => res.ppl.get(c).copied(),
+            Metric::Acc(t) => res.zero_shot.get(t).map(|a| 100.0 * a.acc),
+            Metric::ZeroShotMean => res.zero_shot_mean_acc.map(|a| 100.0 * a),
+            Metric::Seconds(s) => res.timing(s),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::data::PplCorpus;
 use crate::eval::tasks::task;
 use crate::hub::{Hub, RepoKind};
 use crate::model::shape::ModelShape;
+use crate::run_result::RunResult;
 
 /// How much of the plan to print.
 #[derive(Clone, Copy, Debug)]
@@ -206,13 +207,12 @@ struct Measured {
 }
 
 impl Measured {
-    fn add(&mut self, model: &str, estimated: &Phases<f64>, result: &serde_json::Map<String, Value>) {
-        let get = |k: &str| result.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    fn add(&mut self, model: &str, estimated: &Phases<f64>, result: &RunResult) {
         let measured = Phases {
-            calibration: get("calibration_forward_seconds"),
-            pruning: get("prune_seconds"),
-            perplexity: get("eval_seconds"),
-            zero_shot: get("zero_shot_seconds"),
+            calibration: result.calibration_forward_seconds.unwrap_or(0.0),
+            pruning: result.prune_seconds.unwrap_or(0.0),
+            perplexity: result.eval_seconds.unwrap_or(0.0),
+            zero_shot: result.zero_shot_seconds.unwrap_or(0.0),
         };
         for key in [Some(model.to_string()), None] {
             let (m, e, n) = self.sums.entry(key).or_default();

@@ -4,12 +4,13 @@
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::RunSpec;
+use crate::run_result::RunResult;
 
 /// 2 added metric expressions and options, allocations and per-layer targets, all optional, so
 /// records of schema 1 read as they are.
@@ -42,9 +43,9 @@ pub struct Record {
     /// Unix seconds.
     pub started_at: f64,
     pub finished_at: f64,
-    /// The job's result object (as `repro prune --json`): ppl, zero_shot, sparsity, timings,
-    /// resolved seqlen, calibration file, window counts, peak_rss_bytes.
-    pub result: Map<String, Value>,
+    /// What the job measured (as `repro prune --json` prints it); left out for a failed run.
+    #[serde(default, skip_serializing_if = "RunResult::is_empty")]
+    pub result: RunResult,
 }
 
 /// Software and machine the run used.
