@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::calib::CalibSource;
 use crate::data::{ppl_labels, PplCorpus};
 use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
+use crate::eval::packing::TokenCounts;
 use crate::eval::ppl::perplexity;
 use crate::eval::tasks::{task, ALL_TASKS};
 use crate::eval::zeroshot::{evaluate_docs, TaskDocs};
@@ -483,10 +484,14 @@ fn eval_tasks(
     let start = Instant::now();
     let mut results = Map::new();
     let mut accs = Vec::new();
+    let (mut tokens, mut all_tokens) = (Map::new(), TokenCounts::default());
     for td in tasks {
         let name = td.task.name;
         obs.stage(name);
-        let r = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?.result;
+        let evaluated = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?;
+        let r = evaluated.result;
+        all_tokens.add(evaluated.tokens);
+        tokens.insert(name.to_string(), serde_json::to_value(evaluated.tokens)?);
         let norm = r.acc_norm.map(|a| format!(", acc_norm {:.4}", a)).unwrap_or_default();
         obs.line(&format!(
             "{name:<16} acc {:.4} ± {:.4}{norm}   ({} documents)",
@@ -503,6 +508,11 @@ fn eval_tasks(
     }
     out.insert("zero_shot".into(), Value::Object(results));
     out.insert("zero_shot_mean_acc".into(), json!(mean));
+    out.insert("zero_shot_tokens".into(), Value::Object(tokens));
+    out.insert(
+        "zero_shot_padding_fraction".into(),
+        json!(all_tokens.padding_fraction()),
+    );
     out.insert("zero_shot_limit".into(), json!(eval.limit));
     out.insert("zero_shot_seconds".into(), json!(start.elapsed().as_secs_f64()));
     Ok(())
