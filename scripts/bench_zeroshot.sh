@@ -10,7 +10,8 @@
 # threads for both, default 1: on a loaded 2-core machine more threads than free cores is many
 # times slower), REPRO_BS (repro batch sizes, default "1 8"), LMEVAL_BS (lm-eval batch sizes,
 # default "1 8"; the ratio is taken against lm-eval's best), FULL_HELLASWAG (1: also the whole
-# HellaSwag validation split once, each side at its best batch size of the last round).
+# HellaSwag validation split once, each side at its best batch size of the last round, or at its
+# first listed one with ROUNDS=0).
 # Times are wall-clock seconds of the whole command (process start, model and dataset loading,
 # evaluation); the evaluation-only times (lm-eval's simple_evaluate, repro's zero_shot_seconds)
 # are printed too. Tokens per document come from repro's --json: `unshared` is one row per
@@ -63,16 +64,20 @@ for round in $(seq "$ROUNDS"); do
   for bs in $REPRO_BS; do repro "$round" "limit $LIMIT" "$bs" --tasks "$TASKS" --limit "$LIMIT"; done
 done
 if [ "$FULL_HELLASWAG" = 1 ]; then
-  best() { python - "$RESULTS" "$1" <<'PY'
+  best() {  # side, its batch sizes: the fastest of the last round, or the first given when no round ran
+    python - "$RESULTS" "$1" "$2" <<'PY'
 import json, sys
-runs = [json.loads(l) for l in open(sys.argv[1])]
-last = max(r["round"] for r in runs)
-print(min((r for r in runs if r["side"] == sys.argv[2] and r["round"] == last), key=lambda r: r["wall"])["bs"])
+runs = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["side"] == sys.argv[2]]
+if not runs:
+    print(sys.argv[3].split()[0])
+else:
+    last = max(r["round"] for r in runs)
+    print(min((r for r in runs if r["round"] == last), key=lambda r: r["wall"])["bs"])
 PY
   }
   echo "== hellaswag, whole validation split, each at its best batch size"
-  lmeval 0 "hellaswag full" "$(best lm-eval)" --tasks hellaswag --full
-  repro 0 "hellaswag full" "$(best repro)" --tasks hellaswag
+  lmeval 0 "hellaswag full" "$(best lm-eval "$LMEVAL_BS")" --tasks hellaswag --full
+  repro 0 "hellaswag full" "$(best repro "$REPRO_BS")" --tasks hellaswag
 fi
 
 python - "$RESULTS" <<'PY'

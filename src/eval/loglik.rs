@@ -2,7 +2,8 @@
 //! 0.4's Hugging Face backend does: trailing spaces of the context move to the continuation;
 //! context+continuation is encoded as a whole (with the tokenizer's BOS) and split at the context's
 //! token count; inputs are left-truncated to the model's length; the continuation's log-probs
-//! are summed (each shared context computed once, see `packing`) and `is_greedy` says whether every continuation token was the argmax.
+//! are summed and `is_greedy` says whether every continuation token was the argmax. Unlike
+//! lm-eval, each shared context is computed once and requests share rows (see `packing`).
 
 use anyhow::Result;
 use tch::{Kind, Tensor};

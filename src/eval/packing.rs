@@ -10,7 +10,7 @@
 //! unit's context and, after it, its own continuation), at the same positions, so only float
 //! summation order can change a loglikelihood.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use tch::Tensor;
@@ -44,9 +44,12 @@ pub struct TokenCounts {
     pub computed: usize,
     /// Of those, padding.
     pub padding: usize,
-    /// What one row per request computes without padding (lm-eval's way at batch size 1, and
-    /// repro's before shared contexts): the sum of the requests' input lengths.
+    /// One row per request without padding (repro before shared contexts): the sum of the
+    /// requests' input lengths.
     pub unshared: usize,
+    /// One row per distinct input row without padding: lm-eval's HF backend at batch size 1,
+    /// which runs identical rows (one-token continuations of one context) once.
+    pub distinct_rows: usize,
 }
 
 impl TokenCounts {
@@ -54,6 +57,7 @@ impl TokenCounts {
         self.computed += other.computed;
         self.padding += other.padding;
         self.unshared += other.unshared;
+        self.distinct_rows += other.distinct_rows;
     }
 
     pub fn padding_fraction(&self) -> f64 {
@@ -78,22 +82,17 @@ struct Unit {
 /// every token attends over its whole row (masked keys cost as much as visible ones).
 const ROW_LENGTHS: [f64; 5] = [1.0, 1.5, 2.0, 3.0, 4.0];
 
-/// Packs `requests` into batches of rows. Requests with identical prefixes share one unit; units
-/// go first-fit, longest first, into rows; rows of similar fill are batched, `batch_tokens / row
-/// length` rows (at least one) per batch, each batch as wide as its fullest row. The row length is
-/// the one among a few multiples of the longest unit that costs least, counting a token's linear
-/// layers as 1 and each key it attends over as `key_cost`. Requests without targets are left out
-/// (they score 0).
+/// Packs `requests` into batches of rows. Requests with identical prefixes share one unit. Units
+/// go either one per row (bucketing by length) or first-fit, longest first, into rows of a few
+/// multiples of the longest unit's length; whichever costs least, counting a token's linear layers
+/// as 1 and each key it attends over as `key_cost`. Rows are batched fullest first, as many as
+/// `batch_tokens` allows at the batch's width (its fullest row), at least one. Requests without
+/// targets are left out (they score 0).
 pub fn pack(requests: &[Request], batch_tokens: usize, key_cost: f64) -> (Vec<Batch>, TokenCounts) {
     let units = share_prefixes(requests);
     let longest = units.iter().map(|u| u.len).max().unwrap_or(1);
     let mut by_length: Vec<usize> = (0..units.len()).collect();
     by_length.sort_by_key(|&u| std::cmp::Reverse(units[u].len));
-    let batched = |capacity: usize| {
-        let rows = fill_rows(&units, &by_length, capacity);
-        let per_batch = (batch_tokens / capacity).max(1);
-        rows.chunks(per_batch).map(<[_]>::to_vec).collect::<Vec<_>>()
-    };
     let cost = |batches: &[Vec<(usize, Vec<usize>)>]| -> f64 {
         let width = |b: &[(usize, Vec<usize>)]| b[0].0 as f64;
         batches
@@ -101,13 +100,16 @@ pub fn pack(requests: &[Request], batch_tokens: usize, key_cost: f64) -> (Vec<Ba
             .map(|b| b.len() as f64 * width(b) * (1.0 + key_cost * width(b)))
             .sum()
     };
-    let batches = ROW_LENGTHS
-        .iter()
-        .map(|&m| batched((m * longest as f64).ceil() as usize))
+    let capacities = ROW_LENGTHS.map(|m| (m * longest as f64).ceil() as usize);
+    let batches = std::iter::once(0)
+        .chain(capacities)
+        .map(|capacity| batch_rows(fill_rows(&units, &by_length, capacity), batch_tokens))
         .min_by(|a, b| cost(a).total_cmp(&cost(b)))
-        .expect("ROW_LENGTHS is not empty");
+        .expect("at least one way to fill rows");
+    let distinct: HashSet<&[i64]> = requests.iter().map(|r| r.input.as_slice()).collect();
     let mut counts = TokenCounts {
         unshared: requests.iter().map(|r| r.input.len()).sum(),
+        distinct_rows: distinct.iter().map(|r| r.len()).sum(),
         ..TokenCounts::default()
     };
     let batches = batches
@@ -145,7 +147,7 @@ fn share_prefixes(requests: &[Request]) -> Vec<Unit> {
 }
 
 /// First-fit decreasing: each unit (`by_length`, longest first) goes into the first row with room
-/// for it. Rows as (fill, units), fullest first.
+/// for it (capacity 0: one unit per row). Rows as (fill, units), fullest first.
 fn fill_rows(units: &[Unit], by_length: &[usize], capacity: usize) -> Vec<(usize, Vec<usize>)> {
     let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
     for &u in by_length {
@@ -159,6 +161,19 @@ fn fill_rows(units: &[Unit], by_length: &[usize], capacity: usize) -> Vec<(usize
     }
     rows.sort_by_key(|(fill, _)| std::cmp::Reverse(*fill));
     rows
+}
+
+/// Consecutive rows (fullest first) in batches of at most `batch_tokens` at the first row's width,
+/// at least one row each.
+fn batch_rows(rows: Vec<(usize, Vec<usize>)>, batch_tokens: usize) -> Vec<Vec<(usize, Vec<usize>)>> {
+    let mut batches: Vec<Vec<(usize, Vec<usize>)>> = Vec::new();
+    for row in rows {
+        match batches.last_mut() {
+            Some(batch) if (batch.len() + 1) * batch[0].0 <= batch_tokens => batch.push(row),
+            _ => batches.push(vec![row]),
+        }
+    }
+    batches
 }
 
 /// Lays out rows of units, padded to `width`: per token its id, its position in its own sequence,
@@ -253,7 +268,8 @@ mod tests {
             TokenCounts {
                 computed: 8,
                 padding: 0,
-                unshared: 11
+                unshared: 11,
+                distinct_rows: 11
             }
         );
     }
@@ -276,6 +292,7 @@ mod tests {
         assert_eq!(shapes, [vec![2, 4], vec![1, 4]]);
         assert_eq!((counts.computed, counts.padding), (12, 0));
         let (batches, counts) = pack(&one_token_requests(&[4, 3]), 100, 1.0);
+        assert_eq!((counts.unshared, counts.distinct_rows), (7, 7));
         assert_eq!(batches[0].rows.ids.size(), [2, 4]);
         assert_eq!((counts.computed, counts.padding), (8, 1));
         let visible = batches[0].rows.packing.as_ref().unwrap().visible(tch::Device::Cpu);
@@ -294,5 +311,12 @@ mod tests {
         };
         assert_eq!(widths(0.0), (vec![5, 3], 0));
         assert_eq!(widths(1.0), (vec![3], 1));
+        // One long unit and short ones: the short ones get short rows of their own (bucketing)
+        // rather than sharing a long row, when attention is dear.
+        let requests = one_token_requests(&[8, 2, 2, 2, 2]);
+        let (batches, counts) = pack(&requests, 8, 1.0);
+        let shapes: Vec<Vec<i64>> = batches.iter().map(|b| b.rows.ids.size()).collect();
+        assert_eq!(shapes, [vec![1, 8], vec![4, 2]]);
+        assert_eq!((counts.computed, counts.padding), (16, 0));
     }
 }

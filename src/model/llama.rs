@@ -317,9 +317,7 @@ impl Llama {
             lm_head,
         })
     }
-}
 
-impl Llama {
     /// cos and sin (positions' shape + [head_dim]) of the rotary angles at `positions` (f32), computed
     /// in f32 and cast to the model dtype, as transformers does.
     fn rope_at(&self, positions: &Tensor) -> (Tensor, Tensor) {
