@@ -151,7 +151,11 @@ fn share_prefixes(requests: &[Request]) -> Vec<Unit> {
 fn fill_rows(units: &[Unit], by_length: &[usize], capacity: usize) -> Vec<(usize, Vec<usize>)> {
     let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
     for &u in by_length {
-        match rows.iter_mut().find(|(fill, _)| fill + units[u].len <= capacity) {
+        let room = match capacity {
+            0 => None,
+            _ => rows.iter_mut().find(|(fill, _)| fill + units[u].len <= capacity),
+        };
+        match room {
             Some((fill, members)) => {
                 *fill += units[u].len;
                 members.push(u);
