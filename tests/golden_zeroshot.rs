@@ -142,8 +142,9 @@ fn seven_tasks_match_lm_eval_per_document() {
     );
 }
 
-/// Batch size 1 and 8 give the same loglikelihoods (right padding is never attended to), and the
-/// `is_greedy` flags equal lm-eval's. boolq: the longest and most varied contexts, so the most padding.
+/// Batch size 1 and 8 give the same loglikelihoods (they change only how many packed rows share a
+/// forward pass), and the `is_greedy` flags equal lm-eval's. boolq: the longest and most varied
+/// contexts, including left-truncated ones.
 #[test]
 fn batch_size_does_not_change_loglikelihoods() {
     let name = "boolq";
