@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Zero-shot accuracies on the whole evaluation split of each task, repro vs the lm-evaluation-harness
 # 0.4.13 numbers recorded in tests/goldens/zeroshot/full_splits.json (scripts/reference_zeroshot.py --full).
-# Too slow for CI (about 25 min on 2 cores); CI checks the first 50 documents per item instead.
+# Too slow for CI (about 8 min on 2 busy cores); CI checks the first 50 documents per item instead.
 #
 #   scripts/check_full_splits.sh                 # every task full_splits.json has
 #   TASKS=rte,winogrande scripts/check_full_splits.sh

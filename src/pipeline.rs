@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::calib::CalibSource;
 use crate::data::{ppl_labels, PplCorpus};
 use crate::device::{device_name, dtype_name, parse_device, parse_dtype};
+use crate::eval::packing::TokenCounts;
 use crate::eval::ppl::perplexity;
 use crate::eval::tasks::{task, ALL_TASKS};
 use crate::eval::zeroshot::{evaluate_docs, TaskDocs};
@@ -476,10 +477,14 @@ fn eval_tasks(
 ) -> Result<()> {
     let start = Instant::now();
     let mut accs = Vec::new();
+    let mut all_tokens = TokenCounts::default();
     for td in tasks {
         let name = td.task.name;
         obs.stage(name);
-        let r = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?.result;
+        let evaluated = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?;
+        let r = evaluated.result;
+        all_tokens.add(evaluated.tokens);
+        out.zero_shot_tokens.insert(name.to_string(), evaluated.tokens);
         let norm = r.acc_norm.map(|a| format!(", acc_norm {:.4}", a)).unwrap_or_default();
         obs.line(&format!(
             "{name:<16} acc {:.4} ± {:.4}{norm}   ({} documents)",
@@ -495,6 +500,7 @@ fn eval_tasks(
         obs.line(&format!("{:<16} acc {:.4}", "mean", mean));
     }
     out.zero_shot_mean_acc = Some(mean);
+    out.zero_shot_padding_fraction = Some(all_tokens.padding_fraction());
     out.zero_shot_limit = eval.limit;
     out.zero_shot_seconds = Some(start.elapsed().as_secs_f64());
     Ok(())

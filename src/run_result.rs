@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::eval::packing::TokenCounts;
 use crate::eval::tasks::TaskResult;
 use crate::prune::mask::Group;
 use crate::prune::metric::Params;
@@ -74,6 +75,12 @@ pub struct RunResult {
     pub zero_shot: BTreeMap<String, TaskResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zero_shot_mean_acc: Option<f64>,
+    /// Tokens computed per task: packed, padding, and what unshared or lm-eval's rows would take.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub zero_shot_tokens: BTreeMap<String, TokenCounts>,
+    /// Padding over all computed zero-shot tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_shot_padding_fraction: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zero_shot_limit: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -118,12 +118,17 @@ fn seven_tasks_match_lm_eval_per_document() {
         let start = std::time::Instant::now();
         let got = evaluate_task(loaded.model.as_ref(), &loaded.tokenizer, &hub(), name, Some(LIMIT), 8).unwrap();
         let (max_diff, errors) = compare(name, &g, &got);
+        let t = got.tokens;
         eprintln!(
-            "{name}: {LIMIT} docs in {:.1} s, max |ll diff| {max_diff:.3e}, {} disagreements; acc {} acc_norm {:?}",
+            "{name}: {LIMIT} docs in {:.1} s, max |ll diff| {max_diff:.3e}, {} disagreements; acc {} acc_norm {:?}; \
+             tokens per doc {:.1} (one row per request: {:.1}), padding {:.2}%",
             start.elapsed().as_secs_f64(),
             errors.len(),
             got.result.acc,
-            got.result.acc_norm
+            got.result.acc_norm,
+            t.computed as f64 / LIMIT as f64,
+            t.unshared as f64 / LIMIT as f64,
+            100.0 * t.padding_fraction()
         );
         overall = overall.max(max_diff);
         all_errors.extend(errors);
@@ -137,8 +142,9 @@ fn seven_tasks_match_lm_eval_per_document() {
     );
 }
 
-/// Batch size 1 and 8 give the same loglikelihoods (right padding is never attended to), and the
-/// `is_greedy` flags equal lm-eval's. boolq: the longest and most varied contexts, so the most padding.
+/// Batch size 1 and 8 give the same loglikelihoods (they change only how many packed rows share a
+/// forward pass), and the `is_greedy` flags equal lm-eval's. boolq: the longest and most varied
+/// contexts, including left-truncated ones.
 #[test]
 fn batch_size_does_not_change_loglikelihoods() {
     let name = "boolq";
@@ -161,6 +167,7 @@ fn batch_size_does_not_change_loglikelihoods() {
             &bar,
         )
         .unwrap()
+        .0
     };
     let (one, eight) = (run(1), run(8));
     let mut max_diff = 0.0f64;

@@ -2,13 +2,15 @@
 //! 0.4's Hugging Face backend does: trailing spaces of the context move to the continuation;
 //! context+continuation is encoded as a whole (with the tokenizer's BOS) and split at the context's
 //! token count; inputs are left-truncated to the model's length; the continuation's log-probs
-//! are summed and `is_greedy` says whether every continuation token was the argmax.
+//! are summed and `is_greedy` says whether every continuation token was the argmax. Unlike
+//! lm-eval, each shared context is computed once and requests share rows (see `packing`).
 
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use super::packing::{pack, Request, TokenCounts};
 use super::tasks::py_isspace;
-use crate::model::{forward_batches, CausalLm};
+use crate::model::{forward_rows, CausalLm, ModelInfo, Rows};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,9 +31,9 @@ pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str) -> Result
     Ok((whole[..ctx_len].to_vec(), whole[ctx_len..].to_vec()))
 }
 
-/// Scores every (context, continuation) pair. Requests are run longest first in batches of
-/// `batch_size` with right padding, which causal attention never sees, so results do not depend
-/// on the batch size beyond float rounding.
+/// Scores every (context, continuation) pair in packed rows of `batch_size` · `max_length` tokens
+/// per forward pass. Results do not depend on the batch size beyond float rounding. Also returns
+/// the tokens computed.
 pub fn loglikelihoods(
     model: &dyn CausalLm,
     tok: &Tokenizer,
@@ -39,40 +41,37 @@ pub fn loglikelihoods(
     max_length: usize,
     batch_size: usize,
     progress: &indicatif::ProgressBar,
-) -> Result<Vec<LogLik>> {
-    struct Item {
-        index: usize,
-        input: Vec<i64>,
-        cont_len: usize,
-        cont: Vec<i64>,
-    }
-    let mut items = Vec::with_capacity(requests.len());
-    for (index, (ctx, cont)) in requests.iter().enumerate() {
-        let (c, k) = encode_pair(tok, ctx, cont)?;
-        let whole: Vec<i64> = c.iter().chain(&k).copied().collect();
-        let keep = whole.len().min(max_length + 1);
-        let input = whole[whole.len() - keep..whole.len() - 1].to_vec();
-        items.push(Item {
-            index,
-            cont_len: k.len(),
-            cont: k,
-            input,
-        });
-    }
-    items.sort_by(|a, b| b.input.len().cmp(&a.input.len()).then(a.index.cmp(&b.index)));
-    let chunks: Vec<&[Item]> = items.chunks(batch_size.max(1)).collect();
-    let batches: Vec<Tensor> = chunks
+) -> Result<(Vec<LogLik>, TokenCounts)> {
+    let encoded = requests
         .iter()
-        .map(|chunk| {
-            let width = chunk[0].input.len();
-            let mut flat = Vec::with_capacity(chunk.len() * width);
-            for it in chunk.iter() {
-                flat.extend(&it.input);
-                flat.extend(std::iter::repeat_n(0, width - it.input.len()));
-            }
-            Tensor::from_slice(&flat).view([chunk.len() as i64, width as i64])
+        .map(|(ctx, cont)| {
+            let (c, k) = encode_pair(tok, ctx, cont)?;
+            Ok(model_request(&c, &k, max_length))
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
+    score(model, &encoded, batch_size.max(1) * max_length, progress)
+}
+
+/// The row lm-eval's HF backend feeds the model for context `c` and continuation `k`: both
+/// joined, without the last token, left-truncated to `max_length`.
+fn model_request(c: &[i64], k: &[i64], max_length: usize) -> Request {
+    let whole: Vec<i64> = c.iter().chain(k).copied().collect();
+    let keep = whole.len().min(max_length + 1);
+    let input = whole[whole.len() - keep..whole.len() - 1].to_vec();
+    // A continuation longer than the model's window keeps only what fits, as lm-eval does.
+    let target = k[k.len() - k.len().min(input.len())..].to_vec();
+    Request { input, target }
+}
+
+/// Scores requests with each shared context computed once, in packed rows of about `batch_tokens`
+/// tokens per forward pass (see [`super::packing`]).
+pub fn score(
+    model: &dyn CausalLm,
+    requests: &[Request],
+    batch_tokens: usize,
+    progress: &indicatif::ProgressBar,
+) -> Result<(Vec<LogLik>, TokenCounts)> {
+    let (batches, counts) = pack(requests, batch_tokens, key_cost(model.info()));
     let mut out = vec![
         LogLik {
             logprob: 0.0,
@@ -80,33 +79,137 @@ pub fn loglikelihoods(
         };
         requests.len()
     ];
-    forward_batches(model, &batches, |i, logits| {
-        let logp = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
-        for (row, it) in chunks[i].iter().enumerate() {
-            let end = it.input.len() as i64;
-            // A continuation longer than the model's window keeps only what fits, as lm-eval does.
-            let n = (it.cont_len as i64).min(end);
-            let lp = logp.get(row as i64).narrow(0, end - n, n);
-            let target = Tensor::from_slice(&it.cont[it.cont_len - n as usize..]).to_device(lp.device());
-            let picked = lp
-                .gather(1, &target.unsqueeze(1), false)
-                .sum(Kind::Double)
-                .double_value(&[]);
-            let greedy = lp.argmax(1, false).eq_tensor(&target).all().int64_value(&[]) == 1;
-            out[it.index] = LogLik {
-                logprob: picked,
-                is_greedy: greedy,
+    let (rows, scored): (Vec<Rows>, Vec<_>) = batches.into_iter().map(|b| (b.rows, b.scored)).unzip();
+    forward_rows(model, &rows, |i, hidden| {
+        let scored = &scored[i];
+        let index: Vec<i64> = scored.iter().flat_map(|(_, at)| at.iter().copied()).collect();
+        let target: Vec<i64> = scored
+            .iter()
+            .flat_map(|(r, _)| requests[*r].target.iter().copied())
+            .collect();
+        let hidden_size = hidden.size()[2];
+        let device = hidden.device();
+        let picked_hidden = hidden
+            .reshape([-1, hidden_size])
+            .index_select(0, &Tensor::from_slice(&index).to_device(device));
+        let logp = model
+            .head(&picked_hidden.unsqueeze(0))
+            .squeeze_dim(0)
+            .to_kind(Kind::Float)
+            .log_softmax(-1, Kind::Float);
+        let target = Tensor::from_slice(&target).to_device(device);
+        let picked = logp.gather(1, &target.unsqueeze(1), false).squeeze_dim(1);
+        let picked = Vec::<f64>::try_from(picked.to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
+        let greedy = Vec::<bool>::try_from(logp.argmax(1, false).eq_tensor(&target).to_device(tch::Device::Cpu))?;
+        let mut at = 0;
+        for (r, positions) in scored {
+            let n = positions.len();
+            out[*r] = LogLik {
+                logprob: picked[at..at + n].iter().sum(),
+                is_greedy: greedy[at..at + n].iter().all(|&g| g),
             };
+            at += n;
         }
-        progress.inc(chunks[i].len() as u64);
+        progress.inc(scored.len() as u64);
         Ok(())
     })?;
-    Ok(out)
+    Ok((out, counts))
+}
+
+/// The arithmetic of attending to one more key relative to a token's linear layers: 2·H
+/// multiply-adds (scores and values) against about 4·H² (attention projections) + 3·H·I (MLP).
+fn key_cost(info: &ModelInfo) -> f64 {
+    let (h, i) = (info.hidden_size as f64, info.intermediate_size as f64);
+    2.0 * h / (4.0 * h * h + 3.0 * h * i)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Hub;
+    use crate::model::{fixture_checkpoints, load_model, Streaming};
+    use tch::Device;
+
+    /// Deterministic pseudo-random token ids in 3..vocab.
+    fn tokens(seed: usize, len: usize, vocab: i64) -> Vec<i64> {
+        (0..len)
+            .map(|i| ((seed * 7919 + i * 104_729 + i * i * 31) as i64) % (vocab - 3) + 3)
+            .collect()
+    }
+
+    /// Multiple choice (one context, continuations of 1 to 7 tokens), partial scoring (contexts
+    /// differing in their last tokens, one continuation) and left-truncated rows, in packed rows,
+    /// equal one plain causal forward pass per request: on every fixture architecture (rotary
+    /// with GQA and llama3 scaling, tied, Mistral's sliding window over long contexts, OPT's
+    /// learned positions with projections and post-LN), resident and streamed.
+    #[test]
+    fn packed_scores_equal_one_row_per_request_on_every_architecture() {
+        let _g = tch::no_grad_guard();
+        for dir in fixture_checkpoints(&["llama-tiny-random", "opt-tiny"]) {
+            let load = |streaming| {
+                load_model(
+                    &Hub::new(None),
+                    dir.to_str().unwrap(),
+                    Device::Cpu,
+                    Kind::Float,
+                    streaming,
+                )
+                .unwrap()
+                .0
+            };
+            let resident = load(Streaming::Off);
+            let (vocab, max_length) = (
+                resident.info().vocab_size,
+                resident.info().max_position_embeddings as usize,
+            );
+            let mut requests = Vec::new();
+            for (doc, ctx_len) in [3, 20, 45, max_length - 2, max_length + 9].into_iter().enumerate() {
+                let ctx = tokens(doc, ctx_len, vocab);
+                for (choice, cont_len) in [1, 3, 7].into_iter().enumerate() {
+                    requests.push(model_request(
+                        &ctx,
+                        &tokens(100 + 10 * doc + choice, cont_len, vocab),
+                        max_length,
+                    ));
+                }
+                let cont = tokens(200 + doc, 4, vocab);
+                for option in 0..2 {
+                    let mut ctx = ctx.clone();
+                    ctx.extend(tokens(300 + 10 * doc + option, 2 + option, vocab));
+                    requests.push(model_request(&ctx, &cont, max_length));
+                }
+            }
+            let want: Vec<LogLik> = requests
+                .iter()
+                .map(|r| {
+                    let ids = Tensor::from_slice(&r.input).unsqueeze(0);
+                    let n = r.target.len() as i64;
+                    let logp = resident.forward(&ids).unwrap().get(0).log_softmax(-1, Kind::Float);
+                    let logp = logp.narrow(0, r.input.len() as i64 - n, n);
+                    let target = Tensor::from_slice(&r.target);
+                    LogLik {
+                        logprob: logp
+                            .gather(1, &target.unsqueeze(1), false)
+                            .sum(Kind::Double)
+                            .double_value(&[]),
+                        is_greedy: logp.argmax(1, false).eq_tensor(&target).all().int64_value(&[]) == 1,
+                    }
+                })
+                .collect();
+            let bar = indicatif::ProgressBar::hidden();
+            for (model, batch_tokens) in [(&resident, 2 * max_length), (&load(Streaming::On), max_length)] {
+                let (got, counts) = score(model.as_ref(), &requests, batch_tokens, &bar).unwrap();
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g.logprob - w.logprob).abs() <= 1e-4 && g.is_greedy == w.is_greedy,
+                        "{} request {i}: packed {g:?}, alone {w:?}",
+                        dir.display()
+                    );
+                }
+                assert!(counts.computed < counts.unshared, "{}: {counts:?}", dir.display());
+            }
+        }
+    }
 
     /// lm-eval moves what Python's `rstrip()` removes, U+001C..U+001F included, to the continuation.
     #[test]

@@ -5,6 +5,7 @@ use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
 use super::loglik::loglikelihoods;
+use super::packing::TokenCounts;
 use super::tasks::{aggregate, argmax, load_docs, task, Doc, Task, TaskResult};
 use super::NON_FINITE_HINT;
 use crate::hub::{Hub, RepoKind};
@@ -21,6 +22,7 @@ pub struct TaskEval {
     /// Per document: the predicted choice (argmax of loglikelihood).
     #[serde(skip)]
     pub predictions: Vec<usize>,
+    pub tokens: TokenCounts,
 }
 
 /// Evaluates `name` on its first `limit` documents (all when `None`).
@@ -61,7 +63,7 @@ pub fn evaluate_docs(model: &dyn CausalLm, tok: &Tokenizer, td: &TaskDocs, batch
     let requests: Vec<(String, String)> = docs.iter().flat_map(|d| d.requests()).collect();
     let bar = crate::progress::bar(requests.len() as u64, name);
     let max_length = model.info().max_position_embeddings as usize;
-    let lls = loglikelihoods(model, tok, &requests, max_length, batch_size, &bar)?;
+    let (lls, tokens) = loglikelihoods(model, tok, &requests, max_length, batch_size, &bar)?;
     bar.finish_and_clear();
     let non_finite = lls.iter().filter(|l| !l.logprob.is_finite()).count();
     ensure!(
@@ -86,5 +88,6 @@ pub fn evaluate_docs(model: &dyn CausalLm, tok: &Tokenizer, td: &TaskDocs, batch
         result: aggregate(&scores)?,
         loglikelihoods: per_doc,
         predictions,
+        tokens,
     })
 }

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 
-use super::{BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
+use super::{additive_mask, BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
 
 #[derive(Deserialize, Debug, Clone)]
 pub struct Config {
@@ -317,6 +317,14 @@ impl Llama {
             lm_head,
         })
     }
+
+    /// cos and sin (positions' shape + [head_dim]) of the rotary angles at `positions` (f32), computed
+    /// in f32 and cast to the model dtype, as transformers does.
+    fn rope_at(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos().to_kind(self.stack.kind), emb.sin().to_kind(self.stack.kind))
+    }
 }
 
 impl CausalLm for Llama {
@@ -334,20 +342,34 @@ impl CausalLm for Llama {
     /// cos/sin tables in f32 then cast to the model dtype, and the sliding-window mask when the
     /// sequence is longer than Mistral's window (query i sees keys j with i - window < j <= i).
     fn context(&self, seq_len: i64) -> BlockCtx {
-        let pos = Tensor::arange(seq_len, (Kind::Float, self.stack.device));
-        let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        let table = |t: Tensor| t.to_kind(self.stack.kind).unsqueeze(0).unsqueeze(0);
+        let (cos, sin) = self.rope_at(&Tensor::arange(seq_len, (Kind::Float, self.stack.device)));
         let attn_mask = self.sliding_window.filter(|&w| seq_len > w).map(|w| {
             let i = Tensor::arange(seq_len, (Kind::Int64, self.stack.device)).unsqueeze(1);
             let j = Tensor::arange(seq_len, (Kind::Int64, self.stack.device)).unsqueeze(0);
-            let visible = j.le_tensor(&i).logical_and(&(&i - &j).lt(w));
-            Tensor::zeros([seq_len, seq_len], (self.stack.kind, self.stack.device))
-                .masked_fill(&visible.logical_not(), f64::NEG_INFINITY)
+            additive_mask(&j.le_tensor(&i).logical_and(&(&i - &j).lt(w)), self.stack.kind)
         });
         BlockCtx {
-            rope: Some((table(emb.cos()), table(emb.sin()))),
+            rope: Some((cos.unsqueeze(0).unsqueeze(0), sin.unsqueeze(0).unsqueeze(0))),
             attn_mask,
+        }
+    }
+
+    /// Rotary positions come from the block context alone.
+    fn embed_at(&self, ids: &Tensor, _positions: &Tensor) -> Tensor {
+        self.embed(ids)
+    }
+
+    /// Rotary tables at each token's own position; Mistral's window counts positions, not row
+    /// offsets, so a packed sequence sees the keys it would see alone.
+    fn packed_context(&self, positions: &Tensor, visible: &Tensor) -> BlockCtx {
+        let (cos, sin) = self.rope_at(&positions.to_kind(Kind::Float));
+        let visible = match self.sliding_window {
+            Some(w) => visible.logical_and(&(positions.unsqueeze(2) - positions.unsqueeze(1)).lt(w)),
+            None => visible.shallow_clone(),
+        };
+        BlockCtx {
+            rope: Some((cos.unsqueeze(1), sin.unsqueeze(1))),
+            attn_mask: Some(additive_mask(&visible.unsqueeze(1), self.stack.kind)),
         }
     }
 

@@ -64,6 +64,11 @@ pub struct BlockCtx {
     pub attn_mask: Option<Tensor>,
 }
 
+/// The additive form (0 where `visible`, -inf elsewhere) of a boolean attention pattern, in `kind`.
+pub fn additive_mask(visible: &Tensor, kind: Kind) -> Tensor {
+    Tensor::zeros(visible.size(), (kind, visible.device())).masked_fill(&visible.logical_not(), f64::NEG_INFINITY)
+}
+
 impl BlockCtx {
     /// Softmax attention (B, heads, L, head_dim), causal unless a mask says otherwise.
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
@@ -281,6 +286,12 @@ pub trait CausalLm: Send {
     /// token ids (B, L) int64 -> hidden (B, L, H).
     fn embed(&self, ids: &Tensor) -> Tensor;
     fn context(&self, seq_len: i64) -> BlockCtx;
+    /// token ids (B, L) whose positions in their own sequences are `positions` (B, L) -> hidden
+    /// (B, L, H); packed rows hold several sequences (see [`Packing`]).
+    fn embed_at(&self, ids: &Tensor, positions: &Tensor) -> Tensor;
+    /// The block context of packed rows: positions (B, L) as in `embed_at`, and `visible` (B, L, L)
+    /// bool, whether query i may attend to key j.
+    fn packed_context(&self, positions: &Tensor, visible: &Tensor) -> BlockCtx;
     /// final norm (+ projection) + lm_head: hidden (B, L, H) -> logits (B, L, V).
     fn head(&self, h: &Tensor) -> Tensor;
 
@@ -305,55 +316,135 @@ pub trait CausalLm: Send {
     }
 }
 
+/// Packed rows: several sequences share a row, each token at its position in its own sequence,
+/// so the row computes what the sequences would compute alone. A row holds units, and a unit is a
+/// tree of depth one: a shared prefix, then branches that each continue it.
+pub struct Packing {
+    /// (B, L) each token's position in its own sequence.
+    pub positions: Tensor,
+    /// (B, L) the token's unit in its row; tokens of different units never see each other.
+    pub unit: Tensor,
+    /// (B, L) 0 in a unit's prefix, k in its k-th branch; a token sees the earlier tokens of its
+    /// unit's prefix and of its own branch.
+    pub branch: Tensor,
+}
+
+impl Packing {
+    /// (B, L, L) bool: whether query i may attend to key j.
+    pub fn visible(&self, device: Device) -> Tensor {
+        let (unit, branch) = (self.unit.to_device(device), self.branch.to_device(device));
+        let width = unit.size()[1];
+        let same_unit = unit.unsqueeze(2).eq_tensor(&unit.unsqueeze(1));
+        let earlier = Tensor::ones([width, width], (Kind::Bool, device)).tril(0);
+        let (query_branch, key_branch) = (branch.unsqueeze(2), branch.unsqueeze(1));
+        let same_branch = key_branch.eq(0).logical_or(&key_branch.eq_tensor(&query_branch));
+        same_unit.logical_and(&earlier).logical_and(&same_branch)
+    }
+}
+
+/// The token ids (B, L) of one forward pass: one causal sequence per row, or packed rows.
+pub struct Rows {
+    pub ids: Tensor,
+    pub packing: Option<Packing>,
+}
+
+impl Rows {
+    fn embed(&self, model: &dyn CausalLm) -> Tensor {
+        let ids = self.ids.to_device(model.device());
+        match &self.packing {
+            None => model.embed(&ids),
+            Some(p) => model.embed_at(&ids, &p.positions.to_device(model.device())),
+        }
+    }
+
+    /// The packed rows' block context; `None` for causal rows, whose context depends on their length only.
+    fn packed_context(&self, model: &dyn CausalLm) -> Option<BlockCtx> {
+        self.packing
+            .as_ref()
+            .map(|p| model.packed_context(&p.positions.to_device(model.device()), &p.visible(model.device())))
+    }
+
+    /// Bytes its hidden states and attention mask take on the way through the blocks.
+    fn bytes(&self, model: &dyn CausalLm) -> u64 {
+        let width = self.ids.size().last().copied().unwrap_or(0) as u64;
+        let mask = self.packing.as_ref().map_or(0, |_| self.ids.numel() as u64 * width);
+        (self.ids.numel() as u64 * model.info().hidden_size as u64 + mask) * model.kind().elt_size_in_bytes() as u64
+    }
+}
+
 /// Runs each batch of token ids through the model and hands its logits to `f`, in order.
-/// A streamed model reads each block once per group of batches rather than once per batch (the
-/// results are the same); a group's hidden states take at most a quarter of the available host
-/// memory on CPU, 2 GiB on a GPU.
 pub fn forward_batches(
     model: &dyn CausalLm,
     batches: &[Tensor],
     mut f: impl FnMut(usize, Tensor) -> Result<()>,
 ) -> Result<()> {
+    let rows: Vec<Rows> = batches
+        .iter()
+        .map(|ids| Rows {
+            ids: ids.shallow_clone(),
+            packing: None,
+        })
+        .collect();
+    forward_rows(model, &rows, |i, hidden| f(i, model.head(&hidden)))
+}
+
+/// Runs each batch of rows through the blocks and hands its last hidden states (B, L, H) to `f`, in
+/// order, so the caller applies the head where it needs logits.
+/// A streamed model reads each block once per group of batches rather than once per batch (the
+/// results are the same); a group's hidden states and masks take at most a quarter of the available
+/// host memory on CPU, 2 GiB on a GPU.
+pub fn forward_rows(
+    model: &dyn CausalLm,
+    batches: &[Rows],
+    mut f: impl FnMut(usize, Tensor) -> Result<()>,
+) -> Result<()> {
     let stack = model.stack();
     if !stack.is_streamed() {
-        for (i, ids) in batches.iter().enumerate() {
-            f(i, model.forward(&ids.to_device(model.device()))?)?;
+        for (i, rows) in batches.iter().enumerate() {
+            let mut h = rows.embed(model);
+            let ctx = rows
+                .packed_context(model)
+                .unwrap_or_else(|| model.context(rows.ids.size()[1]));
+            for b in 0..stack.n_blocks() {
+                h = stack.block(b)?.forward(&h, &ctx);
+            }
+            f(i, h)?;
         }
         return Ok(());
     }
-    let token_bytes = (model.info().hidden_size as u64 * model.kind().elt_size_in_bytes() as u64).max(1);
-    let budget_bytes = match model.device() {
+    let budget = match model.device() {
         Device::Cpu => crate::resources::mem_available_bytes().unwrap_or(4 << 30).max(1 << 30) / 4,
         _ => 2 << 30,
     };
-    let budget = budget_bytes / token_bytes;
     let mut start = 0;
     while start < batches.len() {
         let mut end = start + 1;
-        let mut tokens = batches[start].numel() as u64;
-        while end < batches.len() && tokens + batches[end].numel() as u64 <= budget {
-            tokens += batches[end].numel() as u64;
+        let mut bytes = batches[start].bytes(model);
+        while end < batches.len() && bytes + batches[end].bytes(model) <= budget {
+            bytes += batches[end].bytes(model);
             end += 1;
         }
-        let mut hidden: Vec<Tensor> = batches[start..end]
-            .iter()
-            .map(|ids| model.embed(&ids.to_device(model.device())))
-            .collect();
-        let mut contexts: HashMap<i64, BlockCtx> = HashMap::new();
+        let group = &batches[start..end];
+        let mut hidden: Vec<Tensor> = group.iter().map(|rows| rows.embed(model)).collect();
+        let packed: Vec<Option<BlockCtx>> = group.iter().map(|rows| rows.packed_context(model)).collect();
+        let mut by_length: HashMap<i64, BlockCtx> = HashMap::new();
         let bar = crate::progress::bar(stack.n_blocks() as u64, "blocks");
         bar.set_message(format!("batches {}..{} of {}", start + 1, end, batches.len()));
         for b in 0..stack.n_blocks() {
             bar.inc(1);
             let block = stack.block(b)?;
-            for h in hidden.iter_mut() {
+            for (h, packed) in hidden.iter_mut().zip(&packed) {
                 let len = h.size()[1];
-                let ctx = contexts.entry(len).or_insert_with(|| model.context(len));
+                let ctx = match packed {
+                    Some(ctx) => ctx,
+                    None => by_length.entry(len).or_insert_with(|| model.context(len)),
+                };
                 *h = block.forward(h, ctx);
             }
         }
         bar.finish_and_clear();
         for (k, h) in hidden.into_iter().enumerate() {
-            f(start + k, model.head(&h))?;
+            f(start + k, h)?;
         }
         start = end;
     }

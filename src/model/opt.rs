@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::ops::ControlFlow;
 use tch::{Kind, Tensor};
 
-use super::{BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
+use super::{additive_mask, BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
 
 /// OPT's position rows start after two reserved rows (fairseq's padding offset).
 const POSITION_OFFSET: i64 = 2;
@@ -236,6 +236,17 @@ impl Opt {
     }
 }
 
+impl Opt {
+    /// Token embeddings (projected in when the model has `project_in`), without positions.
+    fn embed_tokens(&self, ids: &Tensor) -> Tensor {
+        let x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        match &self.project_in {
+            Some(p) => p.forward(&x),
+            None => x,
+        }
+    }
+}
+
 impl CausalLm for Opt {
     fn stack(&self) -> &Stack {
         &self.stack
@@ -246,18 +257,27 @@ impl CausalLm for Opt {
 
     fn embed(&self, ids: &Tensor) -> Tensor {
         let l = ids.size()[1];
-        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
-        if let Some(p) = &self.project_in {
-            x = p.forward(&x);
-        }
         let pos = Tensor::arange_start(POSITION_OFFSET, l + POSITION_OFFSET, (Kind::Int64, self.stack.device));
-        x + Tensor::embedding(&self.embed_positions, &pos, -1, false, false).unsqueeze(0)
+        self.embed_tokens(ids) + Tensor::embedding(&self.embed_positions, &pos, -1, false, false).unsqueeze(0)
     }
 
     fn context(&self, _seq_len: i64) -> BlockCtx {
         BlockCtx {
             rope: None,
             attn_mask: None,
+        }
+    }
+
+    /// Each token gets the learned position of its place in its own sequence.
+    fn embed_at(&self, ids: &Tensor, positions: &Tensor) -> Tensor {
+        self.embed_tokens(ids)
+            + Tensor::embedding(&self.embed_positions, &(positions + POSITION_OFFSET), -1, false, false)
+    }
+
+    fn packed_context(&self, _positions: &Tensor, visible: &Tensor) -> BlockCtx {
+        BlockCtx {
+            rope: None,
+            attn_mask: Some(additive_mask(&visible.unsqueeze(1), self.stack.kind)),
         }
     }
 

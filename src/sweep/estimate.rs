@@ -311,27 +311,30 @@ fn perplexity(
     block_forward(shape, tokens, len, batches, elt, false) * shape.n_layers as f64 + head(shape, tokens, batches, elt)
 }
 
-/// Zero-shot: requests longest first in batches padded to their longest, as the scorer runs them.
-/// Returns the work and the widest batch in tokens.
-fn zero_shot(shape: &ModelShape, requests: &[Vec<u32>], limit: Option<usize>, batch: usize, elt: f64) -> (Work, f64) {
-    let max_len = shape.max_positions as usize;
-    let mut lens: Vec<usize> = requests
-        .iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .flatten()
-        .map(|&n| (n as usize).min(max_len + 1).saturating_sub(1).max(1))
-        .collect();
-    lens.sort_unstable_by(|a, b| b.cmp(a));
-    let mut work = Work::default();
-    for chunk in lens.chunks(batch.max(1)) {
-        let width = chunk[0] as f64;
-        let tokens = width * chunk.len() as f64;
-        work = work
-            + block_forward(shape, tokens, width, 1.0, elt, false) * shape.n_layers as f64
-            + head(shape, tokens, 1.0, elt);
-        work.ops += chunk.len() as f64 * 8.0;
-    }
-    (work, lens.first().map_or(0.0, |&w| (w * batch.min(lens.len())) as f64))
+/// Zero-shot as the scorer packs it: each document's units (shared contexts once, then the
+/// continuations) in passes of `batch` · max_positions tokens with a little padding, every token
+/// attending over a row about as long as its unit; the head only on the scored tokens.
+/// Returns the work and the widest pass in tokens.
+fn zero_shot(
+    shape: &ModelShape,
+    units: &[[u32; 2]],
+    requests: usize,
+    limit: Option<usize>,
+    batch: usize,
+    elt: f64,
+) -> (Work, f64) {
+    const PADDING: f64 = 1.02;
+    let units = &units[..units.len().min(limit.unwrap_or(usize::MAX))];
+    let unit_tokens: f64 = units.iter().map(|u| u[0] as f64).sum();
+    let row_len = units.iter().map(|u| (u[0] as f64).powi(2)).sum::<f64>() / unit_tokens.max(1.0);
+    let scored: f64 = units.iter().map(|u| u[1] as f64).sum();
+    let tokens = unit_tokens * PADDING;
+    let per_pass = (batch.max(1) as f64 * shape.max_positions as f64).max(row_len);
+    let batches = (tokens / per_pass).ceil();
+    let mut work = block_forward(shape, tokens, row_len, batches, elt, false) * shape.n_layers as f64
+        + head(shape, scored, batches, elt);
+    work.ops += requests as f64 * 8.0;
+    (work, per_pass.min(tokens))
 }
 
 /// Requests of the first `limit` documents.
@@ -416,12 +419,14 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
             }
             Some(Counted::Task {
                 requests,
+                units,
                 encode_seconds: per_request,
             }) => {
-                let (w, widest) = zero_shot(shape, requests, spec.eval.limit, spec.eval.batch_size, elt);
+                let n = request_count(requests, spec.eval.limit);
+                let (w, widest) = zero_shot(shape, units, n, spec.eval.limit, spec.eval.batch_size, elt);
                 work.zero_shot = work.zero_shot + w;
                 // Each request is encoded twice (context alone, then context + continuation).
-                encode_seconds += 2.0 * per_request * request_count(requests, spec.eval.limit) as f64;
+                encode_seconds += 2.0 * per_request * n as f64;
                 widest_eval = widest_eval.max(widest);
             }
             Some(Counted::Calibration { .. }) => {}

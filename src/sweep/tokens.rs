@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,10 +26,13 @@ pub enum Counted {
     /// A perplexity corpus: tokens of the whole corpus (C4 before its 256 x seqlen cut), and the
     /// memory that reading and encoding it took here (the tokenizer's buffers dwarf the ids).
     Corpus { tokens: u64, encode_bytes: u64 },
-    /// A zero-shot task: per document, the tokens of each request (context + continuation), and
-    /// the seconds one request took to encode here (a run encodes each twice).
+    /// A zero-shot task: per document, the tokens of each request (context + continuation); per
+    /// document, [tokens of its packed units (each distinct context once, then every
+    /// continuation), continuation tokens scored]; and the seconds one request took to encode
+    /// here (a run encodes each twice).
     Task {
         requests: Vec<Vec<u32>>,
+        units: Vec<[u32; 2]>,
         encode_seconds: f64,
     },
     /// A calibration source (`calibration:SPEC`): the memory that reading it took here (a run
@@ -130,24 +133,37 @@ fn count_one(hub: &Hub, tokenizer: Option<&Tokenizer>, tokenizer_id: &str, name:
         }
     } else if is_task {
         let docs = TaskDocs::load(hub, name, None)?;
-        let start = Instant::now();
+        let mut encoding = std::time::Duration::ZERO;
         let mut n = 0usize;
-        let requests = docs
-            .docs
-            .iter()
-            .map(|d| {
-                d.requests()
-                    .iter()
-                    .map(|(ctx, cont)| {
-                        n += 1;
-                        encode(&format!("{ctx}{cont}")).map(|len| len as u32)
-                    })
-                    .collect::<Result<Vec<u32>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (mut requests, mut units) = (Vec::new(), Vec::new());
+        for d in &docs.docs {
+            let doc_requests = d.requests();
+            let mut contexts: HashMap<&str, u32> = HashMap::new();
+            let (mut lens, mut unit) = (Vec::new(), [0u32; 2]);
+            for (ctx, cont) in &doc_requests {
+                let start = Instant::now();
+                let whole = encode(&format!("{ctx}{cont}"))? as u32;
+                encoding += start.elapsed();
+                n += 1;
+                let ctx_len = match contexts.get(ctx.as_str()) {
+                    Some(&len) => len,
+                    None => {
+                        let len = (encode(ctx)? as u32).min(whole);
+                        unit[0] += len;
+                        *contexts.entry(ctx.as_str()).or_insert(len)
+                    }
+                };
+                unit[0] += whole - ctx_len;
+                unit[1] += whole - ctx_len;
+                lens.push(whole);
+            }
+            requests.push(lens);
+            units.push(unit);
+        }
         Counted::Task {
             requests,
-            encode_seconds: start.elapsed().as_secs_f64() / n.max(1) as f64,
+            units,
+            encode_seconds: encoding.as_secs_f64() / n.max(1) as f64,
         }
     } else {
         crate::resources::reset_peak_rss();
