@@ -17,9 +17,16 @@ use tch::{Device, Kind, Tensor};
 use crate::hub::RepoRef;
 
 /// Whether no element is NaN or infinite. A sum is non-finite exactly when an element is (it
-/// accumulates in f64, so it cannot overflow itself), and it needs no tensor-sized temporary.
+/// accumulates in f64, so it cannot overflow itself). libtorch sums in f64 by converting its
+/// input first, so the sum runs over slices of 1M elements: a whole embedding matrix converted
+/// at once would double the peak memory of loading it.
 pub fn all_finite(t: &Tensor) -> bool {
-    t.sum(Kind::Double).double_value(&[]).is_finite()
+    const CHUNK: i64 = 1 << 20;
+    let flat = t.reshape([-1]);
+    let n = flat.size()[0];
+    (0..n)
+        .step_by(CHUNK as usize)
+        .all(|start| flat.narrow(0, start, CHUNK.min(n - start)).sum(Kind::Double).double_value(&[]).is_finite())
 }
 
 /// Where one tensor lies: its file, byte range (absolute) and layout.
