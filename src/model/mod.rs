@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 use crate::hub::{Hub, RepoKind, RepoRef};
@@ -155,6 +156,11 @@ pub struct Stack {
     /// Every checkpoint tensor by hub name, sharing storage with the layers (resident models, for saving).
     tensors: Vec<(String, Tensor)>,
     streamed: Option<stream::Streamed>,
+    /// The large tensors outside the blocks (embeddings, head) by checkpoint name and shape. A
+    /// resident model holds them all the time; a streamed one reads each when it is first used
+    /// and drops them at `release_outer`, so that they do not sit idle while blocks are pruned.
+    outer: Mutex<HashMap<String, Tensor>>,
+    outer_shapes: HashMap<String, Vec<i64>>,
     pub device: Device,
     pub kind: Kind,
 }
@@ -177,20 +183,26 @@ impl std::ops::Deref for BlockRef<'_> {
 
 impl Stack {
     /// Resident: builds every block now and keeps all checkpoint tensors (sharing storage with
-    /// the layers). Streamed: keeps the checkpoint index and builds blocks when asked for.
+    /// the layers). Streamed: keeps the checkpoint index and builds blocks, and reads the
+    /// `outer` tensors (name, shape), when asked for.
     pub fn new(
         info: ModelInfo,
         weights: Weights,
         load: BlockLoader,
+        outer: &[(String, Vec<i64>)],
         streamed: bool,
         device: Device,
         kind: Kind,
     ) -> Result<Stack> {
         let n = info.n_layers;
+        let outer_shapes: HashMap<String, Vec<i64>> = outer.iter().cloned().collect();
         if streamed {
             // Every block is checked now: a missing or misshapen tensor in block 30 must not
             // surface after hours of pruning blocks 0-29.
             let headers = weights.headers_only();
+            for (name, shape) in outer {
+                let _ = headers.get(name, shape)?;
+            }
             for i in 0..n {
                 load(&headers, i)?;
             }
@@ -200,10 +212,16 @@ impl Stack {
                 blocks: (0..n).map(|_| None).collect(),
                 tensors: Vec::new(),
                 streamed: Some(streamed),
+                outer: Mutex::new(HashMap::new()),
+                outer_shapes,
                 device,
                 kind,
             });
         }
+        let held = outer
+            .iter()
+            .map(|(name, shape)| Ok((name.clone(), weights.get(name, shape)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
         let blocks = (0..n)
             .map(|i| load(&weights, i).map(Some))
             .collect::<Result<Vec<_>>>()?;
@@ -212,9 +230,35 @@ impl Stack {
             blocks,
             tensors: weights.into_named(),
             streamed: None,
+            outer: Mutex::new(held),
+            outer_shapes,
             device,
             kind,
         })
+    }
+
+    /// The embedding or head matrix `name` (one of the `outer` tensors given to `new`); a
+    /// streamed model reads it from the checkpoint unless it is held since the last release.
+    pub fn outer(&self, name: &str) -> Result<Tensor> {
+        let mut held = self.outer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = held.get(name) {
+            return Ok(t.shallow_clone());
+        }
+        let (Some(streamed), Some(shape)) = (&self.streamed, self.outer_shapes.get(name)) else {
+            bail!("`{name}` is not one of the model's embedding or head tensors");
+        };
+        let t = streamed.weights().get(name, shape)?;
+        held.insert(name.to_string(), t.shallow_clone());
+        Ok(t)
+    }
+
+    /// Streamed models: drops the embedding and head matrices read so far (a resident model
+    /// keeps them). Called where they stop being needed for a while: after the embeddings of
+    /// calibration samples or of an evaluation group, after the head of an evaluation group.
+    pub fn release_outer(&self) {
+        if self.is_streamed() {
+            self.outer.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 
     pub fn n_blocks(&self) -> usize {
@@ -279,10 +323,10 @@ pub trait CausalLm: Send {
     fn stack(&self) -> &Stack;
     fn stack_mut(&mut self) -> &mut Stack;
     /// token ids (B, L) int64 -> hidden (B, L, H).
-    fn embed(&self, ids: &Tensor) -> Tensor;
+    fn embed(&self, ids: &Tensor) -> Result<Tensor>;
     fn context(&self, seq_len: i64) -> BlockCtx;
     /// final norm (+ projection) + lm_head: hidden (B, L, H) -> logits (B, L, V).
-    fn head(&self, h: &Tensor) -> Tensor;
+    fn head(&self, h: &Tensor) -> Result<Tensor>;
 
     fn info(&self) -> &ModelInfo {
         &self.stack().info
@@ -297,11 +341,11 @@ pub trait CausalLm: Send {
     /// Full forward pass: ids (B, L) -> logits (B, L, V).
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let ctx = self.context(ids.size()[1]);
-        let mut h = self.embed(ids);
+        let mut h = self.embed(ids)?;
         for i in 0..self.stack().n_blocks() {
             h = self.stack().block(i)?.forward(&h, &ctx);
         }
-        Ok(self.head(&h))
+        self.head(&h)
     }
 }
 
@@ -338,7 +382,8 @@ pub fn forward_batches(
         let mut hidden: Vec<Tensor> = batches[start..end]
             .iter()
             .map(|ids| model.embed(&ids.to_device(model.device())))
-            .collect();
+            .collect::<Result<_>>()?;
+        stack.release_outer();
         let mut contexts: HashMap<i64, BlockCtx> = HashMap::new();
         let bar = crate::progress::bar(stack.n_blocks() as u64, "blocks");
         bar.set_message(format!("batches {}..{} of {}", start + 1, end, batches.len()));
@@ -353,8 +398,9 @@ pub fn forward_batches(
         }
         bar.finish_and_clear();
         for (k, h) in hidden.into_iter().enumerate() {
-            f(start + k, model.head(&h))?;
+            f(start + k, model.head(&h)?)?;
         }
+        stack.release_outer();
         start = end;
     }
     Ok(())
@@ -516,7 +562,7 @@ mod tests {
             let block = model.stack().block(0).unwrap();
             let mut seen = Vec::new();
             let ids = Tensor::from_slice(&[1i64, 5, 9, 3]).unsqueeze(0);
-            let flow = block.forward_tapped(&model.embed(&ids), &model.context(4), &mut |names, _| {
+            let flow = block.forward_tapped(&model.embed(&ids).unwrap(), &model.context(4), &mut |names, _| {
                 seen.extend_from_slice(names);
                 ControlFlow::Continue(())
             });

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use super::{BlockLoader, DecoderBlock, Weights};
 
@@ -35,6 +35,11 @@ impl Streamed {
             temp: None,
             written: BTreeSet::new(),
         }
+    }
+
+    /// The checkpoint's tensors (pruned blocks as written).
+    pub fn weights(&self) -> &Weights {
+        &self.weights
     }
 
     pub fn read(&self, i: usize) -> Result<Box<dyn DecoderBlock>> {
@@ -90,20 +95,14 @@ impl Streamed {
                 Some(w) => w.shallow_clone(),
                 None => self.weights.get_any(&name)?,
             };
-            tensors.push((name, t.to_device(Device::Cpu).contiguous()));
+            tensors.push((name, t));
         }
-        self.write_shard(&dir, &self.shard_name(i), &tensors)?;
+        let layout: Vec<_> = tensors.iter().map(|(n, t)| (n.clone(), t.size(), t.kind())).collect();
+        let path = dir.join(self.shard_name(i));
+        crate::checkpoint::write_safetensors(&path, &layout, |k| Ok(tensors[k].1.shallow_clone()))?;
+        self.weights.add_file(&path)?;
         self.written.insert(i);
         Ok(())
-    }
-
-    fn write_shard(&mut self, dir: &Path, file: &str, tensors: &[(String, Tensor)]) -> Result<()> {
-        let path = dir.join(file);
-        let partial = dir.join(format!("{file}.partial"));
-        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        Tensor::write_safetensors(&named, &partial).with_context(|| format!("cannot write {}", partial.display()))?;
-        std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        self.weights.add_file(&path)
     }
 
     /// Completes a sharded checkpoint in `dir`: every block not written there yet, then the
@@ -125,12 +124,18 @@ impl Streamed {
             .into_iter()
             .filter(|n| !in_blocks.contains_key(n))
             .collect();
-        let tensors = rest
+        // Embeddings and head are read one at a time as they are written, not held together.
+        let layout = rest
             .iter()
-            .map(|n| Ok((n.clone(), self.weights.get_any(n)?.to_device(Device::Cpu).contiguous())))
+            .map(|n| {
+                let (shape, kind) = self.weights.loaded_layout(n)?;
+                Ok((n.clone(), shape, kind))
+            })
             .collect::<Result<Vec<_>>>()?;
         let last = self.shard_name(self.n_blocks);
-        self.write_shard(dir, &last, &tensors)?;
+        let path = dir.join(&last);
+        crate::checkpoint::write_safetensors(&path, &layout, |k| self.weights.get_any(&rest[k]))?;
+        self.weights.add_file(&path)?;
         let mut weight_map = serde_json::Map::new();
         for n in self.weights.names() {
             let file = in_blocks.get(&n).map_or(last.clone(), |&i| self.shard_name(i));

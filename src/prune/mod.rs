@@ -336,7 +336,7 @@ pub fn prune_model(
         (false, _) => None,
         (true, Some(ids)) => {
             let t = Instant::now();
-            let a = Activations::capture(model, ids, batch_size);
+            let a = Activations::capture(model, ids, batch_size)?;
             forward_seconds += t.elapsed().as_secs_f64();
             Some(a)
         }
@@ -407,7 +407,7 @@ pub fn prune_model(
 fn owl_outlier_ratios(model: &dyn CausalLm, ids: &Tensor, batch_size: usize, m: f64) -> Result<Vec<f64>> {
     let n_blocks = model.stack().n_blocks();
     let bar = crate::progress::bar(n_blocks as u64, "OWL outlier ratios");
-    let mut acts = Activations::capture(model, ids, batch_size);
+    let mut acts = Activations::capture(model, ids, batch_size)?;
     let mut ratios = Vec::with_capacity(n_blocks);
     for b in 0..n_blocks {
         let block = model.stack().block(b)?;
@@ -631,21 +631,22 @@ struct Activations {
 }
 
 impl Activations {
-    fn capture(model: &dyn CausalLm, ids: &Tensor, batch: usize) -> Self {
+    fn capture(model: &dyn CausalLm, ids: &Tensor, batch: usize) -> Result<Self> {
         let (n, l) = ids.size2().expect("calibration ids are (nsamples, seqlen)");
         let inps = Tensor::zeros([n, l, model.info().hidden_size], (model.kind(), model.device()));
         let batch = batch.min(n as usize) as i64; // no wider than the samples (and no i64 overflow)
         for s in (0..n).step_by(batch as usize) {
             let b = batch.min(n - s);
-            let x = model.embed(&ids.narrow(0, s, b).to_device(model.device()));
+            let x = model.embed(&ids.narrow(0, s, b).to_device(model.device()))?;
             inps.narrow(0, s, b).copy_(&x);
         }
-        Activations {
+        model.stack().release_outer();
+        Ok(Activations {
             outs: inps.zeros_like(),
             inps,
             ctx: model.context(l),
             batch,
-        }
+        })
     }
 
     /// Runs `block` over all samples with `see` shown each linear layer's inputs. Each pass
