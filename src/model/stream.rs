@@ -6,7 +6,6 @@
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use tch::Tensor;
 
 use super::{BlockLoader, DecoderBlock, Weights};
@@ -19,7 +18,9 @@ pub struct Streamed {
     n_blocks: usize,
     /// Where written shards go; a temporary directory unless a save directory was named.
     dir: Option<PathBuf>,
-    temp: Option<TempBlocks>,
+    /// A temporary directory of pruned blocks (as large as the pruned model), when no save
+    /// directory was named.
+    temp: Option<crate::scratch::ScratchDir>,
     /// Blocks whose shard is in `dir`.
     written: BTreeSet<usize>,
 }
@@ -78,9 +79,12 @@ impl Streamed {
     /// atomically, and reads the block from there from now on.
     pub fn write(&mut self, i: usize, block: &dyn DecoderBlock) -> Result<()> {
         if self.dir.is_none() {
-            remove_orphaned_block_dirs();
-            let temp = TempBlocks::new()?;
-            self.dir = Some(temp.0.path().to_path_buf());
+            let temp = crate::scratch::ScratchDir::new(
+                &std::env::temp_dir(),
+                TEMP_PREFIX,
+                "streamed blocks (set TMPDIR to a disk with room for the model)",
+            )?;
+            self.dir = Some(temp.path().to_path_buf());
             self.temp = Some(temp);
         }
         let dir = self.dir.clone().expect("set above");
@@ -151,70 +155,5 @@ impl Streamed {
     }
 }
 
+/// Streamed blocks' temporary directories are named `repro-blocks-{pid}-*`.
 const TEMP_PREFIX: &str = "repro-blocks-";
-
-/// This process's temporary block directories, for the interrupt handler.
-static LIVE_TEMP_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// A temporary directory of streamed blocks (as large as the pruned model): removed when the run
-/// ends, and by [`remove_temp_blocks_on_interrupt`]'s handler when it is interrupted.
-struct TempBlocks(tempfile::TempDir);
-
-impl TempBlocks {
-    fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
-            .tempdir()
-            .context("cannot create a temporary directory for streamed blocks (set TMPDIR to a disk with room for the model)")?;
-        LIVE_TEMP_DIRS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(dir.path().to_path_buf());
-        Ok(TempBlocks(dir))
-    }
-}
-
-impl Drop for TempBlocks {
-    fn drop(&mut self) {
-        LIVE_TEMP_DIRS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|d| d != self.0.path());
-    }
-}
-
-/// On Ctrl-C, SIGTERM or SIGHUP: remove the temporary blocks of running streamed models, then exit
-/// with 130. Records and saves need nothing: they are only ever replaced whole.
-pub fn remove_temp_blocks_on_interrupt() -> Result<()> {
-    ctrlc::set_handler(|| {
-        for dir in LIVE_TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        eprintln!("\ninterrupted");
-        std::process::exit(130);
-    })
-    .context("cannot install the interrupt handler")
-}
-
-/// A run killed by SIGKILL (or a crash) leaves its temporary blocks behind (as much as the whole pruned
-/// model); the next streamed run removes those whose process (the pid in the name) is gone.
-fn remove_orphaned_block_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for path in entries.flatten().map(|e| e.path()) {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let pid = name
-            .strip_prefix(TEMP_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(&path);
-            }
-        }
-    }
-}
