@@ -129,7 +129,8 @@ pub struct ModelArgs {
     /// start). Calibration buffers that do not fit beside the weights in flight go to scratch files.
     #[arg(long, value_name = "SIZE", value_parser = crate::memory::parse_size)]
     pub max_memory: Option<u64>,
-    /// Directory for the scratch files of spilled calibration buffers (default: $TMPDIR or /tmp).
+    /// Directory for scratch files: spilled calibration buffers, and a streamed model's pruned
+    /// blocks when they are not saved (default: $TMPDIR, else /tmp).
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
     /// Print the run's memory plan (weights in flight, calibration buffers in memory or on disk,

@@ -155,7 +155,7 @@ impl MemoryPlan {
         let Some(dir) = &self.spill_to else { return Ok(()) };
         ensure!(
             dir.is_dir(),
-            "--scratch {}: no such directory (calibration buffers spill there)",
+            "{}: no such directory, where calibration buffers would spill (--scratch, else $TMPDIR)",
             dir.display()
         );
         if let Some(free) = crate::scratch::free_bytes(dir) {

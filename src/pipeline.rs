@@ -214,6 +214,12 @@ pub fn run_job(
         p.check_calibration(hub)?;
     }
     eval.check(hub)?;
+    if let Some(dir) = spec.memory.scratch.as_ref().filter(|d| !d.is_dir()) {
+        bail!(
+            "--scratch {}: no such directory; create it or name another",
+            dir.display()
+        );
+    }
     obs.stage("loading");
     let device = parse_device(&spec.device)?;
     let kind = parse_dtype(spec.dtype.as_deref(), device)?;
@@ -239,6 +245,9 @@ pub fn run_job(
         eprintln!("{line}");
     }
     plan.check_scratch()?;
+    if let (Some(dir), Some(streamed)) = (&spec.memory.scratch, loaded.model.stack_mut().streamed_mut()) {
+        streamed.set_scratch(dir);
+    }
     if let Some(p) = calibrated {
         check_gpu_calibration_memory(&loaded, p.nsamples, seqlen, p.calib_batch_size)?;
     }

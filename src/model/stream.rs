@@ -21,6 +21,8 @@ pub struct Streamed {
     /// A temporary directory of pruned blocks (as large as the pruned model), when no save
     /// directory was named.
     temp: Option<crate::scratch::ScratchDir>,
+    /// Where that temporary directory goes (`--scratch`, else `$TMPDIR`).
+    scratch: PathBuf,
     /// Blocks whose shard is in `dir`.
     written: BTreeSet<usize>,
 }
@@ -34,6 +36,7 @@ impl Streamed {
             n_blocks,
             dir: None,
             temp: None,
+            scratch: std::env::temp_dir(),
             written: BTreeSet::new(),
         }
     }
@@ -45,6 +48,11 @@ impl Streamed {
 
     pub fn read(&self, i: usize) -> Result<Box<dyn DecoderBlock>> {
         (self.load)(&self.weights, i)
+    }
+
+    /// Pruned blocks that are not saved go to a temporary directory in `dir`.
+    pub fn set_scratch(&mut self, dir: &Path) {
+        self.scratch = dir.to_path_buf();
     }
 
     /// Shards written from now on go to `dir` (checked by `checkpoint::check_target`).
@@ -80,9 +88,9 @@ impl Streamed {
     pub fn write(&mut self, i: usize, block: &dyn DecoderBlock) -> Result<()> {
         if self.dir.is_none() {
             let temp = crate::scratch::ScratchDir::new(
-                &std::env::temp_dir(),
+                &self.scratch,
                 TEMP_PREFIX,
-                "streamed blocks (set TMPDIR to a disk with room for the model)",
+                "streamed blocks (use --scratch or TMPDIR for a disk with room for the model)",
             )?;
             self.dir = Some(temp.path().to_path_buf());
             self.temp = Some(temp);
