@@ -90,12 +90,12 @@ echo "| model | weights | peak RSS GiB | planned GiB | scratch | wall s | same m
 echo "|---|---|---|---|---|---|---|"
 for size in $SIZES; do
   model=$(generate "$size")
-  gb=$(du -sb "$model" | awk '{printf "%.1f", $1 / 1e9}')
+  gb=$(du -sbL "$model" | awk '{printf "%.1f", $1 / 1e9}')
   f32_gb=$(python -c "import json; c=json.load(open('$model/config.json')); h,i,v,n=c['hidden_size'],c['intermediate_size'],c['vocab_size'],c['num_hidden_layers']; print((2*v*h + n*(4*h*h+3*h*i)) * 4 / 1e9)")
   avail_gb=$(awk '/MemAvailable/ {print $2 * 1024 / 1e9}' /proc/meminfo)
   save=()
   [ "$(python -c "print(int($f32_gb <= $SAVE_MAX_GB))")" = 1 ] && save=(--save)
-  label="$size GB ($gb GB on disk)"
+  label="f32, $(python -c "import json; print(json.load(open('$model/config.json'))['num_hidden_layers'])") blocks ($gb GB)"
   [ "$size" = 7b ] && label="LLaMA-7B shape, f16 on disk ($gb GB), run f32"
   run "$size-streamed" "$model" --nsamples 4 --stream on ${save:+--save "$DIR/runs/$size-streamed.save"}
   row "$label" "$size-streamed"

@@ -75,11 +75,13 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// Plans a run of a model of `shape` in `kind`; `calibration` is what pruning holds besides
-    /// the weights (zero when not pruning).
+    /// Plans a run of a model of `shape` in `kind` on `device`; `calibration` is what pruning
+    /// holds besides the weights (zero when not pruning). The budget is host memory: on a GPU the
+    /// buffers stay on the device (`pipeline` checks that they fit there).
     pub fn new(
         shape: &ModelShape,
         kind: Kind,
+        device: tch::Device,
         streamed: bool,
         calibration: CalibrationMemory,
         options: &MemoryOptions,
@@ -110,7 +112,7 @@ impl MemoryPlan {
             budget_source,
             spill_to: None,
         };
-        if plan.peak_with_buffers_in_memory() > budget && calibration.buffer > 0.0 {
+        if device == tch::Device::Cpu && plan.peak_with_buffers_in_memory() > budget && calibration.buffer > 0.0 {
             plan.spill_to = Some(options.scratch.clone().unwrap_or_else(std::env::temp_dir));
         }
         plan
@@ -162,7 +164,8 @@ impl MemoryPlan {
             ensure!(
                 free >= self.scratch_bytes(),
                 "calibration buffers do not fit in the memory budget ({}, {}) and spill to {}: they need 2 x {} \
-                 there, {} is free; give --scratch a directory with room, or a larger --max-memory",
+                 there, {} is free; use a smaller --nsamples or --seqlen, --scratch on a disk with room, or a \
+                 larger --max-memory",
                 size(self.budget),
                 self.budget_source,
                 dir.display(),

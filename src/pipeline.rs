@@ -237,6 +237,7 @@ pub fn run_job(
         &loaded.config,
         spec,
         kind,
+        device,
         loaded.model.stack().is_streamed(),
         prune.zip(method.as_ref()),
         seqlen,
@@ -406,6 +407,7 @@ fn memory_plan(
     config: &Value,
     spec: &ModelSpec,
     kind: tch::Kind,
+    device: tch::Device,
     streamed: bool,
     prune: Option<(&PruneSpec, &Method)>,
     seqlen: usize,
@@ -428,7 +430,14 @@ fn memory_plan(
             )
         })
         .unwrap_or_default();
-    Ok(MemoryPlan::new(&shape, kind, streamed, calibration, &spec.memory))
+    Ok(MemoryPlan::new(
+        &shape,
+        kind,
+        device,
+        streamed,
+        calibration,
+        &spec.memory,
+    ))
 }
 
 /// `--plan`: the memory plan of a run from config.json alone, without loading or running anything.
@@ -445,7 +454,15 @@ pub fn plan_only(hub: &Hub, spec: &ModelSpec, prune: Option<&PruneSpec>) -> Resu
     let seqlen = window_length(spec.seqlen, shape.max_positions as i64)?;
     let weights = shape.params() * kind.elt_size_in_bytes() as u64;
     let streamed = spec.streaming.decide(weights, device);
-    memory_plan(&config, spec, kind, streamed, prune.zip(method.as_ref()), seqlen)
+    memory_plan(
+        &config,
+        spec,
+        kind,
+        device,
+        streamed,
+        prune.zip(method.as_ref()),
+        seqlen,
+    )
 }
 
 /// On a GPU, calibration's two activation buffers (every sample's hidden states entering and

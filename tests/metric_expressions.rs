@@ -37,6 +37,7 @@ fn pruned(choice: MethodChoice, pattern: Pattern) -> Vec<(String, Tensor)> {
         &Allocation::Uniform,
         Some(&calib),
         4,
+        None,
     )
     .unwrap();
     let mut weights = Vec::new();
