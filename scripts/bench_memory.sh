@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Peak memory of streamed pruning (README "Memory"). Generated LLaMA-shaped checkpoints
 # (scripts/make_random_llama.py): hidden 2048, MLP 5504, 32000 tokens with 1, 8 and 32 blocks
-# (0.8, 2.1 and 7.9 GB in f32), and a LLaMA-7B-shaped one stored in f16 (13.5 GB) run in f32;
+# (0.8, 2.1 and 7.0 GB in f32), and a LLaMA-7B-shaped one stored in f16 (13.5 GB) run in f32;
 # each pruned with Wanda at 50% (4 x 512 calibration tokens, 2 WikiText-2 windows), streamed,
 # and resident where it fits: peak RSS, wall time, and whether the two runs' masks agree (saved
 # weights compared tensor by tensor where both are saved; otherwise zeros per layer and

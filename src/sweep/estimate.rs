@@ -481,10 +481,11 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
     ] {
         *w = *w + f;
     }
-    // Memory: the weights (or, streamed, all but the blocks plus two blocks), the calibration
-    // buffers and one block's statistics, or the evaluation's logits and their f32 log-softmax.
+    // Memory: the weights (or, streamed, two blocks or the embeddings and head, which are read
+    // only while used, as `crate::memory::MemoryPlan` counts them), the calibration buffers and
+    // one block's statistics, or the evaluation's logits and their f32 log-softmax.
     let weights = shape.params() as f64 * elt;
-    let streamed_weights = (shape.outer_params + 2 * shape.block_params) as f64 * elt;
+    let streamed_weights = shape.outer_params.max(2 * shape.block_params) as f64 * elt;
     let eval_bytes =
         widest_eval * (shape.vocab as f64 * (elt + 8.0) + (3 * shape.intermediate + 4 * shape.hidden) as f64 * elt);
     // Loading holds the weights read so far plus the tensor being read.
