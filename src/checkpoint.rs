@@ -1,7 +1,9 @@
 //! Writes a (pruned) model as a Hugging Face checkpoint that transformers loads as it is.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use std::io::Write;
 use std::path::Path;
+use tch::{Device, Kind, Tensor};
 
 use crate::device::dtype_name;
 use crate::model::Loaded;
@@ -37,18 +39,11 @@ pub fn save(loaded: &mut Loaded, dir: &Path, provenance: &serde_json::Value) -> 
     if let Some(streamed) = loaded.model.stack_mut().streamed_mut() {
         streamed.save(dir)?;
     } else {
-        let tensors: Vec<(&str, tch::Tensor)> = loaded
-            .model
-            .stack()
-            .tensors()
-            .iter()
-            .map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu).contiguous()))
-            .collect();
-        let path = dir.join("model.safetensors");
-        let partial = dir.join("model.safetensors.partial");
-        tch::Tensor::write_safetensors(&tensors, &partial)
-            .with_context(|| format!("cannot write {}", partial.display()))?;
-        std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        let tensors = loaded.model.stack().tensors();
+        let layout: Vec<_> = tensors.iter().map(|(n, t)| (n.clone(), t.size(), t.kind())).collect();
+        write_safetensors(&dir.join("model.safetensors"), &layout, |i| {
+            Ok(tensors[i].1.shallow_clone())
+        })?;
     }
     for f in COPIED_FILES {
         if loaded.repo.has_local(f) {
@@ -122,4 +117,72 @@ fn remove_if_present(path: &Path) -> Result<()> {
 fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
     let p = dir.join(name);
     std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
+}
+
+/// Writes a safetensors file of the tensors named in `layout` (name, shape, dtype), asking
+/// `tensor(i)` for the i-th one only when its bytes are due and writing them straight from its
+/// storage: a shard of embeddings and head is written holding one of them, with no copy. The
+/// file appears under its name (a rename) once complete.
+pub fn write_safetensors(
+    path: &Path,
+    layout: &[(String, Vec<i64>, Kind)],
+    mut tensor: impl FnMut(usize) -> Result<Tensor>,
+) -> Result<()> {
+    let partial = path.with_file_name(format!(
+        "{}.partial",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    let mut header = serde_json::Map::new();
+    // transformers refuses safetensors files whose metadata names no known framework.
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (name, shape, kind) in layout {
+        let bytes = shape.iter().product::<i64>() as usize * kind.elt_size_in_bytes();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": safetensors_dtype(*kind)?, "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut text = serde_json::to_vec(&header)?;
+    // Data starts 8-byte aligned, as the format asks.
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut write = || -> Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&partial)?);
+        out.write_all(&(text.len() as u64).to_le_bytes())?;
+        out.write_all(&text)?;
+        for (i, (name, shape, kind)) in layout.iter().enumerate() {
+            let t = tensor(i)?.to_device(Device::Cpu).contiguous();
+            ensure!(
+                t.size() == *shape && t.kind() == *kind,
+                "tensor `{name}` is {:?} {:?}, not the {kind:?} {shape:?} announced",
+                t.kind(),
+                t.size()
+            );
+            let bytes = t.numel() * kind.elt_size_in_bytes();
+            // SAFETY: `t` is a contiguous CPU tensor of `bytes` bytes, alive while the slice is read.
+            let data = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, bytes) };
+            out.write_all(data)?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    };
+    write().with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn safetensors_dtype(kind: Kind) -> Result<&'static str> {
+    Ok(match kind {
+        Kind::Float => "F32",
+        Kind::Half => "F16",
+        Kind::BFloat16 => "BF16",
+        Kind::Double => "F64",
+        Kind::Int64 => "I64",
+        Kind::Int => "I32",
+        Kind::Int16 => "I16",
+        Kind::Int8 => "I8",
+        Kind::Uint8 => "U8",
+        Kind::Bool => "BOOL",
+        other => bail!("a tensor of dtype {other:?} cannot be saved as safetensors"),
+    })
 }

@@ -125,6 +125,18 @@ pub struct ModelArgs {
     /// model): faster, same results up to float rounding.
     #[arg(long)]
     pub sparse_kernels: bool,
+    /// Memory the run may plan for, e.g. 8G or 512M (default: 80% of the memory available at the
+    /// start). Calibration buffers that do not fit beside the weights in flight go to scratch files.
+    #[arg(long, value_name = "SIZE", value_parser = crate::memory::parse_size)]
+    pub max_memory: Option<u64>,
+    /// Directory for scratch files: spilled calibration buffers, and a streamed model's pruned
+    /// blocks when they are not saved (default: $TMPDIR, else /tmp).
+    #[arg(long, value_name = "DIR")]
+    pub scratch: Option<PathBuf>,
+    /// Print the run's memory plan (weights in flight, calibration buffers in memory or on disk,
+    /// scratch size) from config.json alone, and exit without loading or running anything.
+    #[arg(long)]
+    pub plan: bool,
 }
 
 #[derive(Args, Clone)]
@@ -291,6 +303,10 @@ impl ModelArgs {
             seqlen: self.seqlen,
             streaming: self.stream,
             sparse_kernels: self.sparse_kernels,
+            memory: crate::memory::MemoryOptions {
+                max_memory: self.max_memory,
+                scratch: self.scratch.clone(),
+            },
         }
     }
     fn observer(&self) -> &'static dyn Observer {
@@ -343,6 +359,9 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
     if let Some(t) = args.ppl.iter().find(|p| ALL_TASKS.contains(&p.as_str())) {
         bail!("--ppl {t}: `{t}` is a zero-shot task; pass it with --tasks");
     }
+    if args.model.plan {
+        return print_plan(hub, &args.model, None);
+    }
     let out = run_job(
         hub,
         &args.model.spec(),
@@ -375,6 +394,9 @@ fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
         calib_batch_size: args.calib_batch_size,
     };
     let eval = args.ppl_opts.spec(args.eval.clone())?;
+    if args.model.plan {
+        return print_plan(hub, &args.model, Some(&spec));
+    }
     let out = run_job(
         hub,
         &args.model.spec(),
@@ -384,4 +406,17 @@ fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
         args.model.observer(),
     )?;
     print_json(out, args.model.json)
+}
+
+/// `--plan`: the memory plan on stdout (one JSON object with `--json`).
+fn print_plan(hub: &Hub, model: &ModelArgs, prune: Option<&PruneSpec>) -> Result<()> {
+    let plan = crate::pipeline::plan_only(hub, &model.spec(), prune)?;
+    if model.json {
+        println!("{}", serde_json::to_string(&plan.numbers())?);
+    } else {
+        for line in plan.lines() {
+            println!("{line}");
+        }
+    }
+    Ok(())
 }

@@ -748,6 +748,7 @@ impl SweepConfig {
                 seqlen: self.seqlen,
                 streaming: self.stream,
                 sparse_kernels: false,
+                memory: Default::default(),
             };
             for m in &methods {
                 if m.name() == DENSE {

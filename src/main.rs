@@ -3,8 +3,9 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     // Before anything starts a thread (the interrupt handler does).
     repro::threads::configure();
+    repro::resources::return_freed_memory_promptly();
     let cli = repro::cli::Cli::parse();
-    match repro::model::stream::remove_temp_blocks_on_interrupt().and_then(|()| repro::cli::run(cli)) {
+    match repro::scratch::remove_on_interrupt().and_then(|()| repro::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

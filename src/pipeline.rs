@@ -14,6 +14,8 @@ use crate::eval::ppl::perplexity;
 use crate::eval::tasks::{task, ALL_TASKS};
 use crate::eval::zeroshot::{evaluate_docs, TaskDocs};
 use crate::hub::{Hub, RepoKind};
+use crate::memory::{MemoryOptions, MemoryPlan};
+use crate::model::shape::ModelShape;
 use crate::model::{self, Loaded, Streaming};
 use crate::prune::allocation::Allocation;
 use crate::prune::mask::{Group, Pattern};
@@ -21,6 +23,7 @@ use crate::prune::registry::{MethodDef, Update};
 use crate::prune::{prune_model, Method, MethodOptions};
 use crate::resources::peak_rss_bytes;
 use crate::run_result::{CalibrationUsed, PplDetails, RunResult};
+use serde_json::Value;
 
 /// Which model, where, and at which precision and window length.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +40,9 @@ pub struct ModelSpec {
     /// up to float rounding, so not part of a run's identity either.
     #[serde(skip)]
     pub sparse_kernels: bool,
+    /// The memory budget and where calibration buffers spill: how to run, not what.
+    #[serde(skip)]
+    pub memory: MemoryOptions,
 }
 
 /// How to prune. `calib` is ignored by data-free methods.
@@ -210,6 +216,12 @@ pub fn run_job(
         p.check_calibration(hub)?;
     }
     eval.check(hub)?;
+    if let Some(dir) = spec.memory.scratch.as_ref().filter(|d| !d.is_dir()) {
+        bail!(
+            "--scratch {}: no such directory; create it or name another",
+            dir.display()
+        );
+    }
     obs.stage("loading");
     let device = parse_device(&spec.device)?;
     let kind = parse_dtype(spec.dtype.as_deref(), device)?;
@@ -223,8 +235,24 @@ pub fn run_job(
     let mut loaded = model::load(hub, &spec.model, device, kind, spec.streaming)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let seqlen = window_length(spec.seqlen, loaded.model.info().max_position_embeddings)?;
+    let plan = memory_plan(
+        &loaded.config,
+        spec,
+        kind,
+        device,
+        loaded.model.stack().is_streamed(),
+        prune.zip(method.as_ref()),
+        seqlen,
+    )?;
+    for line in plan.lines() {
+        eprintln!("{line}");
+    }
+    plan.check_scratch()?;
+    if let (Some(dir), Some(streamed)) = (&spec.memory.scratch, loaded.model.stack_mut().streamed_mut()) {
+        streamed.set_scratch(dir);
+    }
     if let Some(p) = calibrated {
-        check_calibration_memory(&loaded, p.nsamples, seqlen, p.calib_batch_size)?;
+        check_gpu_calibration_memory(&loaded, p.nsamples, seqlen, p.calib_batch_size)?;
     }
     let evaluations = Evaluations::prepare(hub, &loaded, eval, seqlen, obs)?;
     if let Some(dir) = save {
@@ -244,11 +272,13 @@ pub fn run_job(
         seqlen,
         streamed: loaded.model.stack().is_streamed(),
         load_seconds,
+        memory_plan: Some(plan.numbers()),
         repro_version: env!("CARGO_PKG_VERSION").to_string(),
         ..RunResult::default()
     };
     if let (Some(p), Some(method)) = (prune, method) {
-        prune_step(hub, &mut loaded, p, &method, seqlen, obs, &mut out)?;
+        let spill_to = plan.spill_to.as_deref();
+        prune_step(hub, &mut loaded, p, &method, seqlen, spill_to, obs, &mut out)?;
     }
     if spec.sparse_kernels {
         out.sparse_kernel_layers = Some(crate::kernels::use_sparse_kernels(loaded.model.as_mut())?);
@@ -298,12 +328,14 @@ fn refuse_saving_over_source(hub: &Hub, model: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn prune_step(
     hub: &Hub,
     loaded: &mut Loaded,
     p: &PruneSpec,
     method: &Method,
     seqlen: usize,
+    spill_to: Option<&Path>,
     obs: &dyn Observer,
     out: &mut RunResult,
 ) -> Result<()> {
@@ -332,6 +364,7 @@ fn prune_step(
         &p.allocation,
         calib.as_ref(),
         p.calib_batch_size,
+        spill_to,
     )?;
     let allocated = match p.allocation.is_uniform() {
         true => String::new(),
@@ -364,42 +397,99 @@ fn prune_step(
     Ok(())
 }
 
-/// Calibration's two activation buffers (every sample's hidden states entering and leaving the
-/// current block) live on the model's device beside its token ids on the host; one batch of
-/// samples also needs its MLP activations. Refuse sizes that cannot fit rather than abort
-/// mid-allocation (on a GPU, after the weights were loaded).
-fn check_calibration_memory(loaded: &Loaded, nsamples: usize, seqlen: usize, batch: usize) -> Result<()> {
+/// The memory plan of a run of the model whose config.json is `config`: pruning's calibration
+/// buffers and statistics (when `prune` calibrates) beside the weights in flight, in `kind`.
+fn memory_plan(
+    config: &Value,
+    spec: &ModelSpec,
+    kind: tch::Kind,
+    device: tch::Device,
+    streamed: bool,
+    prune: Option<(&PruneSpec, &Method)>,
+    seqlen: usize,
+) -> Result<MemoryPlan> {
+    let shape = ModelShape::from_config(config)?;
+    let elt = kind.elt_size_in_bytes() as f64;
+    let calibration = prune
+        .filter(|(p, _)| p.sparsity > 0.0)
+        .map(|(p, m)| {
+            // An OWL allocation calibrates even for a data-free method: its buffers count.
+            let calibrates = p.needs_calibration(m);
+            crate::sweep::estimate::calibration_memory(
+                &shape,
+                m,
+                calibrates,
+                p.nsamples,
+                seqlen,
+                p.calib_batch_size,
+                elt,
+            )
+        })
+        .unwrap_or_default();
+    Ok(MemoryPlan::new(
+        &shape,
+        kind,
+        device,
+        streamed,
+        calibration,
+        &spec.memory,
+    ))
+}
+
+/// `--plan`: the memory plan of a run from config.json alone, without loading or running anything.
+pub fn plan_only(hub: &Hub, spec: &ModelSpec, prune: Option<&PruneSpec>) -> Result<MemoryPlan> {
+    let method = prune.map(PruneSpec::method).transpose()?;
+    let device = parse_device(&spec.device)?;
+    let kind = parse_dtype(spec.dtype.as_deref(), device)?;
+    let config_path = hub.repo(&spec.model, RepoKind::Model).get("config.json")?;
+    let text =
+        std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", config_path.display()))?;
+    let shape = ModelShape::from_config(&config).with_context(|| config_path.display().to_string())?;
+    let seqlen = window_length(spec.seqlen, shape.max_positions as i64)?;
+    let weights = shape.params() * kind.elt_size_in_bytes() as u64;
+    let streamed = spec.streaming.decide(weights, device);
+    memory_plan(
+        &config,
+        spec,
+        kind,
+        device,
+        streamed,
+        prune.zip(method.as_ref()),
+        seqlen,
+    )
+}
+
+/// On a GPU, calibration's two activation buffers (every sample's hidden states entering and
+/// leaving the current block) and one batch's MLP activations live in device memory beside the
+/// weights: refuse sizes that cannot fit rather than abort mid-allocation. (On the CPU the memory
+/// plan moves the buffers to disk instead.)
+fn check_gpu_calibration_memory(loaded: &Loaded, nsamples: usize, seqlen: usize, batch: usize) -> Result<()> {
+    let tch::Device::Cuda(i) = loaded.model.device() else {
+        return Ok(());
+    };
+    let Some((free, _)) = crate::device::cuda_memory(i) else {
+        return Ok(());
+    };
     let info = loaded.model.info();
     let elt = loaded.model.kind().elt_size_in_bytes() as u128;
     let tokens = nsamples as u128 * seqlen as u128;
     let buffer = tokens * info.hidden_size as u128 * elt;
     let working =
         (batch.min(nsamples) * seqlen) as u128 * info.intermediate_size.max(info.hidden_size) as u128 * elt * 4;
+    let needed = 2 * buffer + working;
     let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
-    let cuda = matches!(loaded.model.device(), tch::Device::Cuda(_));
-    let (needed, free, place) = match loaded.model.device() {
-        tch::Device::Cuda(i) => match crate::device::cuda_memory(i) {
-            Some((free, _)) => (
-                2 * buffer + working,
-                free,
-                format!("cuda:{i} (with the weights loaded)"),
-            ),
-            None => return Ok(()),
-        },
-        _ => match crate::resources::mem_available_bytes() {
-            Some(avail) => (tokens * 8 + 2 * buffer, avail, "host memory".to_string()),
-            None => return Ok(()),
-        },
-    };
     ensure!(
         needed <= free as u128,
-        "calibration with --nsamples {nsamples} x seqlen {seqlen} needs {:.1} GiB of {place}: two activation buffers of \
-         {:.1} GiB each{}, more than the {:.1} GiB free; use a smaller --nsamples or --seqlen{}",
+        "calibration with --nsamples {nsamples} x seqlen {seqlen} needs {:.1} GiB of cuda:{i} (with the weights loaded): \
+         two activation buffers of {:.1} GiB each and the working set of {} sample(s) at a time, more than the {:.1} GiB \
+         free; use a smaller --nsamples or --seqlen, a smaller --calib-batch-size, or --stream on (blocks then occupy \
+         the GPU one at a time)",
         gib(needed),
         gib(buffer),
-        if cuda { format!(" and the working set of {} sample(s) at a time", batch.min(nsamples)) } else { String::new() },
+        batch.min(nsamples),
         gib(free as u128),
-        if cuda { ", a smaller --calib-batch-size, or --stream on (blocks then occupy the GPU one at a time)" } else { "" }
     );
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::eval::packing::TokenCounts;
 use crate::eval::tasks::TaskResult;
+use crate::memory::PlanNumbers;
 use crate::prune::mask::Group;
 use crate::prune::metric::Params;
 use crate::prune::{AllocationReport, LayerSparsity};
@@ -23,6 +24,9 @@ pub struct RunResult {
     pub seqlen: usize,
     pub streamed: bool,
     pub load_seconds: f64,
+    /// What the run planned to hold in memory, and where the calibration buffers lived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_plan: Option<PlanNumbers>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 

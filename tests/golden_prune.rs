@@ -96,6 +96,7 @@ fn check_case(file: &str) {
         &allocation,
         calib.as_ref(),
         4,
+        None,
     )
     .unwrap();
     if let Some(owl) = g["owl"].as_object() {
@@ -308,6 +309,7 @@ fn wanda_70(allocation: &Allocation) -> (Vec<(String, String)>, repro::prune::Pr
         allocation,
         Some(&calib),
         4,
+        None,
     )
     .unwrap();
     let prefix = loaded.model.info().block_prefix;
@@ -382,6 +384,7 @@ fn pruning_is_deterministic() {
             &Allocation::Uniform,
             Some(&calib),
             3,
+            None,
         )
         .unwrap();
         l.model

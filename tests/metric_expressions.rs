@@ -38,6 +38,7 @@ fn pruned(name: &str, options: MethodOptions, pattern: Pattern) -> Vec<(String, 
         &Allocation::Uniform,
         Some(&calib),
         4,
+        None,
     )
     .unwrap();
     let mut weights = Vec::new();

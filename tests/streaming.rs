@@ -326,3 +326,211 @@ fn an_interrupted_streamed_run_removes_its_temporary_blocks() {
         assert!(!dir.exists(), "signal {signal}: {} left behind", dir.display());
     }
 }
+
+/// Writes a random LLaMA-shaped checkpoint of `layers` blocks (hidden 1024, MLP 2816, the
+/// LLaMA-2 tokenizer's 32000 tokens) into `dir`: blocks of 51 MB, embeddings and head of 262 MB.
+fn random_llama(dir: &Path, layers: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (h, inter, vocab) = (1024i64, 2816i64, 32000i64);
+    tch::manual_seed(0);
+    let normal = |rows: i64, cols: i64| Tensor::randn([rows, cols], (tch::Kind::Float, tch::Device::Cpu)) * 0.02;
+    let mut tensors: Vec<(String, Tensor)> = vec![
+        ("model.embed_tokens.weight".into(), normal(vocab, h)),
+        ("lm_head.weight".into(), normal(vocab, h)),
+        (
+            "model.norm.weight".into(),
+            Tensor::ones([h], (tch::Kind::Float, tch::Device::Cpu)),
+        ),
+    ];
+    for i in 0..layers {
+        let p = format!("model.layers.{i}.");
+        for (name, rows, cols) in [
+            ("self_attn.q_proj", h, h),
+            ("self_attn.k_proj", h, h),
+            ("self_attn.v_proj", h, h),
+            ("self_attn.o_proj", h, h),
+            ("mlp.gate_proj", inter, h),
+            ("mlp.up_proj", inter, h),
+            ("mlp.down_proj", h, inter),
+        ] {
+            tensors.push((format!("{p}{name}.weight"), normal(rows, cols)));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            tensors.push((
+                format!("{p}{norm}.weight"),
+                Tensor::ones([h], (tch::Kind::Float, tch::Device::Cpu)),
+            ));
+        }
+    }
+    Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
+        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 16,
+        "num_key_value_heads": 16, "vocab_size": vocab, "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-5, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let tokenizer = fixtures().join("tokenizers/llama-2");
+    for f in [
+        "tokenizer.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        if tokenizer.join(f).exists() {
+            std::fs::copy(tokenizer.join(f), dir.join(f)).unwrap();
+        }
+    }
+}
+
+/// A streamed model's peak memory does not grow with its depth: pruning (Wanda), evaluating and
+/// saving a 6-block model peaks within half a block of a 2-block one (holding the blocks would
+/// add 200 MB), and within the budget the memory plan states: embeddings and head, two blocks,
+/// the calibration buffers and one block's statistics, plus 256 MiB for the runtime.
+#[test]
+fn streamed_peak_memory_does_not_grow_with_depth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let peak = |layers: usize| {
+        let model = tmp.path().join(format!("llama-{layers}"));
+        random_llama(&model, layers);
+        let out = json_of(
+            &repro()
+                .args(["prune", "--model", model.to_str().unwrap(), "--method", "wanda"])
+                .args(["--calib", "c4:c4-format-sample", "--nsamples", "4", "--seqlen", "128"])
+                .args(["--eval", "wikitext2", "--max-windows", "1", "--stream", "on", "--json"])
+                .args(["--save", tmp.path().join(format!("pruned-{layers}")).to_str().unwrap()])
+                .output()
+                .unwrap(),
+        );
+        std::fs::remove_dir_all(&model).unwrap();
+        let plan = &out["memory_plan"];
+        let field = |k: &str| plan[k].as_u64().unwrap_or_else(|| panic!("memory_plan.{k}: {plan}"));
+        let bound = field("embeddings_and_head_bytes")
+            + 2 * field("block_bytes")
+            + 2 * field("calibration_buffer_bytes")
+            + field("statistics_bytes")
+            + (256 << 20);
+        (out["peak_rss_bytes"].as_u64().unwrap(), bound, field("block_bytes"))
+    };
+    let (shallow, bound, block) = peak(2);
+    let (deep, _, _) = peak(6);
+    let mib = |b: u64| b >> 20;
+    assert!(
+        deep <= shallow + block / 2,
+        "peak RSS grows with depth: {} MiB with 2 blocks, {} MiB with 6 (a block is {} MiB)",
+        mib(shallow),
+        mib(deep),
+        mib(block)
+    );
+    for (layers, peak) in [(2, shallow), (6, deep)] {
+        assert!(
+            peak <= bound,
+            "{layers} blocks: peak RSS {} MiB above the budget of {} MiB",
+            mib(peak),
+            mib(bound)
+        );
+    }
+}
+
+fn prune_spilled(model: &str, save: &Path, extra: &[&str]) -> serde_json::Value {
+    json_of(
+        &repro()
+            .args(["prune", "--model", &fixture_model(model), "--method", "sparsegpt"])
+            .args(["--calib", "c4:c4-format-sample", "--nsamples", "8", "--seqlen", "128"])
+            .args(["--calib-batch-size", "3", "--eval", "wikitext2", "--max-windows", "3"])
+            .args(["--stream", "on", "--json", "--save", save.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap(),
+    )
+}
+
+/// Calibration buffers that do not fit the memory budget live in scratch files and give the
+/// very same model and perplexity; the scratch directory is gone afterwards, and an orphan left
+/// there by a killed run is removed.
+#[test]
+fn spilled_calibration_buffers_give_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let orphan = scratch.join("repro-calib-999999999-abc");
+    std::fs::create_dir(&orphan).unwrap();
+    for model in ["llama-tiny", "opt-tiny"] {
+        let in_memory = prune_spilled(model, &tmp.path().join(format!("{model}-memory")), &[]);
+        let spilled = prune_spilled(
+            model,
+            &tmp.path().join(format!("{model}-spilled")),
+            &["--max-memory", "1M", "--scratch", scratch.to_str().unwrap()],
+        );
+        assert_eq!(in_memory["memory_plan"]["buffers_on_disk"], false);
+        assert_eq!(spilled["memory_plan"]["buffers_on_disk"], true);
+        let buffer = spilled["memory_plan"]["calibration_buffer_bytes"].as_u64().unwrap();
+        assert!(buffer > 0);
+        assert_eq!(spilled["memory_plan"]["scratch_bytes"].as_u64().unwrap(), 2 * buffer);
+        for key in ["ppl", "layers"] {
+            assert_eq!(
+                spilled[key], in_memory[key],
+                "{model}: `{key}` differs when buffers spill"
+            );
+        }
+        let want = checkpoint_tensors(&tmp.path().join(format!("{model}-memory")));
+        for (name, t) in checkpoint_tensors(&tmp.path().join(format!("{model}-spilled"))) {
+            assert!(t.equal(&want[&name]), "{model}: {name} differs when buffers spill");
+        }
+        let left: Vec<_> = std::fs::read_dir(&scratch)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "scratch files left behind: {left:?}");
+    }
+}
+
+/// `--plan` prints the memory plan from config.json alone and runs nothing; a scratch directory
+/// that does not exist is refused before any work.
+#[test]
+fn plan_prints_without_running_and_scratch_is_checked() {
+    let model = fixture_model("llama-tiny");
+    let out = repro()
+        .args(["prune", "--model", &model, "--method", "wanda", "--nsamples", "128"])
+        .args(["--plan", "--json", "--max-memory", "1M", "--stream", "on"])
+        .output()
+        .unwrap();
+    let plan = json_of(&out);
+    assert_eq!(plan["streamed"], true);
+    assert_eq!(plan["buffers_on_disk"], true);
+    // 128 samples x 512 positions x 256 wide x f32, twice.
+    assert_eq!(plan["calibration_buffer_bytes"], 128 * 512 * 256 * 4);
+    assert_eq!(plan["scratch_bytes"], 2 * 128 * 512 * 256 * 4);
+    let text = repro()
+        .args(["prune", "--model", &model, "--method", "wanda", "--plan"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("memory plan (f32)") && text.contains("calibration buffers"),
+        "{text}"
+    );
+
+    let err = run_err(&[
+        "prune",
+        "--model",
+        &model,
+        "--method",
+        "wanda",
+        "--calib",
+        "c4:c4-format-sample",
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "64",
+        "--max-memory",
+        "1M",
+        "--scratch",
+        "/nonexistent/scratch",
+    ]);
+    assert!(
+        err.contains("--scratch /nonexistent/scratch: no such directory"),
+        "{err}"
+    );
+}

@@ -93,7 +93,7 @@ pub fn score(
             .reshape([-1, hidden_size])
             .index_select(0, &Tensor::from_slice(&index).to_device(device));
         let logp = model
-            .head(&picked_hidden.unsqueeze(0))
+            .head(&picked_hidden.unsqueeze(0))?
             .squeeze_dim(0)
             .to_kind(Kind::Float)
             .log_softmax(-1, Kind::Float);

@@ -265,11 +265,13 @@ impl DecoderBlock for Block {
     }
 }
 
+const EMBED_TOKENS: &str = "model.embed_tokens.weight";
+
 pub struct Llama {
     stack: Stack,
-    embed_tokens: Tensor,
     norm: Tensor,
-    lm_head: Tensor,
+    /// The head's checkpoint name (the embeddings' when tied); both are `Stack::outer` tensors.
+    lm_head: &'static str,
     inv_freq: Tensor,
     sliding_window: Option<i64>,
     eps: f64,
@@ -279,15 +281,17 @@ impl Llama {
     pub fn load(cfg: Config, arch: &str, w: Weights, streamed: bool) -> Result<Self> {
         cfg.validate()?;
         let h = cfg.hidden_size;
-        let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let device = embed_tokens.device();
-        let kind = embed_tokens.kind();
         let norm = w.get("model.norm.weight", &[h])?;
+        let (device, kind) = (norm.device(), norm.kind());
         let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
-            embed_tokens.shallow_clone()
+            EMBED_TOKENS
         } else {
-            w.get("lm_head.weight", &[cfg.vocab_size, h])?
+            "lm_head.weight"
         };
+        let outer: Vec<(String, Vec<i64>)> = [EMBED_TOKENS, lm_head]
+            .iter()
+            .map(|name| (name.to_string(), vec![cfg.vocab_size, h]))
+            .collect();
         let is_mistral = arch.starts_with("Mistral") || arch == "mistral";
         let info = ModelInfo {
             architecture: arch.to_string(),
@@ -308,11 +312,10 @@ impl Llama {
         let eps = cfg.rms_norm_eps;
         let load_block = move |w: &Weights, i| Ok(Box::new(Block::load(&cfg, w, i)?) as Box<dyn DecoderBlock>);
         Ok(Llama {
-            stack: Stack::new(info, w, Box::new(load_block), streamed, device, kind)?,
+            stack: Stack::new(info, w, Box::new(load_block), &outer, streamed, device, kind)?,
             inv_freq,
             sliding_window,
             eps,
-            embed_tokens,
             norm,
             lm_head,
         })
@@ -335,8 +338,14 @@ impl CausalLm for Llama {
         &mut self.stack
     }
 
-    fn embed(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.embed_tokens, ids, -1, false, false)
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(Tensor::embedding(
+            &self.stack.outer(EMBED_TOKENS)?,
+            ids,
+            -1,
+            false,
+            false,
+        ))
     }
 
     /// cos/sin tables in f32 then cast to the model dtype, and the sliding-window mask when the
@@ -355,7 +364,7 @@ impl CausalLm for Llama {
     }
 
     /// Rotary positions come from the block context alone.
-    fn embed_at(&self, ids: &Tensor, _positions: &Tensor) -> Tensor {
+    fn embed_at(&self, ids: &Tensor, _positions: &Tensor) -> Result<Tensor> {
         self.embed(ids)
     }
 
@@ -373,7 +382,7 @@ impl CausalLm for Llama {
         }
     }
 
-    fn head(&self, h: &Tensor) -> Tensor {
-        rms_norm(h, &self.norm, self.eps).linear::<Tensor>(&self.lm_head, None)
+    fn head(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(rms_norm(h, &self.norm, self.eps).linear::<Tensor>(&self.stack.outer(self.lm_head)?, None))
     }
 }

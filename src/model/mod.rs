@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 use crate::hub::{Hub, RepoKind, RepoRef};
@@ -160,6 +161,11 @@ pub struct Stack {
     /// Every checkpoint tensor by hub name, sharing storage with the layers (resident models, for saving).
     tensors: Vec<(String, Tensor)>,
     streamed: Option<stream::Streamed>,
+    /// The large tensors outside the blocks (embeddings, head) by checkpoint name and shape. A
+    /// resident model holds them all the time; a streamed one reads each when it is first used
+    /// and drops them at `release_outer`, so that they do not sit idle while blocks are pruned.
+    outer: Mutex<HashMap<String, Tensor>>,
+    outer_shapes: HashMap<String, Vec<i64>>,
     pub device: Device,
     pub kind: Kind,
 }
@@ -182,20 +188,26 @@ impl std::ops::Deref for BlockRef<'_> {
 
 impl Stack {
     /// Resident: builds every block now and keeps all checkpoint tensors (sharing storage with
-    /// the layers). Streamed: keeps the checkpoint index and builds blocks when asked for.
+    /// the layers). Streamed: keeps the checkpoint index and builds blocks, and reads the
+    /// `outer` tensors (name, shape), when asked for.
     pub fn new(
         info: ModelInfo,
         weights: Weights,
         load: BlockLoader,
+        outer: &[(String, Vec<i64>)],
         streamed: bool,
         device: Device,
         kind: Kind,
     ) -> Result<Stack> {
         let n = info.n_layers;
+        let outer_shapes: HashMap<String, Vec<i64>> = outer.iter().cloned().collect();
         if streamed {
             // Every block is checked now: a missing or misshapen tensor in block 30 must not
             // surface after hours of pruning blocks 0-29.
             let headers = weights.headers_only();
+            for (name, shape) in outer {
+                let _ = headers.get(name, shape)?;
+            }
             for i in 0..n {
                 load(&headers, i)?;
             }
@@ -205,10 +217,16 @@ impl Stack {
                 blocks: (0..n).map(|_| None).collect(),
                 tensors: Vec::new(),
                 streamed: Some(streamed),
+                outer: Mutex::new(HashMap::new()),
+                outer_shapes,
                 device,
                 kind,
             });
         }
+        let held = outer
+            .iter()
+            .map(|(name, shape)| Ok((name.clone(), weights.get(name, shape)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
         let blocks = (0..n)
             .map(|i| load(&weights, i).map(Some))
             .collect::<Result<Vec<_>>>()?;
@@ -217,9 +235,35 @@ impl Stack {
             blocks,
             tensors: weights.into_named(),
             streamed: None,
+            outer: Mutex::new(held),
+            outer_shapes,
             device,
             kind,
         })
+    }
+
+    /// The embedding or head matrix `name` (one of the `outer` tensors given to `new`); a
+    /// streamed model reads it from the checkpoint unless it is held since the last release.
+    pub fn outer(&self, name: &str) -> Result<Tensor> {
+        let mut held = self.outer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = held.get(name) {
+            return Ok(t.shallow_clone());
+        }
+        let (Some(streamed), Some(shape)) = (&self.streamed, self.outer_shapes.get(name)) else {
+            bail!("`{name}` is not one of the model's embedding or head tensors");
+        };
+        let t = streamed.weights().get(name, shape)?;
+        held.insert(name.to_string(), t.shallow_clone());
+        Ok(t)
+    }
+
+    /// Streamed models: drops the embedding and head matrices read so far (a resident model
+    /// keeps them). Called where they stop being needed for a while: after the embeddings of
+    /// calibration samples or of an evaluation group, after the head of an evaluation group.
+    pub fn release_outer(&self) {
+        if self.is_streamed() {
+            self.outer.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 
     pub fn n_blocks(&self) -> usize {
@@ -284,16 +328,16 @@ pub trait CausalLm: Send {
     fn stack(&self) -> &Stack;
     fn stack_mut(&mut self) -> &mut Stack;
     /// token ids (B, L) int64 -> hidden (B, L, H).
-    fn embed(&self, ids: &Tensor) -> Tensor;
+    fn embed(&self, ids: &Tensor) -> Result<Tensor>;
     fn context(&self, seq_len: i64) -> BlockCtx;
     /// token ids (B, L) whose positions in their own sequences are `positions` (B, L) -> hidden
     /// (B, L, H); packed rows hold several sequences (see [`Packing`]).
-    fn embed_at(&self, ids: &Tensor, positions: &Tensor) -> Tensor;
+    fn embed_at(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor>;
     /// The block context of packed rows: positions (B, L) as in `embed_at`, and `visible` (B, L, L)
     /// bool, whether query i may attend to key j.
     fn packed_context(&self, positions: &Tensor, visible: &Tensor) -> BlockCtx;
     /// final norm (+ projection) + lm_head: hidden (B, L, H) -> logits (B, L, V).
-    fn head(&self, h: &Tensor) -> Tensor;
+    fn head(&self, h: &Tensor) -> Result<Tensor>;
 
     fn info(&self) -> &ModelInfo {
         &self.stack().info
@@ -308,11 +352,11 @@ pub trait CausalLm: Send {
     /// Full forward pass: ids (B, L) -> logits (B, L, V).
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let ctx = self.context(ids.size()[1]);
-        let mut h = self.embed(ids);
+        let mut h = self.embed(ids)?;
         for i in 0..self.stack().n_blocks() {
             h = self.stack().block(i)?.forward(&h, &ctx);
         }
-        Ok(self.head(&h))
+        self.head(&h)
     }
 }
 
@@ -349,7 +393,7 @@ pub struct Rows {
 }
 
 impl Rows {
-    fn embed(&self, model: &dyn CausalLm) -> Tensor {
+    fn embed(&self, model: &dyn CausalLm) -> Result<Tensor> {
         let ids = self.ids.to_device(model.device());
         match &self.packing {
             None => model.embed(&ids),
@@ -385,7 +429,7 @@ pub fn forward_batches(
             packing: None,
         })
         .collect();
-    forward_rows(model, &rows, |i, hidden| f(i, model.head(&hidden)))
+    forward_rows(model, &rows, |i, hidden| f(i, model.head(&hidden)?))
 }
 
 /// Runs each batch of rows through the blocks and hands its last hidden states (B, L, H) to `f`, in
@@ -401,7 +445,7 @@ pub fn forward_rows(
     let stack = model.stack();
     if !stack.is_streamed() {
         for (i, rows) in batches.iter().enumerate() {
-            let mut h = rows.embed(model);
+            let mut h = rows.embed(model)?;
             let ctx = rows
                 .packed_context(model)
                 .unwrap_or_else(|| model.context(rows.ids.size()[1]));
@@ -425,7 +469,8 @@ pub fn forward_rows(
             end += 1;
         }
         let group = &batches[start..end];
-        let mut hidden: Vec<Tensor> = group.iter().map(|rows| rows.embed(model)).collect();
+        let mut hidden: Vec<Tensor> = group.iter().map(|rows| rows.embed(model)).collect::<Result<_>>()?;
+        stack.release_outer();
         let packed: Vec<Option<BlockCtx>> = group.iter().map(|rows| rows.packed_context(model)).collect();
         let mut by_length: HashMap<i64, BlockCtx> = HashMap::new();
         let bar = crate::progress::bar(stack.n_blocks() as u64, "blocks");
@@ -446,6 +491,7 @@ pub fn forward_rows(
         for (k, h) in hidden.into_iter().enumerate() {
             f(start + k, h)?;
         }
+        stack.release_outer();
         start = end;
     }
     Ok(())
@@ -607,7 +653,7 @@ mod tests {
             let block = model.stack().block(0).unwrap();
             let mut seen = Vec::new();
             let ids = Tensor::from_slice(&[1i64, 5, 9, 3]).unsqueeze(0);
-            let flow = block.forward_tapped(&model.embed(&ids), &model.context(4), &mut |names, _| {
+            let flow = block.forward_tapped(&model.embed(&ids).unwrap(), &model.context(4), &mut |names, _| {
                 seen.extend_from_slice(names);
                 ControlFlow::Continue(())
             });

@@ -166,14 +166,16 @@ impl DecoderBlock for Block {
     }
 }
 
+const EMBED_TOKENS: &str = "model.decoder.embed_tokens.weight";
+
 pub struct Opt {
     stack: Stack,
-    embed_tokens: Tensor,
     embed_positions: Tensor,
     project_in: Option<Linear>,
     project_out: Option<Linear>,
     final_layer_norm: Option<LayerNorm>,
-    lm_head: Tensor,
+    /// The head's checkpoint name (the embeddings' when tied); both are `Stack::outer` tensors.
+    lm_head: &'static str,
 }
 
 impl Opt {
@@ -188,8 +190,6 @@ impl Opt {
         }
         let proj = cfg.word_embed_proj_dim.unwrap_or(h);
         let p = "model.decoder";
-        let embed_tokens = w.get(&format!("{p}.embed_tokens.weight"), &[cfg.vocab_size, proj])?;
-        let (device, kind) = (embed_tokens.device(), embed_tokens.kind());
         let (project_in, project_out) = if proj != h {
             (
                 Some(Linear::load(&w, &format!("{p}.project_in"), false, (h, proj))?),
@@ -204,10 +204,14 @@ impl Opt {
             None
         };
         let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
-            embed_tokens.shallow_clone()
+            EMBED_TOKENS
         } else {
-            w.get("lm_head.weight", &[cfg.vocab_size, proj])?
+            "lm_head.weight"
         };
+        let outer: Vec<(String, Vec<i64>)> = [EMBED_TOKENS, lm_head]
+            .iter()
+            .map(|name| (name.to_string(), vec![cfg.vocab_size, proj]))
+            .collect();
         let info = ModelInfo {
             architecture: "OPTForCausalLM".into(),
             model_type: "opt".into(),
@@ -223,27 +227,27 @@ impl Opt {
             &format!("{p}.embed_positions.weight"),
             &[cfg.max_position_embeddings + POSITION_OFFSET, h],
         )?;
+        let (device, kind) = (embed_positions.device(), embed_positions.kind());
         let load_block = move |w: &Weights, i| Ok(Box::new(Block::load(&cfg, w, i)?) as Box<dyn DecoderBlock>);
         Ok(Opt {
             embed_positions,
-            embed_tokens,
             project_in,
             project_out,
             final_layer_norm,
             lm_head,
-            stack: Stack::new(info, w, Box::new(load_block), streamed, device, kind)?,
+            stack: Stack::new(info, w, Box::new(load_block), &outer, streamed, device, kind)?,
         })
     }
 }
 
 impl Opt {
     /// Token embeddings (projected in when the model has `project_in`), without positions.
-    fn embed_tokens(&self, ids: &Tensor) -> Tensor {
-        let x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
-        match &self.project_in {
+    fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        let x = Tensor::embedding(&self.stack.outer(EMBED_TOKENS)?, ids, -1, false, false);
+        Ok(match &self.project_in {
             Some(p) => p.forward(&x),
             None => x,
-        }
+        })
     }
 }
 
@@ -255,10 +259,10 @@ impl CausalLm for Opt {
         &mut self.stack
     }
 
-    fn embed(&self, ids: &Tensor) -> Tensor {
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let l = ids.size()[1];
         let pos = Tensor::arange_start(POSITION_OFFSET, l + POSITION_OFFSET, (Kind::Int64, self.stack.device));
-        self.embed_tokens(ids) + Tensor::embedding(&self.embed_positions, &pos, -1, false, false).unsqueeze(0)
+        Ok(self.embed_tokens(ids)? + Tensor::embedding(&self.embed_positions, &pos, -1, false, false).unsqueeze(0))
     }
 
     fn context(&self, _seq_len: i64) -> BlockCtx {
@@ -269,9 +273,9 @@ impl CausalLm for Opt {
     }
 
     /// Each token gets the learned position of its place in its own sequence.
-    fn embed_at(&self, ids: &Tensor, positions: &Tensor) -> Tensor {
-        self.embed_tokens(ids)
-            + Tensor::embedding(&self.embed_positions, &(positions + POSITION_OFFSET), -1, false, false)
+    fn embed_at(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        Ok(self.embed_tokens(ids)?
+            + Tensor::embedding(&self.embed_positions, &(positions + POSITION_OFFSET), -1, false, false))
     }
 
     fn packed_context(&self, _positions: &Tensor, visible: &Tensor) -> BlockCtx {
@@ -281,7 +285,7 @@ impl CausalLm for Opt {
         }
     }
 
-    fn head(&self, h: &Tensor) -> Tensor {
+    fn head(&self, h: &Tensor) -> Result<Tensor> {
         let mut x = match &self.final_layer_norm {
             Some(ln) => ln.forward(h),
             None => h.shallow_clone(),
@@ -289,6 +293,6 @@ impl CausalLm for Opt {
         if let Some(p) = &self.project_out {
             x = p.forward(&x);
         }
-        x.linear::<Tensor>(&self.lm_head, None)
+        Ok(x.linear::<Tensor>(&self.stack.outer(self.lm_head)?, None))
     }
 }

@@ -6,8 +6,7 @@
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use super::{BlockLoader, DecoderBlock, Weights};
 
@@ -19,7 +18,11 @@ pub struct Streamed {
     n_blocks: usize,
     /// Where written shards go; a temporary directory unless a save directory was named.
     dir: Option<PathBuf>,
-    temp: Option<TempBlocks>,
+    /// A temporary directory of pruned blocks (as large as the pruned model), when no save
+    /// directory was named.
+    temp: Option<crate::scratch::ScratchDir>,
+    /// Where that temporary directory goes (`--scratch`, else `$TMPDIR`).
+    scratch: PathBuf,
     /// Blocks whose shard is in `dir`.
     written: BTreeSet<usize>,
 }
@@ -33,12 +36,23 @@ impl Streamed {
             n_blocks,
             dir: None,
             temp: None,
+            scratch: std::env::temp_dir(),
             written: BTreeSet::new(),
         }
     }
 
+    /// The checkpoint's tensors (pruned blocks as written).
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
     pub fn read(&self, i: usize) -> Result<Box<dyn DecoderBlock>> {
         (self.load)(&self.weights, i)
+    }
+
+    /// Pruned blocks that are not saved go to a temporary directory in `dir`.
+    pub fn set_scratch(&mut self, dir: &Path) {
+        self.scratch = dir.to_path_buf();
     }
 
     /// Shards written from now on go to `dir` (checked by `checkpoint::check_target`).
@@ -73,9 +87,12 @@ impl Streamed {
     /// atomically, and reads the block from there from now on.
     pub fn write(&mut self, i: usize, block: &dyn DecoderBlock) -> Result<()> {
         if self.dir.is_none() {
-            remove_orphaned_block_dirs();
-            let temp = TempBlocks::new()?;
-            self.dir = Some(temp.0.path().to_path_buf());
+            let temp = crate::scratch::ScratchDir::new(
+                &self.scratch,
+                TEMP_PREFIX,
+                "streamed blocks (use --scratch or TMPDIR for a disk with room for the model)",
+            )?;
+            self.dir = Some(temp.path().to_path_buf());
             self.temp = Some(temp);
         }
         let dir = self.dir.clone().expect("set above");
@@ -90,20 +107,14 @@ impl Streamed {
                 Some(w) => w.shallow_clone(),
                 None => self.weights.get_any(&name)?,
             };
-            tensors.push((name, t.to_device(Device::Cpu).contiguous()));
+            tensors.push((name, t));
         }
-        self.write_shard(&dir, &self.shard_name(i), &tensors)?;
+        let layout: Vec<_> = tensors.iter().map(|(n, t)| (n.clone(), t.size(), t.kind())).collect();
+        let path = dir.join(self.shard_name(i));
+        crate::checkpoint::write_safetensors(&path, &layout, |k| Ok(tensors[k].1.shallow_clone()))?;
+        self.weights.add_file(&path)?;
         self.written.insert(i);
         Ok(())
-    }
-
-    fn write_shard(&mut self, dir: &Path, file: &str, tensors: &[(String, Tensor)]) -> Result<()> {
-        let path = dir.join(file);
-        let partial = dir.join(format!("{file}.partial"));
-        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        Tensor::write_safetensors(&named, &partial).with_context(|| format!("cannot write {}", partial.display()))?;
-        std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        self.weights.add_file(&path)
     }
 
     /// Completes a sharded checkpoint in `dir`: every block not written there yet, then the
@@ -125,12 +136,18 @@ impl Streamed {
             .into_iter()
             .filter(|n| !in_blocks.contains_key(n))
             .collect();
-        let tensors = rest
+        // Embeddings and head are read one at a time as they are written, not held together.
+        let layout = rest
             .iter()
-            .map(|n| Ok((n.clone(), self.weights.get_any(n)?.to_device(Device::Cpu).contiguous())))
+            .map(|n| {
+                let (shape, kind) = self.weights.loaded_layout(n)?;
+                Ok((n.clone(), shape, kind))
+            })
             .collect::<Result<Vec<_>>>()?;
         let last = self.shard_name(self.n_blocks);
-        self.write_shard(dir, &last, &tensors)?;
+        let path = dir.join(&last);
+        crate::checkpoint::write_safetensors(&path, &layout, |k| self.weights.get_any(&rest[k]))?;
+        self.weights.add_file(&path)?;
         let mut weight_map = serde_json::Map::new();
         for n in self.weights.names() {
             let file = in_blocks.get(&n).map_or(last.clone(), |&i| self.shard_name(i));
@@ -146,70 +163,5 @@ impl Streamed {
     }
 }
 
+/// Streamed blocks' temporary directories are named `repro-blocks-{pid}-*`.
 const TEMP_PREFIX: &str = "repro-blocks-";
-
-/// This process's temporary block directories, for the interrupt handler.
-static LIVE_TEMP_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// A temporary directory of streamed blocks (as large as the pruned model): removed when the run
-/// ends, and by [`remove_temp_blocks_on_interrupt`]'s handler when it is interrupted.
-struct TempBlocks(tempfile::TempDir);
-
-impl TempBlocks {
-    fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
-            .tempdir()
-            .context("cannot create a temporary directory for streamed blocks (set TMPDIR to a disk with room for the model)")?;
-        LIVE_TEMP_DIRS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(dir.path().to_path_buf());
-        Ok(TempBlocks(dir))
-    }
-}
-
-impl Drop for TempBlocks {
-    fn drop(&mut self) {
-        LIVE_TEMP_DIRS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|d| d != self.0.path());
-    }
-}
-
-/// On Ctrl-C, SIGTERM or SIGHUP: remove the temporary blocks of running streamed models, then exit
-/// with 130. Records and saves need nothing: they are only ever replaced whole.
-pub fn remove_temp_blocks_on_interrupt() -> Result<()> {
-    ctrlc::set_handler(|| {
-        for dir in LIVE_TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        eprintln!("\ninterrupted");
-        std::process::exit(130);
-    })
-    .context("cannot install the interrupt handler")
-}
-
-/// A run killed by SIGKILL (or a crash) leaves its temporary blocks behind (as much as the whole pruned
-/// model); the next streamed run removes those whose process (the pid in the name) is gone.
-fn remove_orphaned_block_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for path in entries.flatten().map(|e| e.path()) {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let pid = name
-            .strip_prefix(TEMP_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(&path);
-            }
-        }
-    }
-}

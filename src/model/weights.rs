@@ -17,9 +17,19 @@ use tch::{Device, Kind, Tensor};
 use crate::hub::RepoRef;
 
 /// Whether no element is NaN or infinite. A sum is non-finite exactly when an element is (it
-/// accumulates in f64, so it cannot overflow itself), and it needs no tensor-sized temporary.
+/// accumulates in f64, so it cannot overflow itself). libtorch sums in f64 by converting its
+/// input first, so the sum runs over slices of 1M elements: a whole embedding matrix converted
+/// at once would double the peak memory of loading it.
 pub fn all_finite(t: &Tensor) -> bool {
-    t.sum(Kind::Double).double_value(&[]).is_finite()
+    const CHUNK: i64 = 1 << 20;
+    let flat = t.reshape([-1]);
+    let n = flat.size()[0];
+    (0..n).step_by(CHUNK as usize).all(|start| {
+        flat.narrow(0, start, CHUNK.min(n - start))
+            .sum(Kind::Double)
+            .double_value(&[])
+            .is_finite()
+    })
 }
 
 /// Where one tensor lies: its file, byte range (absolute) and layout.
@@ -264,18 +274,25 @@ impl Weights {
 
     /// Bytes of all tensors once loaded in the run's dtype.
     pub fn loaded_bytes(&self) -> u64 {
-        let kind = self.kind;
         self.index
             .values()
-            .map(|l| {
-                let elt = if is_float(l.kind) {
-                    kind.elt_size_in_bytes()
-                } else {
-                    l.kind.elt_size_in_bytes()
-                };
-                l.shape.iter().product::<i64>() as u64 * elt as u64
-            })
+            .map(|l| l.shape.iter().product::<i64>() as u64 * self.loaded_kind(l).elt_size_in_bytes() as u64)
             .sum()
+    }
+
+    /// Floating-point tensors load in the run's dtype, others as stored.
+    fn loaded_kind(&self, loc: &Location) -> Kind {
+        if is_float(loc.kind) {
+            self.kind
+        } else {
+            loc.kind
+        }
+    }
+
+    /// Shape and dtype of the tensor `name` once loaded, without reading it.
+    pub fn loaded_layout(&self, name: &str) -> Result<(Vec<i64>, Kind)> {
+        let (_, loc) = self.location(name)?;
+        Ok((loc.shape.clone(), self.loaded_kind(loc)))
     }
 
     /// The tensor under its checkpoint name, whatever its shape and dtype (for copying it as it is).

@@ -3,6 +3,7 @@
 //! while collecting each linear layer's input statistics, prune all its linear layers, and run
 //! the pruned block to produce the next block's inputs.
 
+pub mod activations;
 pub mod allocation;
 pub mod expr;
 pub mod mask;
@@ -15,13 +16,14 @@ pub mod stats;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::ops::ControlFlow;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::weights::all_finite;
-use crate::model::{BlockCtx, CausalLm, DecoderBlock, Linear};
+use crate::model::{CausalLm, DecoderBlock, Linear};
+use activations::Activations;
 use allocation::Allocation;
 use mask::{Group, Pattern, VARIANT_TOLERANCE};
 use metric::{Metric, Params};
@@ -229,7 +231,8 @@ fn sync(device: Device) {
 /// Prunes every linear layer of every block in place, each block at the sparsity `allocation`
 /// gives it (`sparsity` for all, uniformly). `calib` is (nsamples, seqlen) token ids, needed
 /// unless the method is data-free and the allocation not OWL. `batch_size` samples go through a
-/// block at once.
+/// block at once. The calibration buffers live in scratch files under `spill_to` when given
+/// (`crate::memory::MemoryPlan`), else in memory.
 pub fn prune_model(
     model: &mut dyn CausalLm,
     method: &Method,
@@ -238,6 +241,7 @@ pub fn prune_model(
     allocation: &Allocation,
     calib: Option<&Tensor>,
     batch_size: usize,
+    spill_to: Option<&Path>,
 ) -> Result<PruneReport> {
     pattern.check_sparsity(sparsity)?;
     allocation.check_pattern(pattern)?;
@@ -284,7 +288,7 @@ pub fn prune_model(
         Allocation::Owl { m, lambda } => {
             let ids = calib.context("OWL needs calibration data for its outlier ratios")?;
             let t = Instant::now();
-            let ratios = owl_outlier_ratios(model, ids, batch_size, *m)?;
+            let ratios = owl_outlier_ratios(model, ids, batch_size, *m, spill_to)?;
             forward_seconds += t.elapsed().as_secs_f64();
             (allocation::owl_sparsities(&ratios, *lambda, sparsity)?, Some(ratios))
         }
@@ -296,7 +300,7 @@ pub fn prune_model(
         (false, _) => None,
         (true, Some(ids)) => {
             let t = Instant::now();
-            let a = Activations::capture(model, ids, batch_size);
+            let a = Activations::capture(model, ids, batch_size, spill_to)?;
             forward_seconds += t.elapsed().as_secs_f64();
             Some(a)
         }
@@ -311,7 +315,7 @@ pub fn prune_model(
         if let Some(a) = &acts {
             bar.set_message(format!("block {b}: calibration statistics"));
             let t = Instant::now();
-            stats = BlockStats::collect(a, block.as_ref(), method.needs(), method.update.is_obs(), device);
+            stats = BlockStats::collect(a, block.as_ref(), method.needs(), method.update.is_obs(), device)?;
             forward_seconds += t.elapsed().as_secs_f64();
         }
         let BlockStats {
@@ -337,7 +341,7 @@ pub fn prune_model(
         if let Some(a) = acts.as_mut().filter(|_| b + 1 < n_blocks) {
             bar.set_message(format!("block {b}: pruned outputs"));
             let t = Instant::now();
-            a.advance(block.as_ref());
+            a.advance(block.as_ref())?;
             forward_seconds += t.elapsed().as_secs_f64();
         }
         layers.extend(block_sparsity(&block_name, block.as_ref(), &alphas, target));
@@ -359,14 +363,20 @@ pub fn prune_model(
 /// OWL's first pass: each block's outlier ratio from the Wanda scores of the dense model, the
 /// calibration samples running through the unpruned blocks (as the official code's pass that
 /// precedes its pruning pass).
-fn owl_outlier_ratios(model: &dyn CausalLm, ids: &Tensor, batch_size: usize, m: f64) -> Result<Vec<f64>> {
+fn owl_outlier_ratios(
+    model: &dyn CausalLm,
+    ids: &Tensor,
+    batch_size: usize,
+    m: f64,
+    spill_to: Option<&Path>,
+) -> Result<Vec<f64>> {
     let n_blocks = model.stack().n_blocks();
     let bar = crate::progress::bar(n_blocks as u64, "OWL outlier ratios");
-    let mut acts = Activations::capture(model, ids, batch_size);
+    let mut acts = Activations::capture(model, ids, batch_size, spill_to)?;
     let mut ratios = Vec::with_capacity(n_blocks);
     for b in 0..n_blocks {
         let block = model.stack().block(b)?;
-        let stats = BlockStats::collect(&acts, &*block, Needs::NORMS, false, model.device());
+        let stats = BlockStats::collect(&acts, &*block, Needs::NORMS, false, model.device())?;
         let mut scores = Vec::new();
         for (name, linear) in block.linears() {
             let norms = stats.norms.get(stats.leader.get(name).copied().unwrap_or(name));
@@ -378,7 +388,7 @@ fn owl_outlier_ratios(model: &dyn CausalLm, ids: &Tensor, batch_size: usize, m: 
         }
         ratios.push(allocation::outlier_ratio(&scores, m));
         if b + 1 < n_blocks {
-            acts.advance(&*block);
+            acts.advance(&*block)?;
         }
         bar.inc(1);
     }
@@ -403,7 +413,7 @@ impl BlockStats {
         needs: Needs,
         obs_update: bool,
         device: Device,
-    ) -> BlockStats {
+    ) -> Result<BlockStats> {
         let mut stats = BlockStats::default();
         acts.observe(block, &mut |names, x| {
             let key = names[0];
@@ -430,8 +440,8 @@ impl BlockStats {
                     .or_insert_with(|| Hessian::new(cols, device))
                     .add_batch(x);
             }
-        });
-        stats
+        })?;
+        Ok(stats)
     }
 }
 
@@ -543,61 +553,4 @@ pub fn block_sparsity(
             }
         })
         .collect()
-}
-
-/// The two calibration activation buffers: inputs of the current block and its outputs.
-struct Activations {
-    inps: Tensor,
-    outs: Tensor,
-    ctx: BlockCtx,
-    batch: i64,
-}
-
-impl Activations {
-    fn capture(model: &dyn CausalLm, ids: &Tensor, batch: usize) -> Self {
-        let (n, l) = ids.size2().expect("calibration ids are (nsamples, seqlen)");
-        let inps = Tensor::zeros([n, l, model.info().hidden_size], (model.kind(), model.device()));
-        let batch = batch.min(n as usize) as i64; // no wider than the samples (and no i64 overflow)
-        for s in (0..n).step_by(batch as usize) {
-            let b = batch.min(n - s);
-            let x = model.embed(&ids.narrow(0, s, b).to_device(model.device()));
-            inps.narrow(0, s, b).copy_(&x);
-        }
-        Activations {
-            outs: inps.zeros_like(),
-            inps,
-            ctx: model.context(l),
-            batch,
-        }
-    }
-
-    /// Runs `block` over all samples with `see` shown each linear layer's inputs. Each pass
-    /// stops at the last layer's input: its product and the block's output are never read.
-    fn observe(&self, block: &dyn DecoderBlock, see: &mut dyn FnMut(&[&'static str], &Tensor)) {
-        let last = block.linears().last().map(|(name, _)| *name);
-        let mut tap = |names: &[&'static str], x: &Tensor| {
-            see(names, x);
-            if names.iter().any(|n| Some(*n) == last) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        };
-        let n = self.inps.size()[0];
-        for s in (0..n).step_by(self.batch as usize) {
-            let b = self.batch.min(n - s);
-            let _ = block.forward_tapped(&self.inps.narrow(0, s, b), &self.ctx, &mut tap);
-        }
-    }
-
-    /// Runs the (pruned) block over all samples; its outputs become the next block's inputs.
-    fn advance(&mut self, block: &dyn DecoderBlock) {
-        let n = self.inps.size()[0];
-        for s in (0..n).step_by(self.batch as usize) {
-            let b = self.batch.min(n - s);
-            let y = block.forward(&self.inps.narrow(0, s, b), &self.ctx);
-            self.outs.narrow(0, s, b).copy_(&y);
-        }
-        std::mem::swap(&mut self.inps, &mut self.outs);
-    }
 }

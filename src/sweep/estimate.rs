@@ -217,6 +217,48 @@ fn calibration(shape: &ModelShape, method: &Method, nsamples: f64, len: f64, bat
 }
 
 /// Whether a method collects Hessians and input norms.
+/// Memory of pruning one block on the calibration pipeline, in bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CalibrationMemory {
+    /// One of the two activation buffers (every sample's hidden states).
+    pub buffer: f64,
+    /// One batch of samples' activations inside a block.
+    pub working: f64,
+    /// One block's statistics (Hessians) and the pruning's temporaries (scores, sorts, masks).
+    pub statistics: f64,
+}
+
+/// What pruning a block with `method` holds besides the weights (buffers and working set only
+/// when the run `calibrates`).
+pub fn calibration_memory(
+    shape: &ModelShape,
+    method: &Method,
+    calibrates: bool,
+    nsamples: usize,
+    len: usize,
+    batch: usize,
+    elt: f64,
+) -> CalibrationMemory {
+    let mut memory = CalibrationMemory::default();
+    let len = len as f64;
+    let largest = shape.linears().map(|l| l.rows * l.cols).max().unwrap_or(0) as f64;
+    if calibrates {
+        memory.buffer = nsamples as f64 * len * shape.hidden as f64 * elt;
+        memory.working = batch.min(nsamples) as f64 * len * (3 * shape.intermediate + 4 * shape.hidden) as f64 * elt;
+        let (hessian, _) = needs_statistics(method);
+        let widest = shape.linears().map(|l| l.cols).max().unwrap_or(0) as f64;
+        if hessian {
+            let held: f64 = shape.inputs.iter().map(|g| (g[0].cols * g[0].cols) as f64 * 4.0).sum();
+            memory.statistics = held + 3.0 * widest * widest * 4.0 + 3.0 * largest * 4.0;
+        }
+    }
+    if method.update == Update::Zero {
+        // The largest layer's scores, sorted values, their int64 indices and the mask.
+        memory.statistics += largest * (4.0 + 4.0 + 8.0 + 1.0);
+    }
+    memory
+}
+
 fn needs_statistics(method: &Method) -> (bool, bool) {
     let needs = method.needs();
     (needs.hessian, needs.norms)
@@ -358,24 +400,18 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
             let (dense, hessians) = calibration(shape, m, p.nsamples as f64, len, p.calib_batch_size as f64, elt);
             work.calibration = dense;
             f32_work.calibration = hessians;
-            let tokens = p.nsamples as f64 * len;
-            calib_bytes = 2.0 * tokens * shape.hidden as f64 * elt
-                + p.calib_batch_size.min(p.nsamples) as f64
-                    * len
-                    * (3 * shape.intermediate + 4 * shape.hidden) as f64
-                    * elt;
-            let (hessian, _) = needs_statistics(m);
-            let widest = shape.linears().map(|l| l.cols).max().unwrap_or(0) as f64;
-            let largest = shape.linears().map(|l| l.rows * l.cols).max().unwrap_or(0) as f64;
-            if hessian {
-                let held: f64 = shape.inputs.iter().map(|g| (g[0].cols * g[0].cols) as f64 * 4.0).sum();
-                stats_bytes = held + 3.0 * widest * widest * 4.0 + 3.0 * largest * 4.0;
-            }
         }
-        if m.update == Update::Zero {
-            // The largest layer's scores, sorted values, their int64 indices and the mask.
-            stats_bytes += shape.linears().map(|l| l.rows * l.cols).max().unwrap_or(0) as f64 * (4.0 + 4.0 + 8.0 + 1.0);
-        }
+        let memory = calibration_memory(
+            shape,
+            m,
+            m.needs_calibration(),
+            p.nsamples,
+            len as usize,
+            p.calib_batch_size,
+            elt,
+        );
+        calib_bytes = 2.0 * memory.buffer + memory.working;
+        stats_bytes = memory.statistics;
         for l in shape.linears() {
             let (w, f) = prune_layer(l, m, p.pattern, elt);
             work.pruning = work.pruning + w * shape.n_layers as f64;
@@ -451,10 +487,11 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
     ] {
         *w = *w + f;
     }
-    // Memory: the weights (or, streamed, all but the blocks plus two blocks), the calibration
-    // buffers and one block's statistics, or the evaluation's logits and their f32 log-softmax.
+    // Memory: the weights (or, streamed, two blocks or the embeddings and head, which are read
+    // only while used, as `crate::memory::MemoryPlan` counts them), the calibration buffers and
+    // one block's statistics, or the evaluation's logits and their f32 log-softmax.
     let weights = shape.params() as f64 * elt;
-    let streamed_weights = (shape.outer_params + 2 * shape.block_params) as f64 * elt;
+    let streamed_weights = shape.outer_params.max(2 * shape.block_params) as f64 * elt;
     let eval_bytes =
         widest_eval * (shape.vocab as f64 * (elt + 8.0) + (3 * shape.intermediate + 4 * shape.hidden) as f64 * elt);
     // Loading holds the weights read so far plus the tensor being read.
