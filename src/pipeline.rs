@@ -441,11 +441,7 @@ pub fn plan_only(hub: &Hub, spec: &ModelSpec, prune: Option<&PruneSpec>) -> Resu
     let method = prune.map(PruneSpec::method).transpose()?;
     let device = parse_device(&spec.device)?;
     let kind = parse_dtype(spec.dtype.as_deref(), device)?;
-    let config_path = hub.repo(&spec.model, RepoKind::Model).get("config.json")?;
-    let text =
-        std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let config: Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", config_path.display()))?;
+    let (config_path, config) = model::read_config(&hub.repo(&spec.model, RepoKind::Model))?;
     let shape = ModelShape::from_config(&config).with_context(|| config_path.display().to_string())?;
     let seqlen = window_length(spec.seqlen, shape.max_positions as i64)?;
     let weights = shape.params() * kind.elt_size_in_bytes() as u64;

@@ -527,6 +527,14 @@ pub fn load(hub: &Hub, spec: &str, device: Device, kind: Kind, streaming: Stream
     })
 }
 
+/// A model repo's config.json, with where it was found (for messages).
+pub fn read_config(repo: &RepoRef) -> Result<(std::path::PathBuf, Value)> {
+    let path = repo.get("config.json")?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config = serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", path.display()))?;
+    Ok((path, config))
+}
+
 /// Reads config.json and dispatches on `architectures[0]` (or `model_type`); no tokenizer needed.
 pub fn load_model(
     hub: &Hub,
@@ -536,11 +544,7 @@ pub fn load_model(
     streaming: Streaming,
 ) -> Result<(Box<dyn CausalLm>, RepoRef, Value)> {
     let repo = hub.repo(spec, RepoKind::Model);
-    let config_path = repo.get("config.json")?;
-    let text =
-        std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let config: Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", config_path.display()))?;
+    let (config_path, config) = read_config(&repo)?;
     let arch = config
         .get("architectures")
         .and_then(|a| a.get(0))
