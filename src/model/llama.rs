@@ -383,6 +383,10 @@ impl CausalLm for Llama {
     }
 
     fn head(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(rms_norm(h, &self.norm, self.eps).linear::<Tensor>(&self.stack.outer(self.lm_head)?, None))
+        Ok(super::gemm::linear(
+            &rms_norm(h, &self.norm, self.eps),
+            &self.stack.outer(self.lm_head)?,
+            None,
+        ))
     }
 }

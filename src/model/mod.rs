@@ -2,6 +2,7 @@
 //! cached hidden states: `embed` -> `blocks[i].forward` -> `head`, each callable on its own.
 //! One file per architecture; weights are looked up by their Hugging Face names.
 
+pub mod gemm;
 pub mod llama;
 pub mod opt;
 pub mod shape;
@@ -47,7 +48,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match &self.sparse {
             Some(compressed) => crate::kernels::sparse_linear(compressed, x, self.bias.as_ref()),
-            None => x.linear(&self.weight, self.bias.as_ref()),
+            None => gemm::linear(x, &self.weight, self.bias.as_ref()),
         }
     }
 }
@@ -433,7 +434,10 @@ pub fn forward_batches(
 }
 
 /// Runs each batch of rows through the blocks and hands its last hidden states (B, L, H) to `f`, in
-/// order, so the caller applies the head where it needs logits.
+/// order, so the caller applies the head where it needs logits. This is scoring: linear layers
+/// multiply through [`gemm::scoring`]'s kernels, `f`'s included, and a resident model's freed
+/// activations are reused ([`crate::resources::reuse_freed_memory`]); a streamed model keeps
+/// returning freed memory promptly, since the blocks it reads on the way must not stay resident.
 /// A streamed model reads each block once per group of batches rather than once per batch (the
 /// results are the same); a group's hidden states and masks take at most a quarter of the available
 /// host memory on CPU, 2 GiB on a GPU.
@@ -442,8 +446,10 @@ pub fn forward_rows(
     batches: &[Rows],
     mut f: impl FnMut(usize, Tensor) -> Result<()>,
 ) -> Result<()> {
+    let _kernels = gemm::scoring();
     let stack = model.stack();
     if !stack.is_streamed() {
+        let _heap = crate::resources::reuse_freed_memory();
         for (i, rows) in batches.iter().enumerate() {
             let mut h = rows.embed(model)?;
             let ctx = rows

@@ -293,6 +293,6 @@ impl CausalLm for Opt {
         if let Some(p) = &self.project_out {
             x = p.forward(&x);
         }
-        Ok(x.linear::<Tensor>(&self.stack.outer(self.lm_head)?, None))
+        Ok(super::gemm::linear(&x, &self.stack.outer(self.lm_head)?, None))
     }
 }
