@@ -31,7 +31,10 @@ MODEL="$REPRO_HUB_MIRROR/models/llama-tiny"
 CORES=$(nproc)  # before OMP_NUM_THREADS is set: nproc honours it
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 [ -x target/release/repro ] || cargo build --release
-python -c "import lm_eval" 2>/dev/null || { echo "lm_eval is not installed in $VIRTUAL_ENV (see tests/goldens/zeroshot/README.md)" >&2; exit 1; }
+# The HF backend's own imports (accelerate among them), not just the package: a missing one would
+# otherwise surface only as an empty result line.
+python -c "from lm_eval.models.huggingface import HFLM" 2>/dev/null || {
+  echo "lm-eval's HF backend does not import in $VIRTUAL_ENV: install lm_eval 0.4.13 and its dependencies as tests/goldens/zeroshot/README.md says" >&2; exit 1; }
 now() { date +%s.%N; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 RESULTS=$(mktemp)

@@ -40,14 +40,17 @@ impl Drop for ScratchDir {
 }
 
 /// On Ctrl-C, SIGTERM or SIGHUP: remove the scratch directories of this process, then exit with
-/// 130. Records and saves need nothing: they are only ever replaced whole.
+/// 130 at once. Records and saves need nothing: they are only ever replaced whole.
 pub fn remove_on_interrupt() -> Result<()> {
     ctrlc::set_handler(|| {
         for dir in LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = std::fs::remove_dir_all(dir);
         }
         eprintln!("\ninterrupted");
-        std::process::exit(130);
+        // _exit, not exit: exit runs libtorch's static destructors (oneDNN's primitive cache
+        // among them) under the main thread's feet, which crashed runs interrupted mid-GEMM.
+        // SAFETY: _exit ends the process at once; nothing here relies on atexit handlers.
+        unsafe { libc::_exit(130) }
     })
     .context("cannot install the interrupt handler")
 }

@@ -327,6 +327,26 @@ fn an_interrupted_streamed_run_removes_its_temporary_blocks() {
     }
 }
 
+/// SIGTERM in the middle of zero-shot scoring (resident model, oneDNN GEMMs running) ends the
+/// process with 130 too, not with a crash in libtorch's static destructors.
+#[test]
+fn an_interrupted_evaluation_exits_with_130() {
+    let mut child = repro()
+        .args(["eval", "--model", &fixture_model("llama-tiny"), "--tasks", "hellaswag"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The whole validation split scores for minutes; loading and tokenizing take seconds.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the evaluation ended before the signal"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+}
+
 /// Writes a random LLaMA-shaped checkpoint of `layers` blocks (hidden 1024, MLP 2816, the
 /// LLaMA-2 tokenizer's 32000 tokens) into `dir`: blocks of 51 MB, embeddings and head of 262 MB.
 fn random_llama(dir: &Path, layers: usize) {
