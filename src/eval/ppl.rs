@@ -7,7 +7,7 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use super::NON_FINITE_HINT;
-use crate::model::{forward_batches, CausalLm};
+use crate::model::{forward_rows, CausalLm, Rows};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Perplexity {
@@ -66,8 +66,20 @@ pub fn perplexity(
         .collect();
     let pb = crate::progress::bar(n as u64, label);
     let mut losses = Vec::with_capacity(n);
-    forward_batches(model, &batches, |i, logits| {
-        losses.extend(window_losses(&logits, &batches[i]));
+    let rows: Vec<Rows> = batches
+        .iter()
+        .map(|ids| Rows {
+            ids: ids.shallow_clone(),
+            packing: None,
+        })
+        .collect();
+    // The head one window at a time: a batch's logits (B · seqlen · vocab floats) would take
+    // B times the memory, 4 GiB for 8 LLaMA-2 windows of 4096 tokens.
+    forward_rows(model, &rows, |i, hidden| {
+        for w in 0..hidden.size()[0] {
+            let logits = model.head(&hidden.narrow(0, w, 1))?;
+            losses.extend(window_losses(&logits, &batches[i].narrow(0, w, 1)));
+        }
         pb.inc(batches[i].size()[0] as u64);
         Ok(())
     })?;

@@ -417,22 +417,6 @@ impl Rows {
     }
 }
 
-/// Runs each batch of token ids through the model and hands its logits to `f`, in order.
-pub fn forward_batches(
-    model: &dyn CausalLm,
-    batches: &[Tensor],
-    mut f: impl FnMut(usize, Tensor) -> Result<()>,
-) -> Result<()> {
-    let rows: Vec<Rows> = batches
-        .iter()
-        .map(|ids| Rows {
-            ids: ids.shallow_clone(),
-            packing: None,
-        })
-        .collect();
-    forward_rows(model, &rows, |i, hidden| f(i, model.head(&hidden)?))
-}
-
 /// Runs each batch of rows through the blocks and hands its last hidden states (B, L, H) to `f`, in
 /// order, so the caller applies the head where it needs logits. This is scoring: linear layers
 /// multiply through [`gemm::scoring`]'s kernels, `f`'s included, and a resident model's freed

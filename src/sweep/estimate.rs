@@ -422,6 +422,8 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
     let mut uncounted = Vec::new();
     let mut encode_seconds = 0.0;
     let mut widest_eval = 0.0f64;
+    // Positions whose logits one pass holds at once: perplexity runs the head a window at a time.
+    let mut widest_logits = 0.0f64;
     let mut tokenize_bytes = 0.0f64;
     // Reading the calibration file (a run reads it whole to draw its samples).
     let calibration_read = match spec
@@ -452,6 +454,7 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
                 };
                 work.perplexity = work.perplexity + perplexity(shape, t, len, spec.eval.max_windows, batch, elt);
                 widest_eval = widest_eval.max(batch * len);
+                widest_logits = widest_logits.max(len);
             }
             Some(Counted::Task {
                 requests,
@@ -464,6 +467,7 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
                 // Each request is encoded twice (context alone, then context + continuation).
                 encode_seconds += 2.0 * per_request * n as f64;
                 widest_eval = widest_eval.max(widest);
+                widest_logits = widest_logits.max(widest);
             }
             Some(Counted::Calibration { .. }) => {}
             None => uncounted.push(format!(
@@ -492,8 +496,8 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
     // one block's statistics, or the evaluation's logits and their f32 log-softmax.
     let weights = shape.params() as f64 * elt;
     let streamed_weights = shape.outer_params.max(2 * shape.block_params) as f64 * elt;
-    let eval_bytes =
-        widest_eval * (shape.vocab as f64 * (elt + 8.0) + (3 * shape.intermediate + 4 * shape.hidden) as f64 * elt);
+    let eval_bytes = widest_logits * shape.vocab as f64 * (elt + 8.0)
+        + widest_eval * (3 * shape.intermediate + 4 * shape.hidden) as f64 * elt;
     // Loading holds the weights read so far plus the tensor being read.
     let largest_tensor = shape
         .linears()
