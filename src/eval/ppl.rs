@@ -60,27 +60,24 @@ pub fn perplexity(
         );
     }
     let windows = Tensor::from_slice(&ids[..n * seqlen]).view([n as i64, seqlen as i64]);
-    let batches: Vec<Tensor> = (0..n)
+    let batches: Vec<Rows> = (0..n)
         .step_by(batch_size)
-        .map(|start| windows.narrow(0, start as i64, batch_size.min(n - start) as i64))
-        .collect();
-    let pb = crate::progress::bar(n as u64, label);
-    let mut losses = Vec::with_capacity(n);
-    let rows: Vec<Rows> = batches
-        .iter()
-        .map(|ids| Rows {
-            ids: ids.shallow_clone(),
+        .map(|start| Rows {
+            ids: windows.narrow(0, start as i64, batch_size.min(n - start) as i64),
             packing: None,
         })
         .collect();
+    let pb = crate::progress::bar(n as u64, label);
+    let mut losses = Vec::with_capacity(n);
     // The head one window at a time: a batch's logits (B · seqlen · vocab floats) would take
     // B times the memory, 4 GiB for 8 LLaMA-2 windows of 4096 tokens.
-    forward_rows(model, &rows, |i, hidden| {
-        for w in 0..hidden.size()[0] {
+    forward_rows(model, &batches, |i, hidden| {
+        let ids = &batches[i].ids;
+        for w in 0..ids.size()[0] {
             let logits = model.head(&hidden.narrow(0, w, 1))?;
-            losses.extend(window_losses(&logits, &batches[i].narrow(0, w, 1)));
+            losses.extend(window_losses(&logits, &ids.narrow(0, w, 1)));
         }
-        pb.inc(batches[i].size()[0] as u64);
+        pb.inc(ids.size()[0] as u64);
         Ok(())
     })?;
     pb.finish_and_clear();
