@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 
 use super::packing::{pack, Request, TokenCounts};
 use super::tasks::py_isspace;
-use crate::model::{forward_rows, CausalLm, ModelInfo, Rows};
+use crate::model::{forward_rows, CausalLm, Rows};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,7 +71,7 @@ pub fn score(
     batch_tokens: usize,
     progress: &indicatif::ProgressBar,
 ) -> Result<(Vec<LogLik>, TokenCounts)> {
-    let (batches, counts) = pack(requests, batch_tokens, key_cost(model.info()));
+    let (batches, counts) = pack(requests, batch_tokens);
     let mut out = vec![
         LogLik {
             logprob: 0.0,
@@ -114,13 +114,6 @@ pub fn score(
         Ok(())
     })?;
     Ok((out, counts))
-}
-
-/// The arithmetic of attending to one more key relative to a token's linear layers: 2·H
-/// multiply-adds (scores and values) against about 4·H² (attention projections) + 3·H·I (MLP).
-fn key_cost(info: &ModelInfo) -> f64 {
-    let (h, i) = (info.hidden_size as f64, info.intermediate_size as f64);
-    2.0 * h / (4.0 * h * h + 3.0 * h * i)
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! its own sequence and an arbitrary attention mask. Both are inputs of an ordinary forward pass
 //! ([`crate::model::Packing`]), so the blocks need no cache, rotary (LLaMA, GQA) and learned
 //! (OPT) positions work alike, and a streamed model runs packed rows block by block as it runs
-//! any rows. Each token attends to exactly the keys it attends to in lm-eval's own row (its
+//! any rows. Attention runs over each segment's own keys ([`crate::model::segments`]), so sharing
+//! a row costs nothing in attention. Each token attends to exactly the keys it attends to in lm-eval's own row (its
 //! unit's context and, after it, its own continuation), at the same positions, so only float
 //! summation order can change a loglikelihood.
 
@@ -79,33 +80,27 @@ struct Unit {
     len: usize,
 }
 
-/// Row lengths tried, as multiples of the longest unit: longer rows waste less on padding, but
-/// every token attends over its whole row (masked keys cost as much as visible ones).
+/// Row lengths tried, as multiples of the longest unit: longer rows leave less padding.
 const ROW_LENGTHS: [f64; 5] = [1.0, 1.5, 2.0, 3.0, 4.0];
 
 /// Packs `requests` into batches of rows. Requests with identical prefixes share one unit. Units
 /// go either one per row (bucketing by length) or first-fit, longest first, into rows of a few
-/// multiples of the longest unit's length; whichever costs least, counting a token's linear layers
-/// as 1 and each key it attends over as `key_cost`. Rows are batched fullest first, as many as
-/// `batch_tokens` allows at the batch's width (its fullest row), at least one. Requests without
-/// targets are left out (they score 0).
-pub fn pack(requests: &[Request], batch_tokens: usize, key_cost: f64) -> (Vec<Batch>, TokenCounts) {
+/// multiples of the longest unit's length, at most `batch_tokens` (one unit at least): whichever
+/// computes the fewest tokens, padding included. Attention costs the same either way, since it
+/// runs segment by segment ([`crate::model::segments`]), not over the row. Rows are batched
+/// fullest first, as many as `batch_tokens` allows at the batch's width (its fullest row), at
+/// least one. Requests without targets are left out (they score 0).
+pub fn pack(requests: &[Request], batch_tokens: usize) -> (Vec<Batch>, TokenCounts) {
     let units = share_prefixes(requests);
     let longest = units.iter().map(|u| u.len).max().unwrap_or(1);
     let mut by_length: Vec<usize> = (0..units.len()).collect();
     by_length.sort_by_key(|&u| std::cmp::Reverse(units[u].len));
-    let cost = |batches: &[Vec<(usize, Vec<usize>)>]| -> f64 {
-        let width = |b: &[(usize, Vec<usize>)]| b[0].0 as f64;
-        batches
-            .iter()
-            .map(|b| b.len() as f64 * width(b) * (1.0 + key_cost * width(b)))
-            .sum()
-    };
-    let capacities = ROW_LENGTHS.map(|m| (m * longest as f64).ceil() as usize);
+    let computed = |batches: &[Vec<(usize, Vec<usize>)>]| -> usize { batches.iter().map(|b| b.len() * b[0].0).sum() };
+    let capacities = ROW_LENGTHS.map(|m| ((m * longest as f64).ceil() as usize).min(batch_tokens.max(longest)));
     let batches = std::iter::once(0)
         .chain(capacities)
         .map(|capacity| batch_rows(fill_rows(&units, &by_length, capacity), batch_tokens))
-        .min_by(|a, b| cost(a).total_cmp(&cost(b)))
+        .min_by_key(|b| computed(b))
         .expect("at least one way to fill rows");
     let distinct: HashSet<&[i64]> = requests.iter().map(|r| r.input.as_slice()).collect();
     let mut counts = TokenCounts {
@@ -247,7 +242,7 @@ mod tests {
             request(&[1, 10, 11, 30], &[30, 31]),
             request(&[1, 40], &[41]),
         ];
-        let (batches, counts) = pack(&requests, 100, 0.0);
+        let (batches, counts) = pack(&requests, 100);
         assert_eq!(batches.len(), 1);
         let b = &batches[0];
         assert_eq!(b.rows.ids.size(), [1, 8]);
@@ -288,40 +283,39 @@ mod tests {
     }
 
     /// Units of different documents fill rows first-fit, longest first; batches hold
-    /// `batch_tokens / row length` rows; padding rows see only padding.
+    /// `batch_tokens / row length` rows.
     #[test]
     fn units_fill_rows_first_fit_and_batches_by_tokens() {
-        let (batches, counts) = pack(&one_token_requests(&[4, 3, 2, 1, 1, 1]), 8, 1.0);
+        let (batches, counts) = pack(&one_token_requests(&[4, 3, 2, 1, 1, 1]), 8);
         // Rows of 4: [4], [3, 1], [2, 1, 1]; two rows per batch.
         let shapes: Vec<Vec<i64>> = batches.iter().map(|b| b.rows.ids.size()).collect();
         assert_eq!(shapes, [vec![2, 4], vec![1, 4]]);
         assert_eq!((counts.computed, counts.padding), (12, 0));
-        let (batches, counts) = pack(&one_token_requests(&[4, 3]), 100, 1.0);
-        assert_eq!((counts.unshared, counts.distinct_rows), (7, 7));
-        assert_eq!(batches[0].rows.ids.size(), [2, 4]);
-        assert_eq!((counts.computed, counts.padding), (8, 1));
-        let visible = batches[0].rows.packing.as_ref().unwrap().visible(tch::Device::Cpu);
-        assert!(visible.int64_value(&[1, 3, 3]) == 1 && visible.int64_value(&[1, 3, 2]) == 0);
+        let (batches, counts) = pack(&one_token_requests(&[4, 3, 3]), 8);
+        assert_eq!((counts.unshared, counts.distinct_rows), (10, 10));
+        // Rows of 6, [3, 3] and [4], leave no padding; two of them would exceed 8 tokens.
+        let shapes: Vec<Vec<i64>> = batches.iter().map(|b| b.rows.ids.size()).collect();
+        assert_eq!(shapes, [vec![1, 6], vec![1, 4]]);
+        assert_eq!((counts.computed, counts.padding), (10, 0));
     }
 
-    /// Longer rows avoid padding; when attention over the row costs more than the padding saves,
-    /// the shorter rows win.
+    /// Rows grow to whatever leaves the least padding, up to `batch_tokens` (or the longest unit).
     #[test]
-    fn row_length_trades_padding_against_attention() {
+    fn rows_leave_the_least_padding_within_the_batch_tokens() {
         let requests = one_token_requests(&[3, 3, 2]);
-        let widths = |key_cost| {
-            let (batches, counts) = pack(&requests, 9, key_cost);
+        let widths = |batch_tokens| {
+            let (batches, counts) = pack(&requests, batch_tokens);
             let widths: Vec<i64> = batches.iter().map(|b| b.rows.ids.size()[1]).collect();
-            (widths, counts.padding)
+            (widths, counts.computed, counts.padding)
         };
-        assert_eq!(widths(0.0), (vec![5, 3], 0));
-        assert_eq!(widths(1.0), (vec![3], 1));
-        // One long unit and short ones: the short ones get short rows of their own (bucketing)
-        // rather than sharing a long row, when attention is dear.
-        let requests = one_token_requests(&[8, 2, 2, 2, 2]);
-        let (batches, counts) = pack(&requests, 8, 1.0);
-        let shapes: Vec<Vec<i64>> = batches.iter().map(|b| b.rows.ids.size()).collect();
-        assert_eq!(shapes, [vec![1, 8], vec![4, 2]]);
-        assert_eq!((counts.computed, counts.padding), (16, 0));
+        // One row per unit would pad the 2 to 3; rows of 5 hold [3, 2] and [3], a batch each.
+        assert_eq!(widths(9), (vec![5, 3], 8, 0));
+        // With room for both in one batch, one row of 8 holds all three.
+        assert_eq!(widths(100), (vec![8], 8, 0));
+        // Rows no longer than the batch: one unit per row, one row per batch.
+        assert_eq!(widths(4), (vec![3, 3, 2], 8, 0));
+        let (batches, _) = pack(&one_token_requests(&[8, 2, 2, 2, 2]), 4);
+        assert!(batches.iter().all(|b| b.rows.ids.size()[1] <= 8));
+        assert_eq!(batches[0].rows.ids.size(), [1, 8]);
     }
 }

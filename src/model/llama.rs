@@ -6,7 +6,8 @@ use serde::Deserialize;
 use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 
-use super::{additive_mask, BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
+use super::segments::SegmentGroup;
+use super::{additive_mask, AttentionMask, BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
 
 #[derive(Deserialize, Debug, Clone)]
 pub struct Config {
@@ -352,14 +353,20 @@ impl CausalLm for Llama {
     /// sequence is longer than Mistral's window (query i sees keys j with i - window < j <= i).
     fn context(&self, seq_len: i64) -> BlockCtx {
         let (cos, sin) = self.rope_at(&Tensor::arange(seq_len, (Kind::Float, self.stack.device)));
-        let attn_mask = self.sliding_window.filter(|&w| seq_len > w).map(|w| {
-            let i = Tensor::arange(seq_len, (Kind::Int64, self.stack.device)).unsqueeze(1);
-            let j = Tensor::arange(seq_len, (Kind::Int64, self.stack.device)).unsqueeze(0);
-            additive_mask(&j.le_tensor(&i).logical_and(&(&i - &j).lt(w)), self.stack.kind)
-        });
+        let mask = match self.sliding_window.filter(|&w| seq_len > w) {
+            Some(w) => {
+                let i = Tensor::arange(seq_len, (Kind::Int64, self.stack.device)).unsqueeze(1);
+                let j = Tensor::arange(seq_len, (Kind::Int64, self.stack.device)).unsqueeze(0);
+                AttentionMask::Additive(additive_mask(
+                    &j.le_tensor(&i).logical_and(&(&i - &j).lt(w)),
+                    self.stack.kind,
+                ))
+            }
+            None => AttentionMask::Causal,
+        };
         BlockCtx {
             rope: Some((cos.unsqueeze(0).unsqueeze(0), sin.unsqueeze(0).unsqueeze(0))),
-            attn_mask,
+            mask,
         }
     }
 
@@ -370,15 +377,16 @@ impl CausalLm for Llama {
 
     /// Rotary tables at each token's own position; Mistral's window counts positions, not row
     /// offsets, so a packed sequence sees the keys it would see alone.
-    fn packed_context(&self, positions: &Tensor, visible: &Tensor) -> BlockCtx {
+    fn packed_context(&self, positions: &Tensor, mut segments: Vec<SegmentGroup>) -> BlockCtx {
         let (cos, sin) = self.rope_at(&positions.to_kind(Kind::Float));
-        let visible = match self.sliding_window {
-            Some(w) => visible.logical_and(&(positions.unsqueeze(2) - positions.unsqueeze(1)).lt(w)),
-            None => visible.shallow_clone(),
-        };
+        if let Some(w) = self.sliding_window {
+            for group in &mut segments {
+                group.limit_span(positions, w);
+            }
+        }
         BlockCtx {
             rope: Some((cos.unsqueeze(1), sin.unsqueeze(1))),
-            attn_mask: Some(additive_mask(&visible.unsqueeze(1), self.stack.kind)),
+            mask: AttentionMask::Segments(segments),
         }
     }
 

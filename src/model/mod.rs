@@ -5,6 +5,7 @@
 pub mod gemm;
 pub mod llama;
 pub mod opt;
+pub mod segments;
 pub mod shape;
 pub mod stream;
 pub mod weights;
@@ -62,8 +63,17 @@ pub type Tap<'a> = &'a mut dyn FnMut(&[&'static str], &Tensor) -> ControlFlow<()
 /// Per-sequence-length tensors that every block needs (rotary tables, attention masks).
 pub struct BlockCtx {
     pub rope: Option<(Tensor, Tensor)>,
-    /// Additive attention mask (0 / -inf), when plain causal masking is not enough.
-    pub attn_mask: Option<Tensor>,
+    pub mask: AttentionMask,
+}
+
+/// Which keys each query attends to.
+pub enum AttentionMask {
+    /// Each row is one sequence: query i sees keys 0..=i.
+    Causal,
+    /// Additive (0 / -inf), broadcast over heads: e.g. Mistral's sliding window.
+    Additive(Tensor),
+    /// Packed rows, attended segment by segment ([`segments`]).
+    Segments(Vec<segments::SegmentGroup>),
 }
 
 /// The additive form (0 where `visible`, -inf elsewhere) of a boolean attention pattern, in `kind`.
@@ -72,18 +82,16 @@ pub fn additive_mask(visible: &Tensor, kind: Kind) -> Tensor {
 }
 
 impl BlockCtx {
-    /// Softmax attention (B, heads, L, head_dim), causal unless a mask says otherwise.
+    /// Softmax attention (B, heads, L, head_dim).
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-        Tensor::scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            self.attn_mask.as_ref(),
-            0.0,
-            self.attn_mask.is_none(),
-            None,
-            false,
-        )
+        let sdpa = |mask: Option<&Tensor>| {
+            Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, mask.is_none(), None, false)
+        };
+        match &self.mask {
+            AttentionMask::Causal => sdpa(None),
+            AttentionMask::Additive(mask) => sdpa(Some(mask)),
+            AttentionMask::Segments(groups) => segments::attend(groups, q, k, v),
+        }
     }
 }
 
@@ -334,9 +342,9 @@ pub trait CausalLm: Send {
     /// token ids (B, L) whose positions in their own sequences are `positions` (B, L) -> hidden
     /// (B, L, H); packed rows hold several sequences (see [`Packing`]).
     fn embed_at(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor>;
-    /// The block context of packed rows: positions (B, L) as in `embed_at`, and `visible` (B, L, L)
-    /// bool, whether query i may attend to key j.
-    fn packed_context(&self, positions: &Tensor, visible: &Tensor) -> BlockCtx;
+    /// The block context of packed rows: positions (B, L) as in `embed_at`, and their attention
+    /// segments ([`Packing::segments`]).
+    fn packed_context(&self, positions: &Tensor, segments: Vec<segments::SegmentGroup>) -> BlockCtx;
     /// final norm (+ projection) + lm_head: hidden (B, L, H) -> logits (B, L, V).
     fn head(&self, h: &Tensor) -> Result<Tensor>;
 
@@ -375,7 +383,20 @@ pub struct Packing {
 }
 
 impl Packing {
-    /// (B, L, L) bool: whether query i may attend to key j.
+    /// The rows' attention, segment by segment, on `device`, masks in `kind`.
+    pub fn segments(&self, kind: Kind, device: Device) -> Vec<segments::SegmentGroup> {
+        let flat = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1)).expect("int64 token layout");
+        segments::groups(
+            &flat(&self.unit),
+            &flat(&self.branch),
+            self.unit.size()[1] as usize,
+            kind,
+            device,
+        )
+    }
+
+    /// (B, L, L) bool: whether query i may attend to key j (what [`Packing::segments`] computes).
+    #[cfg(test)]
     pub fn visible(&self, device: Device) -> Tensor {
         let (unit, branch) = (self.unit.to_device(device), self.branch.to_device(device));
         let width = unit.size()[1];
@@ -404,9 +425,12 @@ impl Rows {
 
     /// The packed rows' block context; `None` for causal rows, whose context depends on their length only.
     fn packed_context(&self, model: &dyn CausalLm) -> Option<BlockCtx> {
-        self.packing
-            .as_ref()
-            .map(|p| model.packed_context(&p.positions.to_device(model.device()), &p.visible(model.device())))
+        self.packing.as_ref().map(|p| {
+            model.packed_context(
+                &p.positions.to_device(model.device()),
+                p.segments(model.kind(), model.device()),
+            )
+        })
     }
 
     /// Bytes its hidden states and attention mask take on the way through the blocks.

@@ -6,7 +6,8 @@ use serde::Deserialize;
 use std::ops::ControlFlow;
 use tch::{Kind, Tensor};
 
-use super::{additive_mask, BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
+use super::segments::SegmentGroup;
+use super::{AttentionMask, BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
 
 /// OPT's position rows start after two reserved rows (fairseq's padding offset).
 const POSITION_OFFSET: i64 = 2;
@@ -268,7 +269,7 @@ impl CausalLm for Opt {
     fn context(&self, _seq_len: i64) -> BlockCtx {
         BlockCtx {
             rope: None,
-            attn_mask: None,
+            mask: AttentionMask::Causal,
         }
     }
 
@@ -278,10 +279,10 @@ impl CausalLm for Opt {
             + Tensor::embedding(&self.embed_positions, &(positions + POSITION_OFFSET), -1, false, false))
     }
 
-    fn packed_context(&self, _positions: &Tensor, visible: &Tensor) -> BlockCtx {
+    fn packed_context(&self, _positions: &Tensor, segments: Vec<SegmentGroup>) -> BlockCtx {
         BlockCtx {
             rope: None,
-            attn_mask: Some(additive_mask(&visible.unsqueeze(1), self.stack.kind)),
+            mask: AttentionMask::Segments(segments),
         }
     }
 
