@@ -63,6 +63,18 @@ fn model_request(c: &[i64], k: &[i64], max_length: usize) -> Request {
     Request { input, target }
 }
 
+/// Whether each row's `target` is its argmax (the first maximum, as lm-eval's argmax picks it).
+/// Only rows where the target reaches the maximum need the argmax, which costs 13x the maximum.
+fn is_argmax(logp: &Tensor, target: &Tensor, target_logp: &Tensor) -> Tensor {
+    let reaches_max = target_logp.eq_tensor(&logp.amax([1], false));
+    let rows = reaches_max.nonzero().squeeze_dim(1);
+    let first_is_target = logp
+        .index_select(0, &rows)
+        .argmax(1, false)
+        .eq_tensor(&target.index_select(0, &rows));
+    reaches_max.index_put(&[Some(rows)], &first_is_target, false)
+}
+
 /// Scores requests with each shared context computed once, in packed rows of about `batch_tokens`
 /// tokens per forward pass (see [`super::packing`]).
 pub fn score(
@@ -99,8 +111,8 @@ pub fn score(
             .log_softmax(-1, Kind::Float);
         let target = Tensor::from_slice(&target).to_device(device);
         let picked = logp.gather(1, &target.unsqueeze(1), false).squeeze_dim(1);
+        let greedy = Vec::<bool>::try_from(is_argmax(&logp, &target, &picked).to_device(tch::Device::Cpu))?;
         let picked = Vec::<f64>::try_from(picked.to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
-        let greedy = Vec::<bool>::try_from(logp.argmax(1, false).eq_tensor(&target).to_device(tch::Device::Cpu))?;
         let mut at = 0;
         for (r, positions) in scored {
             let n = positions.len();
@@ -202,6 +214,18 @@ mod tests {
                 assert!(counts.computed < counts.unshared, "{}: {counts:?}", dir.display());
             }
         }
+    }
+
+    /// The target is greedy only where it is the first maximum of its row, ties included.
+    #[test]
+    fn greedy_means_the_first_maximum_is_the_target() {
+        let logp = Tensor::from_slice(&[0.0f32, 2.0, 2.0, 1.0]).repeat([4, 1]);
+        let target = Tensor::from_slice(&[1i64, 2, 3, 0]);
+        let target_logp = logp.gather(1, &target.unsqueeze(1), false).squeeze_dim(1);
+        let greedy = Vec::<bool>::try_from(is_argmax(&logp, &target, &target_logp)).unwrap();
+        assert_eq!(greedy, [true, false, false, false]);
+        let reference = Vec::<bool>::try_from(logp.argmax(1, false).eq_tensor(&target)).unwrap();
+        assert_eq!(greedy, reference);
     }
 
     /// lm-eval moves what Python's `rstrip()` removes, U+001C..U+001F included, to the continuation.
