@@ -94,18 +94,13 @@ pub fn score(
     let (rows, scored): (Vec<Rows>, Vec<_>) = batches.into_iter().map(|b| (b.rows, b.scored)).unzip();
     forward_rows(model, &rows, |i, hidden| {
         let scored = &scored[i];
-        let index: Vec<i64> = scored.iter().flat_map(|(_, at)| at.iter().copied()).collect();
         let target: Vec<i64> = scored
             .iter()
             .flat_map(|(r, _)| requests[*r].target.iter().copied())
             .collect();
-        let hidden_size = hidden.size()[2];
         let device = hidden.device();
-        let picked_hidden = hidden
-            .reshape([-1, hidden_size])
-            .index_select(0, &Tensor::from_slice(&index).to_device(device));
         let logp = model
-            .head(&picked_hidden.unsqueeze(0))?
+            .head(&hidden)?
             .squeeze_dim(0)
             .to_kind(Kind::Float)
             .log_softmax(-1, Kind::Float);

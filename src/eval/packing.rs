@@ -68,7 +68,8 @@ impl TokenCounts {
 }
 
 /// A batch of packed rows and, per request in it, the flat indices (row · width + column) of the
-/// hidden states whose logits score its targets, in target order.
+/// hidden states whose logits score its targets, in target order; the rows keep exactly those,
+/// request after request.
 pub struct Batch {
     pub rows: Rows,
     pub scored: Vec<(usize, Vec<i64>)>,
@@ -183,7 +184,7 @@ fn layout(requests: &[Request], rows: &[Vec<&Unit>], width: usize) -> Batch {
     let n = rows.len() * width;
     let (mut ids, mut positions, mut unit_of, mut branch_of) =
         (vec![0i64; n], vec![0i64; n], vec![0i64; n], vec![0i64; n]);
-    let mut scored = Vec::new();
+    let mut scored: Vec<(usize, Vec<i64>)> = Vec::new();
     for (r, units) in rows.iter().enumerate() {
         let mut at = r * width;
         let mut place = |tokens: &[i64], first_position: usize, unit: usize, branch: usize| {
@@ -208,6 +209,7 @@ fn layout(requests: &[Request], rows: &[Vec<&Unit>], width: usize) -> Batch {
         }
     }
     let grid = |v: &[i64]| Tensor::from_slice(v).view([rows.len() as i64, width as i64]);
+    let keep: Vec<i64> = scored.iter().flat_map(|(_, at)| at.iter().copied()).collect();
     Batch {
         rows: Rows {
             ids: grid(&ids),
@@ -216,6 +218,7 @@ fn layout(requests: &[Request], rows: &[Vec<&Unit>], width: usize) -> Batch {
                 unit: grid(&unit_of),
                 branch: grid(&branch_of),
             }),
+            keep: Some(Tensor::from_slice(&keep)),
         },
         scored,
     }

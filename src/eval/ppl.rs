@@ -65,6 +65,7 @@ pub fn perplexity(
         .map(|start| Rows {
             ids: windows.narrow(0, start as i64, batch_size.min(n - start) as i64),
             packing: None,
+            keep: None,
         })
         .collect();
     let pb = crate::progress::bar(n as u64, label);

@@ -192,7 +192,7 @@ impl Attention {
         };
         let (k, v) = (expand(k), expand(v));
         let y = ctx.attend(&q, &k, &v);
-        let y = y.transpose(1, 2).reshape([b, l, self.heads * self.head_dim]);
+        let y = ctx.kept(&y.transpose(1, 2).reshape([b, l, self.heads * self.head_dim]));
         tap(&["self_attn.o_proj"], &y)?;
         ControlFlow::Continue(self.o_proj.forward(&y))
     }
@@ -229,9 +229,10 @@ impl Block {
 
 impl DecoderBlock for Block {
     fn forward_tapped(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> ControlFlow<(), Tensor> {
-        let h = x + self
-            .attn
-            .forward(&rms_norm(x, &self.input_layernorm, self.eps), ctx, tap)?;
+        let h = ctx.kept(x)
+            + self
+                .attn
+                .forward(&rms_norm(x, &self.input_layernorm, self.eps), ctx, tap)?;
         let n = rms_norm(&h, &self.post_attention_layernorm, self.eps);
         tap(&["mlp.gate_proj", "mlp.up_proj"], &n)?;
         let gate = self.mlp.gate_proj.forward(&n).silu();
@@ -367,6 +368,7 @@ impl CausalLm for Llama {
         BlockCtx {
             rope: Some((cos.unsqueeze(0).unsqueeze(0), sin.unsqueeze(0).unsqueeze(0))),
             mask,
+            keep: None,
         }
     }
 
@@ -387,6 +389,7 @@ impl CausalLm for Llama {
         BlockCtx {
             rope: Some((cos.unsqueeze(1), sin.unsqueeze(1))),
             mask: AttentionMask::Segments(segments),
+            keep: None,
         }
     }
 

@@ -64,6 +64,10 @@ pub type Tap<'a> = &'a mut dyn FnMut(&[&'static str], &Tensor) -> ControlFlow<()
 pub struct BlockCtx {
     pub rope: Option<(Tensor, Tensor)>,
     pub mask: AttentionMask,
+    /// Flat positions (row · width + column) whose outputs are wanted, when not all are: the last
+    /// block before a head that scores a few positions. Attention still reads every token, and
+    /// what follows it (output projection, MLP) runs on these alone; the block returns (1, N, H).
+    pub keep: Option<Tensor>,
 }
 
 /// Which keys each query attends to.
@@ -82,6 +86,14 @@ pub fn additive_mask(visible: &Tensor, kind: Kind) -> Tensor {
 }
 
 impl BlockCtx {
+    /// `t` (B, L, ...) at the kept positions, (1, N, ...), or all of it.
+    pub fn kept(&self, t: &Tensor) -> Tensor {
+        match &self.keep {
+            Some(keep) => t.flatten(0, 1).index_select(0, keep).unsqueeze(0),
+            None => t.shallow_clone(),
+        }
+    }
+
     /// Softmax attention (B, heads, L, head_dim).
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let sdpa = |mask: Option<&Tensor>| {
@@ -412,6 +424,9 @@ impl Packing {
 pub struct Rows {
     pub ids: Tensor,
     pub packing: Option<Packing>,
+    /// Flat positions (row · width + column) whose last hidden states the caller needs, in the
+    /// order it needs them; `None`: all of them.
+    pub keep: Option<Tensor>,
 }
 
 impl Rows {
@@ -421,6 +436,11 @@ impl Rows {
             None => model.embed(&ids),
             Some(p) => model.embed_at(&ids, &p.positions.to_device(model.device())),
         }
+    }
+
+    /// `keep` on the model's device.
+    fn keep(&self, model: &dyn CausalLm) -> Option<Tensor> {
+        self.keep.as_ref().map(|k| k.to_device(model.device()))
     }
 
     /// The packed rows' block context; `None` for causal rows, whose context depends on their length only.
@@ -441,8 +461,9 @@ impl Rows {
     }
 }
 
-/// Runs each batch of rows through the blocks and hands its last hidden states (B, L, H) to `f`, in
-/// order, so the caller applies the head where it needs logits. This is scoring: linear layers
+/// Runs each batch of rows through the blocks and hands its last hidden states to `f`, in order, so
+/// the caller applies the head where it needs logits: (B, L, H), or (1, N, H) at the rows' `keep`
+/// positions, which is all the last block computes past attention. This is scoring: linear layers
 /// multiply through [`gemm::scoring`]'s kernels, `f`'s included, and a resident model's freed
 /// activations are reused ([`crate::resources::reuse_freed_memory`]); a streamed model keeps
 /// returning freed memory promptly, since the blocks it reads on the way must not stay resident.
@@ -460,10 +481,13 @@ pub fn forward_rows(
         let _heap = crate::resources::reuse_freed_memory();
         for (i, rows) in batches.iter().enumerate() {
             let mut h = rows.embed(model)?;
-            let ctx = rows
+            let mut ctx = rows
                 .packed_context(model)
                 .unwrap_or_else(|| model.context(rows.ids.size()[1]));
             for b in 0..stack.n_blocks() {
+                if b + 1 == stack.n_blocks() {
+                    ctx.keep = rows.keep(model);
+                }
                 h = stack.block(b)?.forward(&h, &ctx);
             }
             f(i, h)?;
@@ -485,18 +509,31 @@ pub fn forward_rows(
         let group = &batches[start..end];
         let mut hidden: Vec<Tensor> = group.iter().map(|rows| rows.embed(model)).collect::<Result<_>>()?;
         stack.release_outer();
-        let packed: Vec<Option<BlockCtx>> = group.iter().map(|rows| rows.packed_context(model)).collect();
+        let mut packed: Vec<Option<BlockCtx>> = group.iter().map(|rows| rows.packed_context(model)).collect();
         let mut by_length: HashMap<i64, BlockCtx> = HashMap::new();
         let bar = crate::progress::bar(stack.n_blocks() as u64, "blocks");
         bar.set_message(format!("batches {}..{} of {}", start + 1, end, batches.len()));
         for b in 0..stack.n_blocks() {
             bar.inc(1);
             let block = stack.block(b)?;
-            for (h, packed) in hidden.iter_mut().zip(&packed) {
+            let last = b + 1 == stack.n_blocks();
+            for ((h, packed), rows) in hidden.iter_mut().zip(&mut packed).zip(group) {
                 let len = h.size()[1];
-                let ctx = match packed {
-                    Some(ctx) => ctx,
-                    None => by_length.entry(len).or_insert_with(|| model.context(len)),
+                let keep = if last { rows.keep(model) } else { None };
+                let own;
+                let ctx = match (packed, keep) {
+                    (Some(ctx), keep) => {
+                        ctx.keep = keep;
+                        &*ctx
+                    }
+                    (None, None) => by_length.entry(len).or_insert_with(|| model.context(len)),
+                    (None, Some(keep)) => {
+                        own = BlockCtx {
+                            keep: Some(keep),
+                            ..model.context(len)
+                        };
+                        &own
+                    }
                 };
                 *h = block.forward(h, ctx);
             }

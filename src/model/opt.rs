@@ -119,7 +119,7 @@ impl Block {
         let k = split(self.k_proj.forward(x));
         let v = split(self.v_proj.forward(x));
         let y = ctx.attend(&q, &k, &v);
-        let y = y.transpose(1, 2).reshape([b, l, h]);
+        let y = ctx.kept(&y.transpose(1, 2).reshape([b, l, h]));
         tap(&["self_attn.out_proj"], &y)?;
         ControlFlow::Continue(self.out_proj.forward(&y))
     }
@@ -136,10 +136,12 @@ impl Block {
 impl DecoderBlock for Block {
     fn forward_tapped(&self, x: &Tensor, ctx: &BlockCtx, tap: Tap) -> ControlFlow<(), Tensor> {
         ControlFlow::Continue(if self.pre_ln {
-            let h = x + self.attention(&self.self_attn_layer_norm.forward(x), ctx, tap)?;
+            let h = ctx.kept(x) + self.attention(&self.self_attn_layer_norm.forward(x), ctx, tap)?;
             &h + self.mlp(&self.final_layer_norm.forward(&h), tap)?
         } else {
-            let h = self.self_attn_layer_norm.forward(&(x + self.attention(x, ctx, tap)?));
+            let h = self
+                .self_attn_layer_norm
+                .forward(&(ctx.kept(x) + self.attention(x, ctx, tap)?));
             self.final_layer_norm.forward(&(&h + self.mlp(&h, tap)?))
         })
     }
@@ -270,6 +272,7 @@ impl CausalLm for Opt {
         BlockCtx {
             rope: None,
             mask: AttentionMask::Causal,
+            keep: None,
         }
     }
 
@@ -283,6 +286,7 @@ impl CausalLm for Opt {
         BlockCtx {
             rope: None,
             mask: AttentionMask::Segments(segments),
+            keep: None,
         }
     }
 
