@@ -35,7 +35,7 @@ pub struct SegmentGroup {
 }
 
 /// A padded group of segments may cost at most this much more than its segments alone.
-const MAX_PADDING_WASTE: f64 = 1.5;
+const MAX_PADDING_WASTE: f64 = 1.2;
 
 /// One segment: its query tokens, and the keys before them that it also sees (its unit's prefix).
 struct Segment {
