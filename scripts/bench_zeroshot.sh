@@ -8,7 +8,7 @@
 #
 # Env: LIMIT (documents per task, default 200), ROUNDS (default 2), THREADS (torch intra-op
 # threads for both, default 1: on a loaded 2-core machine more threads than free cores is many
-# times slower), REPRO_BS (repro batch sizes, default "1 8"), LMEVAL_BS (lm-eval batch sizes,
+# times slower), REPRO_BS (repro batch sizes, default "1 4 8"), LMEVAL_BS (lm-eval batch sizes,
 # default "1 8"; the ratio is taken against lm-eval's best), FULL_HELLASWAG (1: also the whole
 # HellaSwag validation split once, each side at its best batch size of the last round, or at its
 # first listed one with ROUNDS=0).
@@ -23,7 +23,7 @@ cd "$ROOT"
 LIMIT="${LIMIT:-200}"
 ROUNDS="${ROUNDS:-2}"
 THREADS="${THREADS:-1}"
-REPRO_BS="${REPRO_BS:-1 8}"
+REPRO_BS="${REPRO_BS:-1 4 8}"
 LMEVAL_BS="${LMEVAL_BS:-1 8}"
 FULL_HELLASWAG="${FULL_HELLASWAG:-1}"
 TASKS=boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa
