@@ -138,7 +138,8 @@ mod tests {
     }
 
     /// Multiple choice (one context, continuations of 1 to 7 tokens), partial scoring (contexts
-    /// differing in their last tokens, one continuation) and left-truncated rows, in packed rows,
+    /// differing in their last tokens, one continuation), contexts of different documents that
+    /// begin alike and left-truncated rows, in packed rows,
     /// equal one plain causal forward pass per request: on every fixture architecture (rotary
     /// with GQA and llama3 scaling, tied, Mistral's sliding window over long contexts, OPT's
     /// learned positions with projections and post-LN), resident and streamed.
@@ -178,6 +179,11 @@ mod tests {
                     ctx.extend(tokens(300 + 10 * doc + option, 2 + option, vocab));
                     requests.push(model_request(&ctx, &cont, max_length));
                 }
+            }
+            // A document whose context begins as document 1's does: the two share that beginning.
+            let stem: Vec<i64> = tokens(1, 10, vocab).into_iter().chain(tokens(77, 12, vocab)).collect();
+            for (choice, cont_len) in [1, 4].into_iter().enumerate() {
+                requests.push(model_request(&stem, &tokens(400 + choice, cont_len, vocab), max_length));
             }
             let want: Vec<LogLik> = requests
                 .iter()

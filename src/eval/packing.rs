@@ -3,13 +3,13 @@
 //!
 //! Why packed rows rather than a KV cache: a unit (one context followed by the continuations of
 //! every request that shares it) and the units sharing a row only need each token's position in
-//! its own sequence and an arbitrary attention mask. Both are inputs of an ordinary forward pass
+//! its own sequence and which tokens it sees. Both are inputs of an ordinary forward pass
 //! ([`crate::model::Packing`]), so the blocks need no cache, rotary (LLaMA, GQA) and learned
 //! (OPT) positions work alike, and a streamed model runs packed rows block by block as it runs
 //! any rows. Attention runs over each segment's own keys ([`crate::model::segments`]), so sharing
-//! a row costs nothing in attention. Each token attends to exactly the keys it attends to in lm-eval's own row (its
-//! unit's context and, after it, its own continuation), at the same positions, so only float
-//! summation order can change a loglikelihood.
+//! a row costs nothing in attention. Each token attends to exactly the keys it attends to in
+//! lm-eval's own row (its unit's context and, after it, its own continuation), at the same
+//! positions, so only float summation order can change a loglikelihood.
 
 use std::collections::{HashMap, HashSet};
 
@@ -81,27 +81,42 @@ struct Unit {
     len: usize,
 }
 
+/// Units whose prefixes begin alike, laid out as one tree that holds their common beginnings once
+/// (the BOS token and a task's fixed opening, a passage asked about twice, an activity that
+/// several HellaSwag contexts describe). Its units in prefix order, and its tokens.
+struct Tree {
+    units: Vec<usize>,
+    len: usize,
+}
+
 /// Row lengths tried, as multiples of the longest unit: longer rows leave less padding.
 const ROW_LENGTHS: [f64; 5] = [1.0, 1.5, 2.0, 3.0, 4.0];
 
-/// Packs `requests` into batches of rows. Requests with identical prefixes share one unit. Units
-/// go either one per row (bucketing by length) or first-fit, longest first, into rows of a few
-/// multiples of the longest unit's length, at most `batch_tokens` (one unit at least): whichever
-/// computes the fewest tokens, padding included. Attention costs the same either way, since it
-/// runs segment by segment ([`crate::model::segments`]), not over the row. Rows are batched
-/// fullest first, as many as `batch_tokens` allows at the batch's width (its fullest row), at
-/// least one. Requests without targets are left out (they score 0).
+/// Packs `requests` into batches of rows. Requests with identical prefixes share one unit, and
+/// units whose prefixes begin alike share those beginnings in a tree as long as a row allows.
+/// Trees go either one per row (bucketing by length; trees no longer than the longest unit) or
+/// first-fit, longest first, into rows of a few multiples of the longest unit's length, at most
+/// `batch_tokens` (one unit at least): whichever computes the fewest tokens, padding included.
+/// Attention costs the same either way, since it runs segment by segment
+/// ([`crate::model::segments`]), not over the row. Rows are batched fullest first, as many as
+/// `batch_tokens` allows at the batch's width (its fullest row), at least one. Requests without
+/// targets are left out (they score 0).
 pub fn pack(requests: &[Request], batch_tokens: usize) -> (Vec<Batch>, TokenCounts) {
     let units = share_prefixes(requests);
+    let prefix = |u: usize| requests[units[u].members[0]].prefix();
+    let mut in_prefix_order: Vec<usize> = (0..units.len()).collect();
+    in_prefix_order.sort_by(|&a, &b| prefix(a).cmp(prefix(b)));
     let longest = units.iter().map(|u| u.len).max().unwrap_or(1);
-    let mut by_length: Vec<usize> = (0..units.len()).collect();
-    by_length.sort_by_key(|&u| std::cmp::Reverse(units[u].len));
     let computed = |batches: &[Vec<(usize, Vec<usize>)>]| -> usize { batches.iter().map(|b| b.len() * b[0].0).sum() };
     let capacities = ROW_LENGTHS.map(|m| ((m * longest as f64).ceil() as usize).min(batch_tokens.max(longest)));
-    let batches = std::iter::once(0)
+    let (trees, batches) = std::iter::once(0)
         .chain(capacities)
-        .map(|capacity| batch_rows(fill_rows(&units, &by_length, capacity), batch_tokens))
-        .min_by_key(|b| computed(b))
+        .map(|capacity| {
+            let trees = grow_trees(requests, &units, &in_prefix_order, capacity.max(longest));
+            let batches = batch_rows(fill_rows(&trees, capacity), batch_tokens);
+            (trees, batches)
+        })
+        .min_by_key(|(_, batches)| computed(batches))
         .expect("at least one way to fill rows");
     let distinct: HashSet<&[i64]> = requests.iter().map(|r| r.input.as_slice()).collect();
     let mut counts = TokenCounts {
@@ -115,14 +130,47 @@ pub fn pack(requests: &[Request], batch_tokens: usize) -> (Vec<Batch>, TokenCoun
             let width = chunk[0].0;
             counts.computed += chunk.len() * width;
             counts.padding += chunk.iter().map(|(fill, _)| width - fill).sum::<usize>();
-            let row_units: Vec<Vec<&Unit>> = chunk
+            let row_trees: Vec<Vec<Vec<&Unit>>> = chunk
                 .iter()
-                .map(|(_, members)| members.iter().map(|&u| &units[u]).collect())
+                .map(|(_, members)| {
+                    members
+                        .iter()
+                        .map(|&t| trees[t].units.iter().map(|&u| &units[u]).collect())
+                        .collect()
+                })
                 .collect();
-            layout(requests, &row_units, width)
+            layout(requests, &row_trees, width)
         })
         .collect();
     (batches, counts)
+}
+
+/// Consecutive units (in prefix order) whose prefixes begin alike form trees of at most `capacity`
+/// tokens. In prefix order a unit's longest common beginning with any earlier one is the one with
+/// its predecessor, so that is what joining a tree saves.
+fn grow_trees(requests: &[Request], units: &[Unit], in_prefix_order: &[usize], capacity: usize) -> Vec<Tree> {
+    let mut trees: Vec<Tree> = Vec::new();
+    let mut previous: &[i64] = &[];
+    for &u in in_prefix_order {
+        let prefix = requests[units[u].members[0]].prefix();
+        let shared = common_len(prefix, previous);
+        match trees.last_mut() {
+            Some(tree) if shared > 0 && tree.len + units[u].len - shared <= capacity => {
+                tree.len += units[u].len - shared;
+                tree.units.push(u);
+            }
+            _ => trees.push(Tree {
+                units: vec![u],
+                len: units[u].len,
+            }),
+        }
+        previous = prefix;
+    }
+    trees
+}
+
+fn common_len(a: &[i64], b: &[i64]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// One unit per distinct prefix, in order of first appearance.
@@ -143,21 +191,23 @@ fn share_prefixes(requests: &[Request]) -> Vec<Unit> {
     units
 }
 
-/// First-fit decreasing: each unit (`by_length`, longest first) goes into the first row with room
-/// for it (capacity 0: one unit per row). Rows as (fill, units), fullest first.
-fn fill_rows(units: &[Unit], by_length: &[usize], capacity: usize) -> Vec<(usize, Vec<usize>)> {
+/// First-fit decreasing: each tree, longest first, goes into the first row with room for it
+/// (capacity 0: one tree per row). Rows as (fill, trees), fullest first.
+fn fill_rows(trees: &[Tree], capacity: usize) -> Vec<(usize, Vec<usize>)> {
+    let mut by_length: Vec<usize> = (0..trees.len()).collect();
+    by_length.sort_by_key(|&t| std::cmp::Reverse(trees[t].len));
     let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
-    for &u in by_length {
+    for t in by_length {
         let room = match capacity {
             0 => None,
-            _ => rows.iter_mut().find(|(fill, _)| fill + units[u].len <= capacity),
+            _ => rows.iter_mut().find(|(fill, _)| fill + trees[t].len <= capacity),
         };
         match room {
             Some((fill, members)) => {
-                *fill += units[u].len;
-                members.push(u);
+                *fill += trees[t].len;
+                members.push(t);
             }
-            None => rows.push((units[u].len, vec![u])),
+            None => rows.push((trees[t].len, vec![t])),
         }
     }
     rows.sort_by_key(|(fill, _)| std::cmp::Reverse(*fill));
@@ -177,50 +227,110 @@ fn batch_rows(rows: Vec<(usize, Vec<usize>)>, batch_tokens: usize) -> Vec<Vec<(u
     batches
 }
 
-/// Lays out rows of units, padded to `width`: per token its id, its position in its own sequence,
-/// its unit in the row (0 for padding, which so sees only padding and stays finite) and its branch
-/// (0 for the shared prefix, k for the k-th request's tail).
-fn layout(requests: &[Request], rows: &[Vec<&Unit>], width: usize) -> Batch {
+/// Lays out rows of trees, padded to `width`: per token its id, its position in its own sequence,
+/// its segment and that segment's parent (see [`Packing`]; padding is segment 0, which sees only
+/// padding and so stays finite).
+fn layout(requests: &[Request], rows: &[Vec<Vec<&Unit>>], width: usize) -> Batch {
     let n = rows.len() * width;
-    let (mut ids, mut positions, mut unit_of, mut branch_of) =
-        (vec![0i64; n], vec![0i64; n], vec![0i64; n], vec![0i64; n]);
-    let mut scored: Vec<(usize, Vec<i64>)> = Vec::new();
-    for (r, units) in rows.iter().enumerate() {
-        let mut at = r * width;
-        let mut place = |tokens: &[i64], first_position: usize, unit: usize, branch: usize| {
-            for (k, &t) in tokens.iter().enumerate() {
-                ids[at + k] = t;
-                positions[at + k] = (first_position + k) as i64;
-                unit_of[at + k] = unit as i64;
-                branch_of[at + k] = branch as i64;
-            }
-            at += tokens.len();
-            at
-        };
-        for (k, unit) in units.iter().enumerate() {
-            let prefix = requests[unit.members[0]].prefix();
-            let prefix_last = place(prefix, 0, k + 1, 0) as i64 - 1;
-            for (b, &m) in unit.members.iter().enumerate() {
-                let tail = requests[m].tail();
-                let end = place(tail, prefix.len(), k + 1, b + 1) as i64;
-                let start = end - tail.len() as i64;
-                scored.push((m, std::iter::once(prefix_last).chain(start..end).collect()));
-            }
+    let mut rows_out = Layout {
+        requests,
+        ids: vec![0; n],
+        positions: vec![0; n],
+        segment: vec![0; n],
+        parent: vec![0; n],
+        at: 0,
+        next_segment: 0,
+        scored: Vec::new(),
+    };
+    for (r, trees) in rows.iter().enumerate() {
+        (rows_out.at, rows_out.next_segment) = (r * width, 1);
+        for tree in trees {
+            rows_out.place_units(tree, 0, 0);
         }
     }
     let grid = |v: &[i64]| Tensor::from_slice(v).view([rows.len() as i64, width as i64]);
-    let keep: Vec<i64> = scored.iter().flat_map(|(_, at)| at.iter().copied()).collect();
+    let keep: Vec<i64> = rows_out.scored.iter().flat_map(|(_, at)| at.iter().copied()).collect();
     Batch {
         rows: Rows {
-            ids: grid(&ids),
+            ids: grid(&rows_out.ids),
             packing: Some(Packing {
-                positions: grid(&positions),
-                unit: grid(&unit_of),
-                branch: grid(&branch_of),
+                positions: grid(&rows_out.positions),
+                segment: grid(&rows_out.segment),
+                parent: grid(&rows_out.parent),
             }),
             keep: Some(Tensor::from_slice(&keep)),
         },
-        scored,
+        scored: rows_out.scored,
+    }
+}
+
+/// The token layout being written, row by row.
+struct Layout<'a> {
+    requests: &'a [Request],
+    ids: Vec<i64>,
+    positions: Vec<i64>,
+    segment: Vec<i64>,
+    parent: Vec<i64>,
+    /// Where the next token goes, and the next segment's number in this row.
+    at: usize,
+    next_segment: i64,
+    scored: Vec<(usize, Vec<i64>)>,
+}
+
+impl Layout<'_> {
+    /// Places `tokens` as a new segment under `parent`, the first at `first_position`; its number.
+    fn place(&mut self, tokens: &[i64], first_position: usize, parent: i64) -> i64 {
+        let segment = self.next_segment;
+        self.next_segment += 1;
+        for (k, &t) in tokens.iter().enumerate() {
+            self.ids[self.at + k] = t;
+            self.positions[self.at + k] = (first_position + k) as i64;
+            self.segment[self.at + k] = segment;
+            self.parent[self.at + k] = parent;
+        }
+        self.at += tokens.len();
+        segment
+    }
+
+    /// Places the prefixes of `units` (in prefix order, agreeing on their first `depth` tokens)
+    /// under segment `parent` as a trie: each run of tokens that several prefixes share once, then
+    /// where a prefix ends its unit's tails, one segment each.
+    fn place_units(&mut self, units: &[&Unit], depth: usize, parent: i64) {
+        let prefix = |u: &Unit| self.requests[u.members[0]].prefix();
+        let mut i = 0;
+        while i < units.len() {
+            let first = prefix(units[i]);
+            let group_len = units[i..]
+                .iter()
+                .take_while(|u| prefix(u)[depth] == first[depth])
+                .count();
+            let group = &units[i..i + group_len];
+            let end = group
+                .iter()
+                .map(|u| depth + common_len(&prefix(u)[depth..], &first[depth..]))
+                .min()
+                .expect("a group holds its first unit");
+            let segment = self.place(&first[depth..end], depth, parent);
+            // Prefixes are distinct and in order, so only the first can end here.
+            let rest = if first.len() == end {
+                let prefix_last = self.at as i64 - 1;
+                for &m in &group[0].members {
+                    let tail = self.requests[m].tail();
+                    if !tail.is_empty() {
+                        self.place(tail, end, segment);
+                    }
+                    let tail_end = self.at as i64;
+                    let tail_start = tail_end - tail.len() as i64;
+                    self.scored
+                        .push((m, std::iter::once(prefix_last).chain(tail_start..tail_end).collect()));
+                }
+                &group[1..]
+            } else {
+                group
+            };
+            self.place_units(rest, end, segment);
+            i += group_len;
+        }
     }
 }
 
@@ -235,9 +345,9 @@ mod tests {
         }
     }
 
-    /// Two choices after one context share it; a third request with another context is its own
-    /// unit in the same row; positions restart after the context; each continuation sees the
-    /// context and itself only, and no unit sees another.
+    /// Two choices after one context share it; a third request whose context begins with the same
+    /// token shares that token in the same tree; positions continue each segment's parent; each
+    /// continuation sees its context and itself only.
     #[test]
     fn shared_context_is_laid_out_once_with_its_own_positions_and_mask() {
         let requests = [
@@ -248,33 +358,74 @@ mod tests {
         let (batches, counts) = pack(&requests, 100);
         assert_eq!(batches.len(), 1);
         let b = &batches[0];
-        assert_eq!(b.rows.ids.size(), [1, 8]);
-        let ids = Vec::<i64>::try_from(b.rows.ids.flatten(0, -1)).unwrap();
-        assert_eq!(ids, [1, 10, 11, 20, 21, 30, 1, 40]);
+        assert_eq!(b.rows.ids.size(), [1, 7]);
+        let flat = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1)).unwrap();
+        assert_eq!(flat(&b.rows.ids), [1, 10, 11, 20, 21, 30, 40]);
         let p = b.rows.packing.as_ref().unwrap();
-        let pos = Vec::<i64>::try_from(p.positions.flatten(0, -1)).unwrap();
-        assert_eq!(pos, [0, 1, 2, 3, 4, 3, 0, 1]);
+        assert_eq!(flat(&p.positions), [0, 1, 2, 3, 4, 3, 1]);
+        assert_eq!(flat(&p.segment), [1, 2, 2, 3, 3, 4, 5]);
+        assert_eq!(flat(&p.parent), [0, 1, 1, 2, 2, 2, 1]);
         let visible = p.visible(tch::Device::Cpu);
         let vis = |q: i64, k: i64| visible.int64_value(&[0, q, k]) == 1;
         assert!(
-            vis(5, 2) && vis(5, 5) && !vis(5, 3) && !vis(5, 4),
+            vis(5, 2) && vis(5, 0) && vis(5, 5) && !vis(5, 3) && !vis(5, 4),
             "30 sees the context, not 20 21"
         );
-        assert!(vis(4, 3) && vis(4, 0) && !vis(3, 4), "causal within a branch");
-        assert!(vis(7, 6) && !vis(7, 5) && !vis(6, 2), "units do not see each other");
+        assert!(vis(4, 3) && vis(4, 0) && !vis(3, 4), "causal within a segment");
+        assert!(vis(6, 0) && !vis(6, 1) && !vis(6, 5), "40 sees the shared BOS only");
         let scored: HashMap<usize, Vec<i64>> = b.scored.iter().cloned().collect();
         assert_eq!(scored[&0], [2, 3, 4]);
         assert_eq!(scored[&1], [2, 5]);
-        assert_eq!(scored[&2], [7]);
+        assert_eq!(scored[&2], [6]);
+        assert_eq!(flat(b.rows.keep.as_ref().unwrap()), [2, 3, 4, 2, 5, 6]);
         assert_eq!(
             counts,
             TokenCounts {
-                computed: 8,
+                computed: 7,
                 padding: 0,
                 unshared: 11,
                 distinct_rows: 11
             }
         );
+    }
+
+    /// Contexts that begin alike share their beginnings in a trie, nested as deep as they agree,
+    /// and each scored position is the one lm-eval's row scores.
+    #[test]
+    fn contexts_that_begin_alike_share_a_trie() {
+        let requests = [
+            request(&[1, 5, 6, 7], &[7]),
+            request(&[1, 5, 6, 8, 9], &[9]),
+            request(&[1, 5, 2], &[3]),
+            request(&[1, 5, 6], &[4, 4]),
+        ];
+        let (batches, counts) = pack(&requests, 100);
+        let b = &batches[0];
+        let flat = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1)).unwrap();
+        // Prefixes in order: [1 5] (the last request's, its tail [6] after it), [1 5 2], then
+        // [1 5 6 7] and [1 5 6 8 9], which share [6] below [1 5]. Tails are not shared.
+        assert_eq!(flat(&b.rows.ids), [1, 5, 6, 2, 6, 7, 8, 9]);
+        let p = b.rows.packing.as_ref().unwrap();
+        assert_eq!(flat(&p.positions), [0, 1, 2, 2, 2, 3, 3, 4]);
+        assert_eq!(flat(&p.segment), [1, 1, 2, 3, 4, 5, 6, 6]);
+        assert_eq!(flat(&p.parent), [0, 0, 1, 1, 1, 4, 4, 4]);
+        let scored: HashMap<usize, Vec<i64>> = b.scored.iter().cloned().collect();
+        assert_eq!(scored[&0], [5]);
+        assert_eq!(scored[&1], [7]);
+        assert_eq!(scored[&2], [3]);
+        assert_eq!(scored[&3], [1, 2]);
+        assert_eq!((counts.computed, counts.padding), (8, 0));
+        // Every token sees exactly its own sequence.
+        let visible = p.visible(tch::Device::Cpu);
+        let seen = |q: i64| {
+            (0..8)
+                .filter(|&k| visible.int64_value(&[0, q, k]) == 1)
+                .collect::<Vec<i64>>()
+        };
+        assert_eq!(seen(7), [0, 1, 4, 6, 7]);
+        assert_eq!(seen(5), [0, 1, 4, 5]);
+        assert_eq!(seen(3), [0, 1, 3]);
+        assert_eq!(seen(2), [0, 1, 2]);
     }
 
     fn one_token_requests(lengths: &[usize]) -> Vec<Request> {

@@ -382,16 +382,17 @@ pub trait CausalLm: Send {
 }
 
 /// Packed rows: several sequences share a row, each token at its position in its own sequence,
-/// so the row computes what the sequences would compute alone. A row holds units, and a unit is a
-/// tree of depth one: a shared prefix, then branches that each continue it.
+/// so the row computes what the sequences would compute alone. A row holds trees of segments: a
+/// segment is a run of tokens that continues its parent segment (or starts a sequence), laid out
+/// after it, and each path from a root to a segment is one sequence.
 pub struct Packing {
     /// (B, L) each token's position in its own sequence.
     pub positions: Tensor,
-    /// (B, L) the token's unit in its row; tokens of different units never see each other.
-    pub unit: Tensor,
-    /// (B, L) 0 in a unit's prefix, k in its k-th branch; a token sees the earlier tokens of its
-    /// unit's prefix and of its own branch.
-    pub branch: Tensor,
+    /// (B, L) the token's segment, numbered from 1 within its row; 0 is padding.
+    pub segment: Tensor,
+    /// (B, L) the parent of the token's segment, 0 for a root. A token sees its segment's earlier
+    /// tokens and every token of the segment's ancestors.
+    pub parent: Tensor,
 }
 
 impl Packing {
@@ -399,9 +400,9 @@ impl Packing {
     pub fn segments(&self, kind: Kind, device: Device) -> Vec<segments::SegmentGroup> {
         let flat = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1)).expect("int64 token layout");
         segments::groups(
-            &flat(&self.unit),
-            &flat(&self.branch),
-            self.unit.size()[1] as usize,
+            &flat(&self.segment),
+            &flat(&self.parent),
+            self.segment.size()[1] as usize,
             kind,
             device,
         )
@@ -410,13 +411,26 @@ impl Packing {
     /// (B, L, L) bool: whether query i may attend to key j (what [`Packing::segments`] computes).
     #[cfg(test)]
     pub fn visible(&self, device: Device) -> Tensor {
-        let (unit, branch) = (self.unit.to_device(device), self.branch.to_device(device));
-        let width = unit.size()[1];
-        let same_unit = unit.unsqueeze(2).eq_tensor(&unit.unsqueeze(1));
-        let earlier = Tensor::ones([width, width], (Kind::Bool, device)).tril(0);
-        let (query_branch, key_branch) = (branch.unsqueeze(2), branch.unsqueeze(1));
-        let same_branch = key_branch.eq(0).logical_or(&key_branch.eq_tensor(&query_branch));
-        same_unit.logical_and(&earlier).logical_and(&same_branch)
+        let flat = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1)).expect("int64 token layout");
+        let (segment, parent) = (flat(&self.segment), flat(&self.parent));
+        let (rows, width) = (self.segment.size()[0] as usize, self.segment.size()[1] as usize);
+        let mut visible = vec![false; rows * width * width];
+        for r in 0..rows {
+            let parent_of: HashMap<i64, i64> = (r * width..(r + 1) * width).map(|t| (segment[t], parent[t])).collect();
+            for q in 0..width {
+                let mut seen = vec![segment[r * width + q]];
+                while let Some(&p) = parent_of.get(seen.last().unwrap()).filter(|&&p| p != 0) {
+                    seen.push(p);
+                }
+                for k in 0..width {
+                    let (sq, sk) = (segment[r * width + q], segment[r * width + k]);
+                    visible[(r * width + q) * width + k] = if sk == sq { k <= q } else { seen.contains(&sk) };
+                }
+            }
+        }
+        Tensor::from_slice(&visible)
+            .view([rows as i64, width as i64, width as i64])
+            .to_device(device)
     }
 }
 

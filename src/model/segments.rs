@@ -1,12 +1,12 @@
 //! Attention over packed rows segment by segment instead of over the whole row.
 //!
-//! In a packed row (see [`super::Packing`]) a token sees only its unit's prefix and its own branch,
-//! yet dense attention under a mask scores every key of the row and throws most scores away. On
-//! HellaSwag a 500-token row holds two documents, each an ~85-token context and four ~37-token
-//! endings, and a token needs about 100 of the 500 keys. Here each segment (a unit's prefix, or
-//! one branch) attends over its own keys only: a prefix over itself, causally; a branch over its
-//! unit's prefix, then itself. Segments of similar lengths are padded to one shape and share a
-//! batched call. Every query sees exactly the keys the row's mask shows it, so only float
+//! In a packed row (see [`super::Packing`]) a token sees only its own segment and that segment's
+//! ancestors, yet dense attention under a mask scores every key of the row and throws most scores
+//! away. On HellaSwag a 500-token row holds two documents, each an ~85-token context and four
+//! ~37-token endings, and a token needs about 100 of the 500 keys. Here each segment attends over
+//! its own keys only: a root (a context, or the beginning several contexts share) over itself,
+//! causally; any other segment over its ancestors, then itself. Segments of similar lengths are
+//! padded to one shape and share a batched call. Every query sees exactly the keys the row's mask shows it, so only float
 //! summation order differs from dense attention.
 
 use std::collections::BTreeMap;
@@ -37,7 +37,7 @@ pub struct SegmentGroup {
 /// A padded group of segments may cost at most this much more than its segments alone.
 const MAX_PADDING_WASTE: f64 = 1.2;
 
-/// One segment: its query tokens, and the keys before them that it also sees (its unit's prefix).
+/// One segment: its query tokens, and the keys before them that it also sees (its ancestors').
 struct Segment {
     queries: Vec<i64>,
     prefix: Vec<i64>,
@@ -49,29 +49,36 @@ impl Segment {
     }
 }
 
-/// The attention groups of packed rows described by each token's `unit` and `branch` in row-major
-/// order (rows of `width`), as [`super::Packing`] describes them; unit 0 is padding.
-pub fn groups(unit: &[i64], branch: &[i64], width: usize, kind: Kind, device: Device) -> Vec<SegmentGroup> {
+/// The attention groups of packed rows described by each token's `segment` and its segment's
+/// `parent` in row-major order (rows of `width`), as [`super::Packing`] describes them; segment 0
+/// is padding.
+pub fn groups(segment: &[i64], parent: &[i64], width: usize, kind: Kind, device: Device) -> Vec<SegmentGroup> {
     let mut segments: Vec<Segment> = Vec::new();
-    for row in 0..unit.len() / width.max(1) {
-        let mut tokens: BTreeMap<(i64, i64), Vec<i64>> = BTreeMap::new();
+    for row in 0..segment.len() / width.max(1) {
+        let mut tokens: BTreeMap<i64, (i64, Vec<i64>)> = BTreeMap::new();
         for t in row * width..(row + 1) * width {
-            if unit[t] != 0 {
-                tokens.entry((unit[t], branch[t])).or_default().push(t as i64);
+            if segment[t] != 0 {
+                tokens
+                    .entry(segment[t])
+                    .or_insert((parent[t], Vec::new()))
+                    .1
+                    .push(t as i64);
             }
         }
-        for (&(u, b), queries) in &tokens {
-            let prefix = match b {
-                0 => Vec::new(),
-                _ => tokens.get(&(u, 0)).cloned().unwrap_or_default(),
-            };
+        for (parent, queries) in tokens.values() {
+            let mut ancestors = Vec::new();
+            let mut up = *parent;
+            while let Some((next, tokens_of)) = tokens.get(&up) {
+                ancestors.push(tokens_of);
+                up = *next;
+            }
             segments.push(Segment {
                 queries: queries.clone(),
-                prefix,
+                prefix: ancestors.iter().rev().flat_map(|t| t.iter().copied()).collect(),
             });
         }
     }
-    // Prefixes (causal, no mask) and branches apart; longest keys first, so a group's first
+    // Roots (causal, no mask) and the others apart; longest keys first, so a group's first
     // segment sets its key length and later ones pad up to it.
     segments.sort_by_key(|s| (!s.prefix.is_empty(), std::cmp::Reverse(s.keys())));
     let mut groups = Vec::new();
@@ -79,8 +86,8 @@ pub fn groups(unit: &[i64], branch: &[i64], width: usize, kind: Kind, device: De
     while start < segments.len() {
         let causal = segments[start].prefix.is_empty();
         let keys = segments[start].keys();
-        let (mut end, mut queries, mut alone) = (start + 1, segments[start].queries.len(), 0.0);
-        alone += (segments[start].queries.len() * keys) as f64;
+        let (mut end, mut queries) = (start + 1, segments[start].queries.len());
+        let mut alone = (queries * keys) as f64;
         while let Some(next) = segments.get(end).filter(|s| s.prefix.is_empty() == causal) {
             let grown_alone = alone + (next.queries.len() * next.keys()) as f64;
             let grown_queries = queries.max(next.queries.len());
@@ -202,22 +209,22 @@ mod tests {
     fn segments_attend_as_the_dense_mask_does() {
         let _g = tch::no_grad_guard();
         tch::manual_seed(0);
-        // Row 0: a prefix of 3, branches of 2, 3 and 0 tokens, 2 of padding. Row 1: a prefix of 4
-        // alone, then a prefix of 2 with a branch of 1, 3 of padding.
-        let unit = [[1, 1, 1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 2, 2, 2, 0, 0, 0]];
-        let branch = [[0, 0, 0, 1, 1, 2, 2, 2, 0, 0], [0, 0, 0, 0, 0, 0, 1, 0, 0, 0]];
-        let positions = [[0, 1, 2, 3, 4, 3, 4, 5, 0, 0], [0, 1, 2, 3, 0, 1, 2, 0, 0, 0]];
+        // Row 0: a root of 3 tokens with children of 2 and 3, then 2 of padding. Row 1: a root of
+        // 2, its child of 2, and that child's children of 1 and 2, then 3 of padding.
+        let segment = [[1, 1, 1, 2, 2, 3, 3, 3, 0, 0], [1, 1, 2, 2, 3, 4, 4, 0, 0, 0]];
+        let parent = [[0, 0, 0, 1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 2, 2, 2, 0, 0, 0]];
+        let positions = [[0, 1, 2, 3, 4, 3, 4, 5, 0, 0], [0, 1, 2, 3, 4, 4, 5, 0, 0, 0]];
         let grid = |v: [[i64; 10]; 2]| Tensor::from_slice(&v.concat()).view([2, 10]);
         let packing = Packing {
             positions: grid(positions),
-            unit: grid(unit),
-            branch: grid(branch),
+            segment: grid(segment),
+            parent: grid(parent),
         };
         let (b, heads, l, d) = (2, 3, 10, 4);
         let q = Tensor::randn([b, heads, l, d], (Kind::Float, Device::Cpu));
         let k = Tensor::randn([b, heads, l, d], (Kind::Float, Device::Cpu));
         let v = Tensor::randn([b, heads, l, d], (Kind::Float, Device::Cpu));
-        let real = grid(unit).ne(0).view([b, 1, l, 1]);
+        let real = grid(segment).ne(0).view([b, 1, l, 1]);
         for window in [None, Some(2)] {
             let mut visible = packing.visible(Device::Cpu);
             let mut groups = packing.segments(Kind::Float, Device::Cpu);
