@@ -82,8 +82,8 @@ struct Unit {
 }
 
 /// Units whose prefixes begin alike, laid out as one tree that holds their common beginnings once
-/// (the BOS token and a task's fixed opening, a passage asked about twice, an activity that
-/// several HellaSwag contexts describe). Its units in prefix order, and its tokens.
+/// (a task's fixed opening, a passage asked about twice, an activity that several HellaSwag
+/// contexts describe). Its units in prefix order, and its tokens.
 struct Tree {
     units: Vec<usize>,
     len: usize,
