@@ -17,9 +17,14 @@ thread_local! {
 /// `x Wᵀ + b`, through oneDNN inside a [`scoring`] scope for f32 on the CPU.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let onednn = ONEDNN.get() && x.device() == Device::Cpu && x.kind() == Kind::Float && weight.kind() == Kind::Float;
-    if !onednn {
-        return x.linear(weight, bias);
+    if onednn {
+        onednn_linear(x, weight, bias)
+    } else {
+        x.linear(weight, bias)
     }
+}
+
+fn onednn_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let mut shape = x.size();
     let inputs = *shape.last().expect("a linear layer's input has a feature dimension");
     *shape.last_mut().expect("checked above") = weight.size()[0];
@@ -32,15 +37,29 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
 }
 
 /// While alive, this thread's f32 CPU linear layers multiply through oneDNN (where libtorch was
-/// built with it).
+/// built with it and the CPU is not Intel's).
 pub struct Scoring {
     previous: bool,
 }
 
 pub fn scoring() -> Scoring {
     Scoring {
-        previous: ONEDNN.replace(tch::utils::has_mkldnn()),
+        previous: ONEDNN.replace(tch::utils::has_mkldnn() && !intel_cpu()),
     }
+}
+
+/// Whether CPUID's vendor string is Intel's, the only vendor MKL gives its fastest kernels to.
+fn intel_cpu() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id = std::arch::x86_64::__cpuid(0);
+        [id.ebx, id.edx, id.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .eq(*b"GenuineIntel")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 impl Drop for Scoring {
@@ -53,8 +72,8 @@ impl Drop for Scoring {
 mod tests {
     use super::*;
 
-    /// Inside a scoring scope the product is the same to float rounding, for 2-D and 3-D inputs,
-    /// with and without bias; outside it is libtorch's own.
+    /// oneDNN's product is libtorch's to float rounding, for 2-D and 3-D inputs, with and without
+    /// bias; outside a scoring scope, and inside one on Intel CPUs, the product is libtorch's own.
     #[test]
     fn onednn_linear_equals_libtorch_linear() {
         let _g = tch::no_grad_guard();
@@ -70,13 +89,19 @@ mod tests {
                 linear(&x, &w, bias).equal(&want),
                 "outside a scoring scope: libtorch's linear"
             );
-            let got = {
+            let scoped = {
                 let _s = scoring();
                 linear(&x, &w, bias)
             };
-            assert_eq!(got.size(), want.size());
-            let diff = (&got - &want).abs().max().double_value(&[]);
-            assert!(diff < 1e-4, "oneDNN differs by {diff}");
+            if intel_cpu() {
+                assert!(scoped.equal(&want), "on an Intel CPU scoring keeps libtorch's linear");
+            }
+            if tch::utils::has_mkldnn() {
+                let got = onednn_linear(&x, &w, bias);
+                assert_eq!(got.size(), want.size());
+                let diff = (&got - &want).abs().max().double_value(&[]);
+                assert!(diff < 1e-4, "oneDNN differs by {diff}");
+            }
         }
         assert!(!ONEDNN.get(), "the scope ends with its guard");
     }
