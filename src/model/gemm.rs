@@ -49,16 +49,17 @@ pub fn scoring() -> Scoring {
 }
 
 /// Whether CPUID's vendor string is Intel's, the only vendor MKL gives its fastest kernels to.
+#[cfg(target_arch = "x86_64")]
 fn intel_cpu() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let id = std::arch::x86_64::__cpuid(0);
-        [id.ebx, id.edx, id.ecx]
-            .iter()
-            .flat_map(|r| r.to_le_bytes())
-            .eq(*b"GenuineIntel")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
+    let id = std::arch::x86_64::__cpuid(0);
+    [id.ebx, id.edx, id.ecx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .eq(*b"GenuineIntel")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn intel_cpu() -> bool {
     false
 }
 
