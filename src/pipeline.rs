@@ -252,7 +252,7 @@ pub fn run_job(
         streamed.set_scratch(dir);
     }
     if let Some(p) = calibrated {
-        check_gpu_calibration_memory(&loaded, p.nsamples, seqlen, p.calib_batch_size)?;
+        check_gpu_calibration_memory(&loaded, &plan, p.nsamples, seqlen, p.calib_batch_size)?;
     }
     let evaluations = Evaluations::prepare(hub, &loaded, eval, seqlen, obs)?;
     if let Some(dir) = save {
@@ -458,22 +458,23 @@ pub fn plan_only(hub: &Hub, spec: &ModelSpec, prune: Option<&PruneSpec>) -> Resu
 }
 
 /// On a GPU, calibration's two activation buffers (every sample's hidden states entering and
-/// leaving the current block) and one batch's MLP activations live in device memory beside the
-/// weights: refuse sizes that cannot fit rather than abort mid-allocation. (On the CPU the memory
-/// plan moves the buffers to disk instead.)
-fn check_gpu_calibration_memory(loaded: &Loaded, nsamples: usize, seqlen: usize, batch: usize) -> Result<()> {
+/// leaving the current block) and one batch's activations (MLP, eager attention) live in device
+/// memory beside the weights: refuse sizes that cannot fit rather than abort mid-allocation. (On
+/// the CPU the memory plan moves the buffers to disk instead.)
+fn check_gpu_calibration_memory(
+    loaded: &Loaded,
+    plan: &MemoryPlan,
+    nsamples: usize,
+    seqlen: usize,
+    batch: usize,
+) -> Result<()> {
     let tch::Device::Cuda(i) = loaded.model.device() else {
         return Ok(());
     };
     let Some((free, _)) = crate::device::cuda_memory(i) else {
         return Ok(());
     };
-    let info = loaded.model.info();
-    let elt = loaded.model.kind().elt_size_in_bytes() as u128;
-    let tokens = nsamples as u128 * seqlen as u128;
-    let buffer = tokens * info.hidden_size as u128 * elt;
-    let working =
-        (batch.min(nsamples) * seqlen) as u128 * info.intermediate_size.max(info.hidden_size) as u128 * elt * 4;
+    let (buffer, working) = (plan.calibration.buffer as u128, plan.calibration.working as u128);
     let needed = 2 * buffer + working;
     let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
     ensure!(

@@ -7,7 +7,9 @@ use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 
 use super::segments::SegmentGroup;
-use super::{additive_mask, AttentionMask, BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
+use super::{
+    additive_mask, AttentionMask, BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, ScaleAt, Stack, Tap, Weights,
+};
 
 #[derive(Deserialize, Debug, Clone)]
 pub struct Config {
@@ -191,7 +193,7 @@ impl Attention {
             }
         };
         let (k, v) = (expand(k), expand(v));
-        let y = ctx.attend(&q, &k, &v);
+        let y = ctx.attend(&q, &k, &v, ScaleAt::Scores);
         let y = ctx.kept(&y.transpose(1, 2).reshape([b, l, self.heads * self.head_dim]));
         tap(&["self_attn.o_proj"], &y)?;
         ControlFlow::Continue(self.o_proj.forward(&y))

@@ -78,6 +78,91 @@ pub enum AttentionMask {
     Additive(Tensor),
     /// Packed rows, attended segment by segment ([`segments`]).
     Segments(Vec<segments::SegmentGroup>),
+    /// Unfused attention under an additive (L, L) mask, as the reference's calibration passes ran it
+    /// ([`BlockCtx::eager`]).
+    Eager(Tensor),
+}
+
+/// Where the 1/sqrt(head_dim) scale enters: transformers multiplies LLaMA's scores after q·kᵀ, but
+/// OPT's queries before it. Only eager attention follows this; the fused kernels scale internally.
+#[derive(Clone, Copy, Debug)]
+pub enum ScaleAt {
+    Scores,
+    Query,
+}
+
+/// Bytes of f32 scores in one chunk of eager attention: (sample, head) pairs are scored this many
+/// at a time, so the L x L weights of long windows never exist for every head at once, and short
+/// windows' stay in cache (measured at 8 x 8 heads x 256 tokens: 15 ms a batch in 2 MiB chunks,
+/// 31 ms in one 16 MiB chunk; fused SDPA 10 ms).
+const EAGER_CHUNK_BYTES: u64 = 4 << 20;
+
+/// (sample, head) pairs per chunk of eager attention over `len` keys, out of `pairs`.
+fn eager_chunk(pairs: u64, len: u64) -> u64 {
+    (EAGER_CHUNK_BYTES / (len * len * 4).max(1)).clamp(1, pairs.max(1))
+}
+
+/// Peak bytes of eager attention's temporaries over `pairs` (sample, head) pairs of `len` tokens
+/// in a dtype of `elt` bytes: one chunk's scores, their f32 softmax and its cast back.
+pub fn eager_attention_bytes(pairs: u64, len: u64, elt: u64) -> u64 {
+    eager_chunk(pairs, len) * len * len * (2 * elt + 4)
+}
+
+/// Softmax attention computed step by step as transformers' eager implementation does: scores
+/// `q·kᵀ` scaled, plus the additive mask, softmax in f32 and back to the model dtype, times v.
+/// Fused kernels (SDPA) round differently, and on some CPUs that moves a calibration activation
+/// enough to flip a near-tied Wanda choice; calibration therefore runs this, the reference's path.
+/// Each (sample, head) pair is an independent product, so chunking over them changes no bit.
+fn eager_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale_at: ScaleAt) -> Tensor {
+    let (b, heads, l, _) = q.size4().expect("queries are (B, heads, L, head_dim)");
+    eager_attention_in_chunks(
+        q,
+        k,
+        v,
+        mask,
+        scale_at,
+        eager_chunk((b * heads) as u64, l as u64) as i64,
+    )
+}
+
+/// [`eager_attention`] `chunk` (sample, head) pairs at a time.
+fn eager_attention_in_chunks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale_at: ScaleAt,
+    chunk: i64,
+) -> Tensor {
+    let (b, heads, l, d) = q.size4().expect("queries are (B, heads, L, head_dim)");
+    let scale = (d as f64).powf(-0.5); // head_dim**-0.5, as transformers writes it
+    let flat = |t: &Tensor| t.reshape([b * heads, l, d]);
+    let (q, k, v) = (flat(q), flat(k), flat(v));
+    let q = match scale_at {
+        ScaleAt::Query => q * scale,
+        ScaleAt::Scores => q,
+    };
+    // The chunks' scores and softmax reuse two buffers: fresh L x L tensors per chunk cost more
+    // in page faults than the arithmetic. In place or into a buffer, each op rounds as the
+    // reference's out-of-place op does.
+    let scores_buffer = Tensor::empty([chunk, l, l], (q.kind(), q.device()));
+    let weights_buffer = Tensor::empty([chunk, l, l], (Kind::Float, q.device()));
+    let outs: Vec<Tensor> = (0..b * heads)
+        .step_by(chunk as usize)
+        .map(|s| {
+            let n = chunk.min(b * heads - s);
+            let mut scores = q
+                .narrow(0, s, n)
+                .matmul_out(&scores_buffer.narrow(0, 0, n), &k.narrow(0, s, n).transpose(1, 2));
+            if let ScaleAt::Scores = scale_at {
+                let _ = scores.g_mul_scalar_(scale);
+            }
+            let _ = scores.g_add_(mask);
+            let weights = scores.softmax_int_out(&weights_buffer.narrow(0, 0, n), -1, Kind::Float);
+            weights.to_kind(v.kind()).matmul(&v.narrow(0, s, n))
+        })
+        .collect();
+    Tensor::cat(&outs, 0).view([b, heads, l, d])
 }
 
 /// The additive form (0 where `visible`, -inf elsewhere) of a boolean attention pattern, in `kind`.
@@ -95,7 +180,7 @@ impl BlockCtx {
     }
 
     /// Softmax attention (B, heads, L, head_dim).
-    pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale_at: ScaleAt) -> Tensor {
         let sdpa = |mask: Option<&Tensor>| {
             Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, mask.is_none(), None, false)
         };
@@ -103,7 +188,22 @@ impl BlockCtx {
             AttentionMask::Causal => sdpa(None),
             AttentionMask::Additive(mask) => sdpa(Some(mask)),
             AttentionMask::Segments(groups) => segments::attend(groups, q, k, v),
+            AttentionMask::Eager(mask) => eager_attention(q, k, v, mask, scale_at),
         }
+    }
+
+    /// This context with eager attention over sequences of `len` tokens, masks in `kind`: the
+    /// reference computes calibration activations that way, and Wanda's masks follow them bit for bit.
+    pub fn eager(mut self, len: i64, kind: Kind, device: Device) -> Self {
+        self.mask = match self.mask {
+            AttentionMask::Causal => {
+                let visible = Tensor::ones([len, len], (Kind::Bool, device)).tril(0);
+                AttentionMask::Eager(additive_mask(&visible, kind))
+            }
+            AttentionMask::Additive(mask) => AttentionMask::Eager(mask),
+            other => other,
+        };
+        self
     }
 }
 
@@ -730,5 +830,49 @@ mod tests {
             let listed: Vec<&str> = block.linears().into_iter().map(|(name, _)| name).collect();
             assert_eq!(seen, listed, "{}", dir.display());
         }
+    }
+
+    /// Eager attention is the fused kernel's softmax attention up to rounding, in either scale
+    /// order, under the causal mask `BlockCtx::eager` builds; chunking it changes no bit.
+    #[test]
+    fn eager_attention_is_sdpa_rounded_the_reference_way() {
+        tch::manual_seed(0);
+        let (b, heads, l, d) = (2, 3, 7, 8);
+        let qkv = || Tensor::randn([b, heads, l, d], (Kind::Float, Device::Cpu));
+        let (q, k, v) = (qkv(), qkv(), qkv());
+        let causal = BlockCtx {
+            rope: None,
+            mask: AttentionMask::Causal,
+            keep: None,
+        };
+        let fused = causal.attend(&q, &k, &v, ScaleAt::Scores);
+        let eager = causal.eager(l, Kind::Float, Device::Cpu);
+        let AttentionMask::Eager(mask) = &eager.mask else {
+            panic!("a causal context turns eager")
+        };
+        for scale_at in [ScaleAt::Scores, ScaleAt::Query] {
+            let whole = eager.attend(&q, &k, &v, scale_at);
+            assert!(whole.allclose(&fused, 1e-5, 1e-6, false), "{scale_at:?}");
+            for chunk in [1, 4] {
+                assert!(
+                    eager_attention_in_chunks(&q, &k, &v, mask, scale_at, chunk).equal(&whole),
+                    "{scale_at:?} by {chunk}"
+                );
+            }
+        }
+        // The scores' scale order is what transformers does per architecture, so it rounds differently.
+        assert!(!eager
+            .attend(&q, &k, &v, ScaleAt::Scores)
+            .equal(&eager.attend(&q, &k, &v, ScaleAt::Query)));
+    }
+
+    /// Chunks hold at most the chunk budget of f32 scores, but never less than one (sample, head).
+    #[test]
+    fn eager_chunks_bound_the_scores_held() {
+        assert_eq!(eager_chunk(64, 128), 64);
+        assert_eq!(eager_chunk(4096, 4096), 1);
+        assert_eq!(eager_chunk(4096, 512), 4);
+        assert_eq!(eager_attention_bytes(32, 4096, 2), 4096 * 4096 * 8);
+        assert_eq!(eager_attention_bytes(8, 128, 4), 8 * 128 * 128 * 12);
     }
 }

@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use tch::{Kind, Tensor};
 
 use super::segments::SegmentGroup;
-use super::{AttentionMask, BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, Stack, Tap, Weights};
+use super::{AttentionMask, BlockCtx, CausalLm, DecoderBlock, Linear, ModelInfo, ScaleAt, Stack, Tap, Weights};
 
 /// OPT's position rows start after two reserved rows (fairseq's padding offset).
 const POSITION_OFFSET: i64 = 2;
@@ -118,7 +118,7 @@ impl Block {
         let q = split(self.q_proj.forward(x));
         let k = split(self.k_proj.forward(x));
         let v = split(self.v_proj.forward(x));
-        let y = ctx.attend(&q, &k, &v);
+        let y = ctx.attend(&q, &k, &v, ScaleAt::Query);
         let y = ctx.kept(&y.transpose(1, 2).reshape([b, l, h]));
         tap(&["self_attn.out_proj"], &y)?;
         ControlFlow::Continue(self.out_proj.forward(&y))

@@ -17,6 +17,7 @@ pub struct LinearShape {
 /// What differs between architectures; [`ModelShape::assemble`] adds the common fields.
 struct Parts {
     inputs: Vec<Vec<LinearShape>>,
+    heads: u64,
     attention_width: u64,
     intermediate: u64,
     /// Parameters of a block besides its linear layers' weights.
@@ -36,6 +37,8 @@ pub struct ModelShape {
     /// A block's linear layers in forward order, grouped by the input they share (q/k/v, gate/up):
     /// each group gets one set of calibration statistics.
     pub inputs: Vec<Vec<LinearShape>>,
+    /// Query heads.
+    pub heads: u64,
     /// heads x head_dim: the width of the attention products per token.
     pub attention_width: u64,
     /// Widest activation inside a block (the MLP's intermediate width).
@@ -94,6 +97,7 @@ impl ModelShape {
                 vec![lin("mlp.gate_proj", i, h), lin("mlp.up_proj", i, h)],
                 vec![lin("mlp.down_proj", h, i)],
             ],
+            heads,
             attention_width: attn,
             intermediate: i,
             // Two RMSNorm weights and any biases.
@@ -134,6 +138,7 @@ impl ModelShape {
                 vec![lin("fc1", f, h)],
                 vec![lin("fc2", h, f)],
             ],
+            heads: c.num_attention_heads.max(1) as u64,
             attention_width: h,
             intermediate: f,
             // Two LayerNorms (weight and bias) and, when enabled, the linear layers' biases.
@@ -167,6 +172,7 @@ impl ModelShape {
             vocab,
             max_positions: max_positions.max(0) as u64,
             inputs: p.inputs,
+            heads: p.heads,
             attention_width: p.attention_width,
             intermediate: p.intermediate,
             block_params: linear + p.block_extra,

@@ -67,7 +67,7 @@ impl Activations {
             shape,
             kind,
             device,
-            ctx: model.context(l),
+            ctx: model.context(l).eager(l, kind, device),
             batch: batch.min(n as usize) as i64, // no wider than the samples (and no i64 overflow)
             _scratch: scratch,
         };

@@ -244,7 +244,9 @@ pub fn calibration_memory(
     let largest = shape.linears().map(|l| l.rows * l.cols).max().unwrap_or(0) as f64;
     if calibrates {
         memory.buffer = nsamples as f64 * len * shape.hidden as f64 * elt;
-        memory.working = batch.min(nsamples) as f64 * len * (3 * shape.intermediate + 4 * shape.hidden) as f64 * elt;
+        let batch = batch.min(nsamples) as u64;
+        memory.working = batch as f64 * len * (3 * shape.intermediate + 4 * shape.hidden) as f64 * elt
+            + crate::model::eager_attention_bytes(batch * shape.heads, len as u64, elt as u64) as f64;
         let (hessian, _) = needs_statistics(method);
         let widest = shape.linears().map(|l| l.cols).max().unwrap_or(0) as f64;
         if hessian {
