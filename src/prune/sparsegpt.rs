@@ -81,10 +81,12 @@ pub fn prune(weight: &Tensor, hessian: Tensor, sparsity: f64, pattern: Pattern, 
             let q = col.masked_fill(&mask1.select(1, i), 0.0);
             q1.select(1, i).copy_(&q);
             let e = (&col - &q) / d;
-            // W1[:, i:] -= e ⊗ Hinv1[i, i:], as one rank-1 update.
-            let _ = w1
-                .narrow(1, i, count - i)
-                .addr_(&(-&e), &hinv1.get(i).narrow(0, i, count - i));
+            // W1[:, i:] -= e ⊗ Hinv1[i, i:]: the outer product rounded first, then subtracted, as
+            // the reference's matmul does (a fused rank-1 update rounds once and drifts from it).
+            let mut rest = w1.narrow(1, i, count - i);
+            rest -= e
+                .unsqueeze(1)
+                .matmul(&hinv1.get(i).narrow(0, i, count - i).unsqueeze(0));
             err1.select(1, i).copy_(&e);
         }
         w.narrow(1, i1, count).copy_(&q1);
@@ -105,8 +107,10 @@ fn dead_inputs(h: &Tensor) -> Tensor {
 /// diagonal, then 1% of the mean diagonal is added to every diagonal entry.
 fn inverse_hessian_upper(h: Tensor, dead: &Tensor) -> Result<Tensor> {
     let _ = h.diagonal(0, 0, 1).masked_fill_(dead, 1.0);
-    let damp = PERCDAMP * h.diagonal(0, 0, 1).mean(Kind::Float).double_value(&[]);
-    let _ = h.diagonal(0, 0, 1).g_add_scalar_(damp);
+    // In f32 as the reference computes it: 0.01 times the mean of a contiguous copy of the diagonal
+    // (a strided sum may add in another order), rounded in f32.
+    let damp = h.diagonal(0, 0, 1).contiguous().mean(Kind::Float) * PERCDAMP;
+    let _ = h.diagonal(0, 0, 1).g_add_(&damp);
     // libtorch's message runs on with its C++ stack; its first line says what failed.
     let first_line = |e: tch::TchError| e.to_string().lines().next().unwrap_or_default().to_string();
     let hint =
