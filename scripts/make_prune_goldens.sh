@@ -3,12 +3,12 @@
 # official Wanda code). CPU only, single thread; about 7 minutes on 2 cores.
 #   scripts/make_prune_goldens.sh            # all cases
 #   ONLY=llama-tiny_wanda scripts/make_prune_goldens.sh   # cases whose name starts with ONLY
-# Env: PYTHON (default .venv/bin/python), FIXTURES (default ../shared/fixtures).
+# Env: PYTHON (default .venv/bin/python), FIXTURES (default ../shared/fixtures), OUT (default tests/goldens/prune).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 FX=${FIXTURES:-../shared/fixtures}
-OUT=tests/goldens/prune
+OUT=${OUT:-tests/goldens/prune}
 CALIB=$FX/datasets/c4-format-sample/en/c4-train.00000-of-01024.json.gz
 WIKI=$FX/datasets/Salesforce/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet
 NS=16; SL=128; SEED=0; EVW=16
