@@ -176,26 +176,22 @@ impl Pruned<'_> {
     /// The first way this differs from reference run `g` (a file in `dir`) beyond the case's
     /// tolerance, if any.
     fn differences(&self, g: &Value, dir: &std::path::Path) -> Option<String> {
-        let close = |got: f64, want: f64, rel: f64, abs: f64| (got - want).abs() <= rel * want.abs() + abs;
         let (report, method_name, variant) = (self.report, self.method_name, self.variant);
         if let Some(owl) = g["owl"].as_object() {
             // OWL: the outlier ratios of the dense pass and the block sparsities derived from them.
             let a = report.allocation.as_ref().expect("an OWL run reports its allocation");
             let ratios = a.outlier_ratios.as_ref().unwrap();
-            let pairs = ratios.iter().zip(floats(&owl["outlier_ratios"]));
-            if ratios.len() != owl["outlier_ratios"].as_array().unwrap().len()
-                || pairs.clone().any(|(got, want)| !close(*got, want, 0.0, 1e-6))
-            {
-                return Some(format!("outlier ratios {ratios:?}, want {:?}", owl["outlier_ratios"]));
-            }
-            let sparsities = floats(&owl["block_sparsity"]);
-            if a.block_sparsity.len() != sparsities.len()
-                || a.block_sparsity
-                    .iter()
-                    .zip(&sparsities)
-                    .any(|(got, want)| !close(*got, *want, 0.0, 1e-12))
-            {
-                return Some(format!("block sparsities {:?}, want {sparsities:?}", a.block_sparsity));
+            let miss = not_close("outlier ratios", ratios, &floats(&owl["outlier_ratios"]), 0.0, 1e-6).or_else(|| {
+                not_close(
+                    "block sparsities",
+                    &a.block_sparsity,
+                    &floats(&owl["block_sparsity"]),
+                    0.0,
+                    1e-12,
+                )
+            });
+            if miss.is_some() {
+                return miss;
             }
         }
         // Magnitude and Wanda masks are bit-identical to the reference. The variant's cumulative-sum
@@ -245,8 +241,8 @@ impl Pruned<'_> {
                 } else if let Some(samples) = samples {
                     let fro = w.to_kind(Kind::Double).norm().double_value(&[]);
                     let want_fro = want["weight_fro_norm"].as_f64().unwrap();
-                    if !close(fro, want_fro, fro_rel, 0.0) {
-                        return Some(format!("fro norm of {full}: {fro}, want {want_fro}"));
+                    if let Some(miss) = not_close(&format!("fro norm of {full}"), &[fro], &[want_fro], fro_rel, 0.0) {
+                        return Some(miss);
                     }
                     // Relative to the weight, or to the layer's scale (rms) for weights near zero.
                     let rms = want_fro / (w.numel() as f64).sqrt();
@@ -281,15 +277,10 @@ impl Pruned<'_> {
                 return Some(miss);
             }
         }
-        let want_ppl = g["eval"]["ppl"].as_f64().unwrap();
-        if !close(self.ppl, want_ppl, ppl_rel, 0.0) {
-            return Some(format!("ppl {}, want {want_ppl}", self.ppl));
-        }
-        let want_sparsity = g["sparsity_actual"].as_f64().unwrap();
-        if !close(report.sparsity_actual, want_sparsity, 0.0, 1e-9) {
-            return Some(format!("sparsity {}, want {want_sparsity}", report.sparsity_actual));
-        }
-        None
+        not_close("ppl", &[self.ppl], &[g["eval"]["ppl"].as_f64().unwrap()], ppl_rel, 0.0).or_else(|| {
+            let want = g["sparsity_actual"].as_f64().unwrap();
+            not_close("sparsity", &[report.sparsity_actual], &[want], 0.0, 1e-9)
+        })
     }
 }
 

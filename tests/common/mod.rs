@@ -38,11 +38,20 @@ pub fn floats(v: &serde_json::Value) -> Vec<f64> {
         .collect()
 }
 
+/// Where `got` is not within rel * |want| + abs of `want` (a length, or the first element; NaN
+/// is never close), as a message naming what differs; `None` when all of it is.
+pub fn not_close(what: &str, got: &[f64], want: &[f64], rel: f64, abs: f64) -> Option<String> {
+    if got.len() != want.len() {
+        return Some(format!("{what}: length {}, want {}", got.len(), want.len()));
+    }
+    let far = |(g, w): (&f64, &f64)| !((g - w).abs() <= rel * w.abs() + abs);
+    (got.iter().zip(want).position(far)).map(|i| format!("{what}[{i}]: got {}, want {}", got[i], want[i]))
+}
+
 /// |a - b| <= rel * |b| + abs, elementwise, with a message naming what differs.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], rel: f64, abs: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= rel * w.abs() + abs, "{what}[{i}]: got {g}, want {w}");
+    if let Some(miss) = not_close(what, got, want, rel, abs) {
+        panic!("{miss}");
     }
 }
 
