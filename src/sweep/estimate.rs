@@ -424,7 +424,8 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
     let mut uncounted = Vec::new();
     let mut encode_seconds = 0.0;
     let mut widest_eval = 0.0f64;
-    // Positions whose logits one pass holds at once: perplexity runs the head a window at a time.
+    // Positions whose logits one pass holds at once: perplexity runs the head a window at a time,
+    // zero-shot a chunk of scored positions at a time.
     let mut widest_logits = 0.0f64;
     let mut tokenize_bytes = 0.0f64;
     // Reading the calibration file (a run reads it whole to draw its samples).
@@ -469,7 +470,7 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
                 // Each request is encoded twice (context alone, then context + continuation).
                 encode_seconds += 2.0 * per_request * n as f64;
                 widest_eval = widest_eval.max(widest);
-                widest_logits = widest_logits.max(widest);
+                widest_logits = widest_logits.max(widest.min(crate::eval::loglik::HEAD_CHUNK as f64));
             }
             Some(Counted::Calibration { .. }) => {}
             None => uncounted.push(format!(
