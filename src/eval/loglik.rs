@@ -116,11 +116,10 @@ pub fn score(
             .flat_map(|(r, _)| requests[*r].target.iter().copied())
             .collect();
         let target = Tensor::from_slice(&target).to_device(hidden.device());
-        let hidden = hidden.squeeze_dim(0);
         let (mut picked, mut greedy) = (Vec::with_capacity(target.numel()), Vec::with_capacity(target.numel()));
-        for start in (0..hidden.size()[0]).step_by(head_chunk as usize) {
-            let n = head_chunk.min(hidden.size()[0] - start);
-            let (p, g) = score_positions(model, &hidden.narrow(0, start, n), &target.narrow(0, start, n))?;
+        let chunks = hidden.squeeze_dim(0).split(head_chunk, 0);
+        for (hidden, target) in chunks.iter().zip(target.split(head_chunk, 0)) {
+            let (p, g) = score_positions(model, hidden, &target)?;
             picked.extend(p);
             greedy.extend(g);
         }
