@@ -1,10 +1,11 @@
 //! The `repro` command line: a thin layer over the library.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::eval::tasks::{task, ALL_TASKS};
+use crate::eval::zeroshot::write_samples;
 use crate::hub::Hub;
 use crate::model::Streaming;
 use crate::pipeline::{run_job, EvalSpec, ModelSpec, Observer, PrintLines, PruneSpec, Quiet};
@@ -150,6 +151,10 @@ pub struct PplArgs {
     /// Zero-shot: only the first N documents of each task.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Zero-shot: write every document's outcome to FILE, one JSON object a line (task, doc,
+    /// each choice's loglikelihood, prediction, gold, acc, acc_norm), for per-item comparisons.
+    #[arg(long, value_name = "FILE")]
+    pub samples: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -323,8 +328,10 @@ impl PplArgs {
     /// rather than silently ignored.
     fn spec(&self, names: Vec<String>) -> Result<EvalSpec> {
         let tasks = names.iter().filter(|n| ALL_TASKS.contains(&n.as_str())).count();
-        if self.limit.is_some() && tasks == 0 {
-            bail!("--limit applies to zero-shot tasks, and none is asked for; name some (--tasks, or in --eval)");
+        for (flag, given) in [("--limit", self.limit.is_some()), ("--samples", self.samples.is_some())] {
+            if given && tasks == 0 {
+                bail!("{flag} applies to zero-shot tasks, and none is asked for; name some (--tasks, or in --eval)");
+            }
         }
         if self.max_windows.is_some() && tasks == names.len() {
             bail!(
@@ -337,6 +344,32 @@ impl PplArgs {
             max_windows: self.max_windows,
             limit: self.limit,
         })
+    }
+}
+
+/// `--samples`: created before any model work, so a path that cannot be written fails at once
+/// rather than after the evaluation.
+struct SamplesFile(Option<(PathBuf, std::fs::File)>);
+
+impl SamplesFile {
+    fn create(path: Option<&Path>) -> Result<Self> {
+        let file = path
+            .map(|p| {
+                p.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| std::fs::File::create(p))
+                    .map(|f| (p.to_path_buf(), f))
+                    .with_context(|| format!("--samples {}: cannot create the file", p.display()))
+            })
+            .transpose()?;
+        Ok(SamplesFile(file))
+    }
+
+    fn write(self, out: &RunResult) -> Result<()> {
+        let Some((path, file)) = self.0 else { return Ok(()) };
+        write_samples(std::io::BufWriter::new(file), &out.zero_shot_samples)
+            .with_context(|| format!("--samples {}", path.display()))
     }
 }
 
@@ -359,17 +392,13 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
     if let Some(t) = args.ppl.iter().find(|p| ALL_TASKS.contains(&p.as_str())) {
         bail!("--ppl {t}: `{t}` is a zero-shot task; pass it with --tasks");
     }
+    let eval = args.ppl_opts.spec(names)?;
     if args.model.plan {
         return print_plan(hub, &args.model, None);
     }
-    let out = run_job(
-        hub,
-        &args.model.spec(),
-        None,
-        &args.ppl_opts.spec(names)?,
-        None,
-        args.model.observer(),
-    )?;
+    let samples = SamplesFile::create(args.ppl_opts.samples.as_deref())?;
+    let out = run_job(hub, &args.model.spec(), None, &eval, None, args.model.observer())?;
+    samples.write(&out)?;
     print_json(out, args.model.json)
 }
 
@@ -397,6 +426,7 @@ fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
     if args.model.plan {
         return print_plan(hub, &args.model, Some(&spec));
     }
+    let samples = SamplesFile::create(args.ppl_opts.samples.as_deref())?;
     let out = run_job(
         hub,
         &args.model.spec(),
@@ -405,6 +435,7 @@ fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
         args.save.as_deref(),
         args.model.observer(),
     )?;
+    samples.write(&out)?;
     print_json(out, args.model.json)
 }
 

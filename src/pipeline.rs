@@ -581,6 +581,7 @@ fn eval_tasks(
         ));
         accs.push(r.acc);
         out.zero_shot.insert(name.to_string(), r);
+        out.zero_shot_samples.extend(evaluated.samples);
     }
     let mean = accs.iter().sum::<f64>() / accs.len() as f64;
     if accs.len() > 1 {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::eval::packing::TokenCounts;
 use crate::eval::tasks::TaskResult;
+use crate::eval::zeroshot::Sample;
 use crate::memory::PlanNumbers;
 use crate::prune::mask::Group;
 use crate::prune::metric::Params;
@@ -89,6 +90,10 @@ pub struct RunResult {
     pub zero_shot_limit: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zero_shot_seconds: Option<f64>,
+    /// Every document's outcome, task after task: written where asked (`--samples`), never into
+    /// the run's JSON (a Table 2 sweep would carry 19,000 per model state).
+    #[serde(skip)]
+    pub zero_shot_samples: Vec<Sample>,
 
     pub repro_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -191,6 +191,14 @@ fn impossible_settings_are_refused_up_front() {
             "--limit applies to zero-shot tasks, and none is asked for",
         ),
         (
+            vec!["eval", "--samples", "samples.jsonl"],
+            "--samples applies to zero-shot tasks, and none is asked for",
+        ),
+        (
+            vec!["eval", "--tasks", "rte", "--samples", "/proc/no-such-dir/samples.jsonl"],
+            "--samples /proc/no-such-dir/samples.jsonl: cannot create the file",
+        ),
+        (
             vec!["prune", "--method", "magnitude", "--eval", "rte", "--max-windows", "5"],
             "--max-windows applies to perplexity corpora, and none is asked for",
         ),

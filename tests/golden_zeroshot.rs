@@ -51,12 +51,12 @@ fn compare(name: &str, g: &Value, got: &TaskEval) -> (f64, Vec<String>) {
     let mut errors = Vec::new();
     let docs = g["docs"].as_array().unwrap();
     assert!(docs.len() >= LIMIT, "{name}: golden has {} docs", docs.len());
-    assert_eq!(got.loglikelihoods.len(), LIMIT, "{name}: documents evaluated");
+    assert_eq!(got.samples.len(), LIMIT, "{name}: documents evaluated");
     let mut max_diff = 0.0f64;
     for (i, d) in docs.iter().take(LIMIT).enumerate() {
         assert_eq!(d["doc"].as_u64().unwrap() as usize, i);
         let want = floats(&d["loglikelihoods"]);
-        let have = &got.loglikelihoods[i];
+        let have = &got.samples[i].loglikelihoods;
         if have.len() != want.len() {
             errors.push(format!("{name} doc {i}: {} choices, want {}", have.len(), want.len()));
             continue;
@@ -71,10 +71,10 @@ fn compare(name: &str, g: &Value, got: &TaskEval) -> (f64, Vec<String>) {
             }
         }
         let pred = d["pred"].as_u64().unwrap() as usize;
-        if got.predictions[i] != pred {
+        if got.samples[i].prediction != pred {
             errors.push(format!(
                 "{name} doc {i}: predicted {}, lm-eval {pred} (lls {have:?} vs {want:?})",
-                got.predictions[i]
+                got.samples[i].prediction
             ));
         }
     }
@@ -191,4 +191,62 @@ fn batch_size_does_not_change_loglikelihoods() {
         .collect();
     let got_greedy: Vec<bool> = one.iter().map(|l| l.is_greedy).collect();
     assert_eq!(got_greedy, want_greedy, "{name}: is_greedy per request vs lm-eval");
+}
+
+/// `repro eval --samples` writes one line per document, task after task, that agrees with
+/// lm-eval's own per-document record (loglikelihoods, prediction, gold, acc) and with the task
+/// accuracies the run reports; a missing directory on the way to the file is created.
+#[test]
+fn samples_file_holds_lm_evals_per_document_outcomes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("new-dir/samples.jsonl");
+    let (tasks, limit) = (["winogrande", "arc_challenge"], 12);
+    let out = repro()
+        .env("OMP_NUM_THREADS", "1")
+        .args([
+            "eval",
+            "--model",
+            &fixture_model("llama-tiny"),
+            "--json",
+            "--batch-size",
+            "4",
+        ])
+        .args(["--tasks", &tasks.join(","), "--limit", &limit.to_string()])
+        .arg("--samples")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let run = json_of(&out);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), tasks.len() * limit);
+    for (name, lines) in tasks.iter().zip(lines.chunks(limit)) {
+        let g = golden(&goldens().join(format!("{name}.json")));
+        for (i, (have, want)) in lines.iter().zip(g["docs"].as_array().unwrap()).enumerate() {
+            assert_eq!(have["task"], *name);
+            assert_eq!(have["doc"], i);
+            assert_close(
+                &format!("{name} doc {i} loglikelihoods"),
+                &floats(&have["loglikelihoods"]),
+                &floats(&want["loglikelihoods"]),
+                0.0,
+                LL_ABS,
+            );
+            for (field, golden_field) in [("prediction", "pred"), ("gold", "gold"), ("acc", "acc")] {
+                assert_eq!(
+                    have[field].as_f64(),
+                    want[golden_field].as_f64(),
+                    "{name} doc {i}: {field}"
+                );
+            }
+        }
+        let mean_acc = lines.iter().map(|l| l["acc"].as_f64().unwrap()).sum::<f64>() / limit as f64;
+        assert!((mean_acc - run["zero_shot"][name]["acc"].as_f64().unwrap()).abs() < 1e-12);
+        // WinoGrande reports no acc_norm, so its lines carry none.
+        let norms: Option<Vec<f64>> = lines.iter().map(|l| l["acc_norm"].as_f64()).collect();
+        let mean_norm = norms.map(|n| n.iter().sum::<f64>() / limit as f64);
+        let reported = run["zero_shot"][name]["acc_norm"].as_f64();
+        assert_eq!(mean_norm.is_some(), reported.is_some(), "{name}: acc_norm");
+        assert!(mean_norm.zip(reported).is_none_or(|(m, r)| (m - r).abs() < 1e-12));
+    }
 }

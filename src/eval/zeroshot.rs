@@ -2,7 +2,7 @@
 //! requests scored by the model, metrics aggregated as lm-eval does.
 
 use anyhow::{ensure, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::loglik::loglikelihoods;
 use super::packing::TokenCounts;
@@ -12,17 +12,38 @@ use crate::hub::{Hub, RepoKind};
 use crate::model::CausalLm;
 use crate::tokenizer::Tokenizer;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct TaskEval {
     pub task: String,
     pub result: TaskResult,
-    /// Per document: the loglikelihood of each choice (for per-item comparisons).
-    #[serde(skip)]
-    pub loglikelihoods: Vec<Vec<f64>>,
-    /// Per document: the predicted choice (argmax of loglikelihood).
-    #[serde(skip)]
-    pub predictions: Vec<usize>,
+    pub samples: Vec<Sample>,
     pub tokens: TokenCounts,
+}
+
+/// One document's outcome, for per-item comparisons (`--samples`, one JSON line each): between
+/// pruning methods, devices, or against lm-eval's own per-document log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub task: String,
+    /// The document's index in the task's split.
+    pub doc: usize,
+    /// Each choice's summed log-probability, in the task's choice order.
+    pub loglikelihoods: Vec<f64>,
+    /// The argmax of `loglikelihoods` (the first, on ties, as lm-eval's argmax).
+    pub prediction: usize,
+    pub gold: usize,
+    pub acc: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub acc_norm: Option<f64>,
+}
+
+/// Writes `samples` as JSON lines.
+pub fn write_samples(mut w: impl std::io::Write, samples: &[Sample]) -> Result<()> {
+    for s in samples {
+        serde_json::to_writer(&mut w, s)?;
+        w.write_all(b"\n")?;
+    }
+    Ok(w.flush()?)
 }
 
 /// Evaluates `name` on its first `limit` documents (all when `None`).
@@ -72,22 +93,28 @@ pub fn evaluate_docs(model: &dyn CausalLm, tok: &Tokenizer, td: &TaskDocs, batch
         lls.len()
     );
     let mut scores = Vec::with_capacity(docs.len());
-    let mut per_doc = Vec::with_capacity(docs.len());
-    let mut predictions = Vec::with_capacity(docs.len());
+    let mut samples = Vec::with_capacity(docs.len());
     let mut next = 0;
-    for d in docs {
+    for (i, d) in docs.iter().enumerate() {
         let k = d.requests().len();
         let ll: Vec<f64> = lls[next..next + k].iter().map(|l| l.logprob).collect();
         next += k;
-        scores.push(t.score(d, &ll)?);
-        predictions.push(argmax(ll.iter().copied()));
-        per_doc.push(ll);
+        let score = t.score(d, &ll)?;
+        samples.push(Sample {
+            task: name.to_string(),
+            doc: i,
+            prediction: argmax(ll.iter().copied()),
+            loglikelihoods: ll,
+            gold: d.gold,
+            acc: score.acc,
+            acc_norm: score.acc_norm,
+        });
+        scores.push(score);
     }
     Ok(TaskEval {
         task: name.to_string(),
         result: aggregate(&scores)?,
-        loglikelihoods: per_doc,
-        predictions,
+        samples,
         tokens,
     })
 }
