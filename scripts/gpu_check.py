@@ -13,6 +13,11 @@ script needs only that torch and the standard library. Sections, each bounded in
             Table 4), peak device memory, WikiText-2 tokens per second at seqlen 2048.
   kernels   `repro kernels`: dense vs 2:4 sparse (cuSPARSELt) f16 linear layers at LLaMA-65B shapes
             (Table 5).
+  zero-shot the seven tasks' first documents on llama-tiny and opt-tiny in f32: every choice's
+            loglikelihood within 1e-4 of the CPU's (`--samples`), the same predictions wherever the
+            CPU's margin exceeds that; streamed identical to resident; f16's agreement with f32.
+            On the scale checkpoint: HellaSwag's throughput in the tokens lm-eval's rows would
+            compute per second, against perplexity's tokens per second (where nothing is shared).
 
 Writes summary.json and summary.md into OUTDIR and prints the Markdown. `--make-expected` (used by
 scripts/gpu_kit.sh) runs the fidelity cases on the CPU and writes the kit's expected.json instead.
@@ -40,6 +45,9 @@ ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 CASES = [(m, meth, pat) for m in ("llama-tiny", "opt-tiny")
          for meth, pat in (("magnitude", "unstructured"), ("wanda", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "unstructured"))]
 MASKS_MUST_MATCH = ("magnitude", "wanda")
+TASKS = "boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa"
+ZERO_SHOT_LIMIT = "30"  # documents per task in the fidelity runs
+LL_TOL = 1e-4  # tests/golden_zeroshot.rs's tolerance against lm-eval itself
 
 
 def case_name(model, method, pattern, dtype="f32", stream="off"):
@@ -177,6 +185,85 @@ def fidelity(kit, expected, deadline):
     return rows
 
 
+def zero_shot_run(kit, name, model, device, dtype="f32", stream="off", limit=ZERO_SHOT_LIMIT, tasks=TASKS, timeout=300):
+    """`repro eval` on zero-shot tasks; returns (run JSON, samples) or (None, error)."""
+    samples = os.path.join(kit.out, "samples", name + ".jsonl")
+    args = ["eval", "--model", model, "--tasks", tasks, "--limit", limit, "--batch-size", "8",
+            "--device", device, "--dtype", dtype, "--stream", stream, "--samples", samples]
+    res, err = kit.repro_json("zero-shot-" + name, args, timeout)
+    if res is None:
+        return None, err
+    with open(samples) as f:
+        return res, [json.loads(line) for line in f]
+
+
+def compare_samples(got, want):
+    """Largest loglikelihood difference, and the documents whose prediction differs although the
+    reference's two best choices are further apart than the tolerance."""
+    max_diff, flipped = 0.0, []
+    for g, w in zip(got, want):
+        max_diff = max([max_diff] + [abs(a - b) for a, b in zip(g["loglikelihoods"], w["loglikelihoods"])])
+        top = sorted(w["loglikelihoods"], reverse=True)
+        if g["prediction"] != w["prediction"] and top[0] - top[1] > 2 * LL_TOL:
+            flipped.append(f'{w["task"]}/{w["doc"]}')
+    return max_diff, flipped
+
+
+def zero_shot_fidelity(kit, expected, deadline):
+    rows = []
+    for model in ("llama-tiny", "opt-tiny"):
+        want = expected.get("zero_shot", {}).get(model)
+        runs = [("f32", "off"), ("f32", "on"), ("f16", "off")] if kit.device != "cpu" else [("f32", "off"), ("f32", "on")]
+        base = None
+        for dtype, stream in runs:
+            name = f"{model}-{dtype}-stream_{stream}"
+            if time.time() > deadline:
+                rows.append({"case": name, "error": "skipped: time budget"})
+                continue
+            res, got = zero_shot_run(kit, name, model, kit.device, dtype, stream)
+            if res is None:
+                rows.append({"case": name, "error": got})
+                continue
+            r = {"case": name, "seconds": res["zero_shot_seconds"], "mean_acc": res["zero_shot_mean_acc"]}
+            if (dtype, stream) == ("f32", "off"):
+                base = got
+                if want is None or len(want) != len(got):
+                    r["error"] = "no CPU reference of this length in expected.json: rebuild the kit"
+                else:
+                    r["ll_max_diff"], flipped = compare_samples(got, want)
+                    r["predictions_flipped"] = flipped
+                    r["ok"] = r["ll_max_diff"] <= LL_TOL and not flipped
+            elif base is not None and stream == "on":
+                r["ll_max_diff"], flipped = compare_samples(got, base)
+                r["ok"] = r["ll_max_diff"] <= 1e-5 and not flipped
+            elif base is not None:
+                same = sum(g["prediction"] == b["prediction"] for g, b in zip(got, base))
+                r["ll_max_diff"], _ = compare_samples(got, base)
+                r["agreement_with_f32"] = same / len(base)
+                # Half precision is held to agreement, not to f32's loglikelihoods.
+                r["ok"] = r["agreement_with_f32"] >= 0.9
+            rows.append(r)
+    for r in rows:
+        r.setdefault("ok", False)
+    return rows
+
+
+def zero_shot_scale(kit, model, dtype, timeout):
+    """HellaSwag on the scale checkpoint: seconds, tokens computed, and the tokens per second of
+    lm-eval's rows (one per request, context repeated), which is what sharing buys on this device."""
+    res, samples = zero_shot_run(kit, "scale-hellaswag", model, kit.device, dtype, "off",
+                                 limit="40" if kit.smoke else "400", tasks="hellaswag", timeout=timeout)
+    if res is None:
+        return {"case": "zero-shot hellaswag", "error": samples}
+    t = res["zero_shot_tokens"]["hellaswag"]
+    secs = res["zero_shot_seconds"]
+    return {"case": "zero-shot hellaswag", "ok": True, "docs": len(samples), "zero_shot_seconds": secs,
+            "tokens_computed": t["computed"], "tokens_lm_eval_rows": t["unshared"],
+            "padding_fraction": res["zero_shot_padding_fraction"],
+            "computed_tokens_per_second": t["computed"] / secs, "lm_eval_row_tokens_per_second": t["unshared"] / secs,
+            "load_seconds": res["load_seconds"]}
+
+
 class DeviceMemory:
     """Peak device memory used while a command runs, polled from the driver (nvidia-smi when
     present, else torch's view of the device), minus what was in use before it started."""
@@ -246,6 +333,10 @@ def scale(kit, deadline):
                      "eval_tokens_per_second": res.get("eval_tokens_per_second"), "ppl": res["ppl"]["wikitext2"],
                      "peak_device_bytes": mem.peak if mem.cuda else None, "peak_rss_bytes": res.get("peak_rss_bytes"),
                      "total_seconds": res["total_seconds"]})
+    if time.time() > deadline:
+        rows.append({"case": "zero-shot hellaswag", "error": "skipped: time budget"})
+    else:
+        rows.append(zero_shot_scale(kit, model, dtype, max(60, int(deadline - time.time()))))
     shutil.rmtree(model, ignore_errors=True)
     return rows
 
@@ -273,10 +364,25 @@ def markdown(summary):
     for r in summary["scale"]:
         if "error" in r:
             lines.append(f"| {r['case']} | {r['error']} | | | | | | |")
-        elif r["case"] != "generate":
+        elif r["case"] not in ("generate", "zero-shot hellaswag"):
             gib = lambda b: f"{b / 2**30:.2f}" if b else "-"  # noqa: E731
             lines.append(f"| {r['case']} | {r['prune_seconds']:.2f} | {r['calibration_forward_seconds']:.2f} | {r['load_seconds']:.1f} | "
                          f"{r['eval_tokens_per_second']:.0f} | {r['ppl']:.4g} | {gib(r['peak_device_bytes'])} | {gib(r['peak_rss_bytes'])} |")
+    lines += ["", "## Zero-shot (seven tasks' first documents; f32 vs CPU, streamed vs resident, f16 vs f32)", "",
+              "| case | ok | seconds | mean acc | max loglikelihood diff | predictions flipped / f16 agreement |", "|---|---|---|---|---|---|"]
+    for r in summary["zero_shot"]:
+        if "error" in r:
+            lines.append(f"| {r['case']} | NO | {r['error']} | | | |")
+            continue
+        diff = f"{r['ll_max_diff']:.2e}" if "ll_max_diff" in r else ""
+        agree = f"{100 * r['agreement_with_f32']:.1f}% agree" if "agreement_with_f32" in r else ", ".join(r.get("predictions_flipped", [])) or "none"
+        lines.append(f"| {r['case']} | {'yes' if r['ok'] else 'NO'} | {r['seconds']:.1f} | {r['mean_acc']:.4f} | {diff} | {agree} |")
+    for r in summary["scale"]:
+        if r["case"] == "zero-shot hellaswag" and "error" not in r:
+            lines += ["", f"Scale checkpoint, HellaSwag's first {r['docs']} documents at batch 8: {r['zero_shot_seconds']:.1f} s, "
+                      f"{r['tokens_computed']} tokens computed ({100 * r['padding_fraction']:.2f}% padding) where lm-eval's rows hold "
+                      f"{r['tokens_lm_eval_rows']}: {r['computed_tokens_per_second']:.0f} computed tokens/s, "
+                      f"{r['lm_eval_row_tokens_per_second']:.0f} lm-eval-row tokens/s (compare perplexity's eval tok/s above)."]
     k = summary["kernels"]
     lines += ["", "## Kernels: dense vs 2:4 sparse linear layers (Table 5)", ""]
     if "error" in k:
@@ -297,7 +403,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--smoke", action="store_true", help="small shapes, for a CPU run of the kit")
     ap.add_argument("--make-expected", action="store_true", help="write the kit's expected.json from CPU runs")
-    ap.add_argument("--budget", type=float, default=450, help="seconds for the whole check")
+    ap.add_argument("--budget", type=float, default=480, help="seconds for the whole check")
     a = ap.parse_args()
     start = time.time()
     if a.make_expected:
@@ -308,9 +414,15 @@ def main():
             if "error" in r:
                 sys.exit(f"expected results: {r['case']} failed: {r['error']}")
             cases[r["case"]] = {"ppl": r["ppl"], "masks": r["masks"]}
+        zero_shot = {}
+        for model in ("llama-tiny", "opt-tiny"):
+            res, samples = zero_shot_run(kit, model + "-expected", model, "cpu")
+            if res is None:
+                sys.exit(f"expected results: zero-shot on {model} failed: {samples}")
+            zero_shot[model] = [{k: d[k] for k in ("task", "doc", "loglikelihoods", "prediction")} for d in samples]
         info = json.load(open(os.path.join(a.kit, "kit.json")))
-        json.dump(dict(info, cases=cases), open(os.path.join(a.kit, "expected.json"), "w"), indent=1)
-        print(f"expected.json: {len(cases)} CPU cases")
+        json.dump(dict(info, cases=cases, zero_shot=zero_shot), open(os.path.join(a.kit, "expected.json"), "w"), indent=1)
+        print(f"expected.json: {len(cases)} CPU pruning cases, zero-shot on {len(zero_shot)} models")
         return
     kit = Kit(a.kit, a.out, a.device, a.smoke)
     expected = json.load(open(os.path.join(a.kit, "expected.json")))
@@ -320,11 +432,12 @@ def main():
                "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") and torch.cuda.is_available() else "cpu",
                "kit": {k: expected[k] for k in ("torch", "commit")}}
     # The smoke run checks plumbing, not speed: its fidelity section may take most of its budget.
-    summary["fidelity"] = fidelity(kit, expected, start + a.budget * (0.6 if a.smoke else 0.45))
+    summary["fidelity"] = fidelity(kit, expected, start + a.budget * (0.55 if a.smoke else 0.4))
+    summary["zero_shot"] = zero_shot_fidelity(kit, expected, start + a.budget * (0.65 if a.smoke else 0.5))
     summary["scale"] = scale(kit, start + a.budget * 0.85)
     summary["kernels"] = kernels(kit, deadline)
     summary["seconds"] = time.time() - start
-    summary["pass"] = (all(r.get("ok") for r in summary["fidelity"]) and all(r.get("ok") for r in summary["scale"])
+    summary["pass"] = (all(r.get("ok") for r in summary["fidelity"] + summary["zero_shot"] + summary["scale"])
                        and "error" not in summary["kernels"])
     json.dump(summary, open(os.path.join(a.out, "summary.json"), "w"), indent=1)
     md = markdown(summary)

@@ -4,8 +4,9 @@
 #   bin/repro.xz      repro built against PyPI's torch $KIT_TORCH (installed into .venv-torch$KIT_TORCH),
 #                     stripped and compressed; no libtorch inside, the node's own is used
 #   fixtures/         llama-tiny, opt-tiny, the LLaMA-2 tokenizer, WikiText-2 test, the C4-format
-#                     calibration shard (a hub mirror)
-#   expected.json     CPU results computed here: perplexities and mask hashes per case
+#                     calibration shard, the seven zero-shot tasks' data (a hub mirror)
+#   expected.json     CPU results computed here: perplexities and mask hashes per case, zero-shot
+#                     loglikelihoods per document
 #   gpu_check.sh, gpu_check.py, make_random_llama.py, kit.json
 #
 #   scripts/gpu_kit.sh [--torch VERSION]   (default 2.11.0, the reference GPU node's torch)
@@ -45,6 +46,11 @@ mkdir -p "$tmp/fixtures/tokenizers/llama-2" "$tmp/fixtures/datasets/Salesforce/w
 cp "$fixtures/tokenizers/llama-2"/{tokenizer.json,tokenizer_config.json,special_tokens_map.json} "$tmp/fixtures/tokenizers/llama-2/"
 cp "$fixtures/datasets/Salesforce/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet" "$tmp/fixtures/datasets/Salesforce/wikitext/wikitext-2-raw-v1/"
 cp "$fixtures/datasets/c4-format-sample/en/c4-train.00000-of-01024.json.gz" "$tmp/fixtures/datasets/c4-format-sample/en/"
+# The seven zero-shot tasks' datasets (the repos of src/eval/tasks.rs), for the zero-shot checks.
+for repo in aps/super_glue nyu-mll/glue Rowan/hellaswag allenai/winogrande allenai/ai2_arc allenai/openbookqa; do
+  mkdir -p "$tmp/fixtures/datasets/$repo"
+  cp -r "$fixtures/datasets/$repo/." "$tmp/fixtures/datasets/$repo/"
+done
 cp scripts/gpu_check.sh scripts/gpu_check.py scripts/make_random_llama.py "$tmp/"
 cat > "$tmp/kit.json" <<JSON
 {"torch": "$KIT_TORCH", "commit": "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock scripts || echo +changes)",

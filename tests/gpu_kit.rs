@@ -69,6 +69,8 @@ fn kit_fits_its_size_limit_and_holds_what_a_node_needs() {
         "fixtures/tokenizers/llama-2/tokenizer.json",
         "fixtures/datasets/Salesforce/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet",
         "fixtures/datasets/c4-format-sample/en/c4-train.00000-of-01024.json.gz",
+        "fixtures/datasets/Rowan/hellaswag/data/validation-00000-of-00001.parquet",
+        "fixtures/datasets/aps/super_glue/boolq/validation-00000-of-00001.parquet",
     ] {
         assert!(kit.join(file).is_file(), "kit lacks {file}");
     }
@@ -86,6 +88,16 @@ fn kit_fits_its_size_limit_and_holds_what_a_node_needs() {
         let masks = case["masks"].as_object().unwrap();
         // llama-tiny: 4 blocks x 7 layers; opt-tiny: 2 blocks x 6 layers (fixture READMEs).
         assert!(masks.len() == 28 || masks.len() == 12, "{name}: {} masks", masks.len());
+    }
+    // Zero-shot: 30 documents of each of the seven tasks per model, every choice scored.
+    for model in ["llama-tiny", "opt-tiny"] {
+        let docs = expected["zero_shot"][model].as_array().unwrap();
+        assert_eq!(docs.len(), 7 * 30, "{model}");
+        assert!(docs.iter().all(|d| d["loglikelihoods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l.as_f64().unwrap() < 0.0)));
     }
 }
 
@@ -168,6 +180,16 @@ fn cpu_smoke_runs_the_node_check_end_to_end() {
         .map(|r| r["case"].as_str().unwrap())
         .collect();
     assert_eq!(timed, ["wanda", "sparsegpt"]);
+    let hellaswag = scale.iter().find(|r| r["case"] == "zero-shot hellaswag").unwrap();
+    assert_eq!(hellaswag["ok"], true, "{hellaswag}");
+    assert!(hellaswag["tokens_computed"].as_u64().unwrap() < hellaswag["tokens_lm_eval_rows"].as_u64().unwrap());
+    // On the CPU: f32 against the kit's expected loglikelihoods, and streamed against resident.
+    let zero_shot = summary["zero_shot"].as_array().unwrap();
+    assert_eq!(zero_shot.len(), 4, "{zero_shot:?}");
+    for case in zero_shot {
+        assert_eq!(case["ok"], true, "{case}");
+        assert!(case["ll_max_diff"].as_f64().unwrap() <= 1e-5, "the same CPU: {case}");
+    }
     assert!(!summary["kernels"]["rows"].as_array().unwrap().is_empty());
     let md = std::fs::read_to_string(out_dir.path().join("summary.md")).unwrap();
     assert!(md.contains("verdict: **PASS**"), "{md}");
