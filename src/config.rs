@@ -122,6 +122,10 @@ pub struct Evaluation {
     pub model_limits: std::collections::BTreeMap<String, usize>,
     #[serde(default = "default_eval_batch")]
     pub batch_size: usize,
+    /// Also write each run's per-document zero-shot outcomes (as `repro eval --samples`) to
+    /// `<output>/samples/<run id>.jsonl`. Not part of a run's identity: it changes no number.
+    #[serde(default)]
+    pub samples: bool,
 }
 
 /// Picks runs by their settings; every field given must match. `method` matches a method's
@@ -597,6 +601,12 @@ impl SweepConfig {
             return Err(bad(
                 "evaluation.max_windows",
                 "must be at least 1 (leave it out for every window)",
+            ));
+        }
+        if cfg.evaluation.samples && cfg.evaluation.tasks.is_empty() {
+            return Err(bad(
+                "evaluation.samples",
+                "writes zero-shot outcomes, and `tasks` names none; name some or leave `samples` out",
             ));
         }
         if cfg.evaluation.limit == Some(0) || cfg.evaluation.model_limits.values().any(|&l| l == 0) {

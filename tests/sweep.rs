@@ -84,6 +84,11 @@ fn config_errors_name_file_line_column_and_allowed_values() {
     assert!(e.contains("`evaluation.max_windows` must be at least 1"), "{e}");
     let e = err(&BASE.replace("max_windows: 4}", "max_windows: 4, limit: 0}"));
     assert!(e.contains("`evaluation.limit` must be at least 1"), "{e}");
+    let e = err(&BASE.replace("max_windows: 4}", "max_windows: 4, samples: true}"));
+    assert!(
+        e.contains("`evaluation.samples`") && e.contains("`tasks` names none"),
+        "{e}"
+    );
     let e = err(&format!("{BASE}include: [{{methods: [wanda], sparsities: []}}]\n"));
     assert!(e.contains("`include[0].sparsities` is empty"), "{e}");
     let e = err(&format!("{BASE}include: [{{methods: [wanda], nsamples: [0]}}]\n"));
@@ -540,6 +545,40 @@ fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("7 runs, 7 cached, 0 to run"), "{stdout}");
+}
+
+/// `evaluation.samples` writes each run's per-document zero-shot outcomes beside its record, the
+/// same outcomes its record aggregates, and leaves run ids as they were.
+#[test]
+fn sweep_samples_sit_beside_their_records_and_keep_run_ids() {
+    let sb = Sandbox::new();
+    let grid = BASE
+        .replace("[dense, magnitude, wanda, sparsegpt]", "[dense, magnitude]")
+        .replace("[unstructured, \"2:4\"]", "[unstructured]")
+        .replace("max_windows: 4}", "max_windows: 4, tasks: [rte, arc_easy], limit: 5}");
+    let with_samples = grid.replace("limit: 5}", "limit: 5, samples: true}");
+    assert_eq!(sb.ids(&grid), sb.ids(&with_samples));
+    let cfg = sb.write("s.yaml", &with_samples);
+    let out = repro().args(["run", cfg.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done = records(&sb.out);
+    assert_eq!(done.len(), 2);
+    for record in done {
+        let r = common::golden(&record);
+        let id = r["id"].as_str().unwrap();
+        let text = std::fs::read_to_string(sb.out.join(format!("samples/{id}.jsonl"))).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 10, "{id}: 5 documents of each task");
+        for (task, lines) in ["rte", "arc_easy"].iter().zip(lines.chunks(5)) {
+            assert!(lines.iter().all(|l| l["task"] == *task));
+            let acc = lines.iter().map(|l| l["acc"].as_f64().unwrap()).sum::<f64>() / 5.0;
+            assert_eq!(
+                acc,
+                r["result"]["zero_shot"][task]["acc"].as_f64().unwrap(),
+                "{id} {task}"
+            );
+        }
+    }
 }
 
 #[test]

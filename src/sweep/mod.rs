@@ -268,6 +268,9 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
         };
         // An unresolvable model has no id to file a record under; its error is reported only.
         if p.id.is_ok() && !keeps_earlier {
+            if cfg.evaluation.samples {
+                store.put_samples(&record)?;
+            }
             store.put(&record)?;
         }
         claims.release()?;

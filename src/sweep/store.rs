@@ -131,4 +131,19 @@ impl Store {
     pub fn put(&self, record: &Record) -> Result<()> {
         write_atomic(&self.path(&record.id), &serde_json::to_vec_pretty(record)?)
     }
+
+    /// A run's per-document zero-shot outcomes (none for a failed run), written before its record
+    /// so that a record found on resuming has them.
+    pub fn put_samples(&self, record: &Record) -> Result<()> {
+        if record.result.zero_shot_samples.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        crate::eval::zeroshot::write_samples(&mut lines, &record.result.zero_shot_samples)?;
+        write_atomic(&self.samples_path(&record.id), &lines)
+    }
+
+    pub fn samples_path(&self, id: &str) -> PathBuf {
+        self.dir.join("samples").join(format!("{id}.jsonl"))
+    }
 }
