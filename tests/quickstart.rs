@@ -35,6 +35,11 @@ fn quickstart_sweep_runs_end_to_end_and_resumes() {
         .map(|e| serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap())
         .collect();
     assert_eq!(records.len(), 9);
+    for r in &records {
+        let samples = out.join(format!("samples/{}.jsonl", r["id"].as_str().unwrap()));
+        let lines = std::fs::read_to_string(&samples).unwrap_or_else(|e| panic!("{}: {e}", samples.display()));
+        assert_eq!(lines.lines().count(), 20, "10 documents of arc_easy and of winogrande");
+    }
     let ppl = |method: &str, pattern: &str, sparsity: f64| {
         let r = records
             .iter()
