@@ -235,6 +235,7 @@ def zero_shot_fidelity(kit, expected, deadline):
                     r["ok"] = r["ll_max_diff"] <= LL_TOL and not flipped
             elif base is not None and stream == "on":
                 r["ll_max_diff"], flipped = compare_samples(got, base)
+                r["predictions_flipped"] = flipped
                 r["ok"] = r["ll_max_diff"] <= 1e-5 and not flipped
             elif base is not None:
                 same = sum(g["prediction"] == b["prediction"] for g, b in zip(got, base))
