@@ -143,7 +143,7 @@ impl Store {
         write_atomic(&self.samples_path(&record.id), &lines)
     }
 
-    pub fn samples_path(&self, id: &str) -> PathBuf {
+    fn samples_path(&self, id: &str) -> PathBuf {
         self.dir.join("samples").join(format!("{id}.jsonl"))
     }
 }
