@@ -159,16 +159,21 @@ pub fn write_safetensors(
                 t.kind(),
                 t.size()
             );
-            let bytes = t.numel() * kind.elt_size_in_bytes();
-            // SAFETY: `t` is a contiguous CPU tensor of `bytes` bytes, alive while the slice is read.
-            let data = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, bytes) };
-            out.write_all(data)?;
+            with_bytes(&t, |data| Ok(out.write_all(data)?))?;
         }
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         Ok(())
     };
     write().with_context(|| format!("cannot write {}", partial.display()))?;
     std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Calls `f` with the bytes of `t` (copied to the CPU and made contiguous only when needed).
+pub fn with_bytes<R>(t: &Tensor, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
+    let t = t.to_device(Device::Cpu).contiguous();
+    let bytes = t.numel() * t.kind().elt_size_in_bytes();
+    // SAFETY: `t` is a contiguous CPU tensor of `bytes` bytes, alive while the slice is read.
+    f(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, bytes) })
 }
 
 fn safetensors_dtype(kind: Kind) -> Result<&'static str> {

@@ -397,7 +397,7 @@ fn eval(hub: &Hub, args: EvalArgs) -> Result<()> {
         return print_plan(hub, &args.model, None);
     }
     let samples = SamplesFile::create(args.ppl_opts.samples.as_deref())?;
-    let out = run_job(hub, &args.model.spec(), None, &eval, None, args.model.observer())?;
+    let out = run_job(hub, &args.model.spec(), None, &eval, None, None, args.model.observer())?;
     samples.write(&out)?;
     print_json(out, args.model.json)
 }
@@ -433,6 +433,7 @@ fn prune(hub: &Hub, args: PruneArgs) -> Result<()> {
         Some(&spec),
         &eval,
         args.save.as_deref(),
+        None,
         args.model.observer(),
     )?;
     samples.write(&out)?;

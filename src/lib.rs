@@ -17,6 +17,7 @@ pub mod progress;
 pub mod prune;
 pub mod report;
 pub mod resources;
+pub mod resume;
 pub mod run_result;
 pub mod scratch;
 pub mod sweep;

@@ -22,6 +22,7 @@ use crate::prune::mask::{Group, Pattern};
 use crate::prune::registry::{MethodDef, Update};
 use crate::prune::{prune_model, Method, MethodOptions};
 use crate::resources::peak_rss_bytes;
+use crate::resume::{weights_digest, Parts, PplPart, TaskPart};
 use crate::run_result::{CalibrationUsed, PplDetails, RunResult};
 use serde_json::Value;
 
@@ -199,13 +200,15 @@ impl Observer for Quiet {}
 
 /// Loads, prunes (when `prune` is given), evaluates, and saves the model as a Hugging Face
 /// checkpoint when `save` names a directory; returns the result object that `--json` prints and
-/// sweep records store.
+/// sweep records store. With `parts_file`, each finished evaluation part is kept there, and
+/// those an earlier attempt kept for the same weights are taken instead of evaluated (`resume`).
 pub fn run_job(
     hub: &Hub,
     spec: &ModelSpec,
     prune: Option<&PruneSpec>,
     eval: &EvalSpec,
     save: Option<&Path>,
+    parts_file: Option<&Path>,
     obs: &dyn Observer,
 ) -> Result<RunResult> {
     let start = Instant::now();
@@ -280,10 +283,28 @@ pub fn run_job(
         let spill_to = plan.spill_to.as_deref();
         prune_step(hub, &mut loaded, p, &method, seqlen, spill_to, obs, &mut out)?;
     }
+    let mut parts = match parts_file {
+        Some(path) if !evaluations.is_empty() => {
+            obs.stage("weights digest");
+            // Unpruned weights are the checkpoint's, which the run id already names.
+            let digest = match prune {
+                Some(_) => weights_digest(loaded.model.as_ref())?,
+                None => "checkpoint".to_string(),
+            };
+            let (parts, warning) = Parts::open(path.to_path_buf(), digest);
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
+                out.warnings.push(w);
+            }
+            parts
+        }
+        _ => Parts::in_memory(),
+    };
     if spec.sparse_kernels {
         out.sparse_kernel_layers = Some(crate::kernels::use_sparse_kernels(loaded.model.as_mut())?);
     }
-    let evaluated = evaluations.run(&loaded, eval, seqlen, obs, &mut out);
+    let evaluated = evaluations.run(&loaded, eval, seqlen, obs, &mut parts, &mut out);
+    out.resumed = parts.resumed().to_vec();
     if let Some(dir) = save {
         // A failed evaluation does not throw the pruned model away.
         out.saved_to = Some(dir.to_path_buf());
@@ -536,52 +557,74 @@ impl Evaluations {
         Ok(Evaluations { tasks, corpora })
     }
 
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.corpora.is_empty()
+    }
+
     fn run(
         &self,
         loaded: &Loaded,
         eval: &EvalSpec,
         seqlen: usize,
         obs: &dyn Observer,
+        parts: &mut Parts,
         out: &mut RunResult,
     ) -> Result<()> {
         if !self.corpora.is_empty() {
-            eval_ppl(loaded, &self.corpora, seqlen, eval, obs, out)?;
+            eval_ppl(loaded, &self.corpora, seqlen, eval, obs, parts, out)?;
         }
         if !self.tasks.is_empty() {
-            eval_tasks(loaded, &self.tasks, eval, obs, out)?;
+            eval_tasks(loaded, &self.tasks, eval, obs, parts, out)?;
         }
         Ok(())
     }
 }
 
 /// Zero-shot accuracy per task; fills `zero_shot` with lm-eval's metric names and the mean acc.
+/// `zero_shot_seconds` adds up the tasks' own times, those of an earlier attempt included.
 fn eval_tasks(
     loaded: &Loaded,
     tasks: &[TaskDocs],
     eval: &EvalSpec,
     obs: &dyn Observer,
+    parts: &mut Parts,
     out: &mut RunResult,
 ) -> Result<()> {
-    let start = Instant::now();
+    let mut seconds = 0.0;
     let mut accs = Vec::new();
     let mut all_tokens = TokenCounts::default();
     for td in tasks {
         let name = td.task.name;
-        obs.stage(name);
-        let evaluated = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?;
-        let r = evaluated.result;
-        all_tokens.add(evaluated.tokens);
-        out.zero_shot_tokens.insert(name.to_string(), evaluated.tokens);
+        let (part, earlier) = match parts.task(name) {
+            Some(part) => (part, EARLIER),
+            None => {
+                obs.stage(name);
+                let start = Instant::now();
+                let evaluated = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?;
+                let part = TaskPart {
+                    result: evaluated.result,
+                    tokens: evaluated.tokens,
+                    samples: evaluated.samples,
+                    seconds: start.elapsed().as_secs_f64(),
+                };
+                parts.keep_task(name, part.clone())?;
+                (part, "")
+            }
+        };
+        let r = part.result;
+        all_tokens.add(part.tokens);
+        out.zero_shot_tokens.insert(name.to_string(), part.tokens);
         let norm = r.acc_norm.map(|a| format!(", acc_norm {:.4}", a)).unwrap_or_default();
         obs.line(&format!(
-            "{name:<16} acc {:.4} ± {:.4}{norm}   ({} documents)",
+            "{name:<16} acc {:.4} ± {:.4}{norm}   ({} documents){earlier}",
             r.acc,
             r.acc_stderr.unwrap_or(f64::NAN),
             r.n
         ));
         accs.push(r.acc);
+        seconds += part.seconds;
         out.zero_shot.insert(name.to_string(), r);
-        out.zero_shot_samples.extend(evaluated.samples);
+        out.zero_shot_samples.extend(part.samples);
     }
     let mean = accs.iter().sum::<f64>() / accs.len() as f64;
     if accs.len() > 1 {
@@ -590,48 +633,67 @@ fn eval_tasks(
     out.zero_shot_mean_acc = Some(mean);
     out.zero_shot_padding_fraction = Some(all_tokens.padding_fraction());
     out.zero_shot_limit = eval.limit;
-    out.zero_shot_seconds = Some(start.elapsed().as_secs_f64());
+    out.zero_shot_seconds = Some(seconds);
     Ok(())
 }
 
-/// Perplexity on each corpus; fills `ppl`, `n_tokens`, `ppl_details`.
+/// Marks a result line whose part an earlier attempt of the run measured.
+const EARLIER: &str = "   (finished by an earlier attempt)";
+
+/// Perplexity on each corpus; fills `ppl`, `n_tokens`, `ppl_details`. `eval_seconds` adds up
+/// the corpora's own times, those of an earlier attempt included.
 fn eval_ppl(
     loaded: &Loaded,
     corpora: &[Corpus],
     seqlen: usize,
     eval: &EvalSpec,
     obs: &dyn Observer,
+    parts: &mut Parts,
     out: &mut RunResult,
 ) -> Result<()> {
-    let start = Instant::now();
+    let mut secs = 0.0;
     let mut tokens = 0usize;
     for Corpus { spec, label, ids } in corpora {
-        obs.stage(label);
-        let r = perplexity(
-            loaded.model.as_ref(),
-            ids,
-            seqlen,
-            eval.batch_size,
-            eval.max_windows,
-            label,
-        )?;
-        obs.line(&format!(
-            "{label:<16} ppl {:>10.4}   ({} windows x {seqlen} tokens of {})",
-            r.ppl, r.windows, r.n_tokens
-        ));
-        tokens += r.windows * seqlen;
-        out.ppl.insert(label.clone(), r.ppl);
-        let details = PplDetails {
-            source: spec.clone(),
-            n_tokens: r.n_tokens,
-            windows: r.windows,
-            seqlen,
-            batch_size: eval.batch_size,
-            max_windows: eval.max_windows,
+        let (part, earlier) = match parts.ppl(label) {
+            Some(part) => (part, EARLIER),
+            None => {
+                obs.stage(label);
+                let start = Instant::now();
+                let r = perplexity(
+                    loaded.model.as_ref(),
+                    ids,
+                    seqlen,
+                    eval.batch_size,
+                    eval.max_windows,
+                    label,
+                )?;
+                let details = PplDetails {
+                    source: spec.clone(),
+                    n_tokens: r.n_tokens,
+                    windows: r.windows,
+                    seqlen,
+                    batch_size: eval.batch_size,
+                    max_windows: eval.max_windows,
+                };
+                let part = PplPart {
+                    ppl: r.ppl,
+                    details,
+                    seconds: start.elapsed().as_secs_f64(),
+                };
+                parts.keep_ppl(label, part.clone())?;
+                (part, "")
+            }
         };
-        out.ppl_details.insert(label.clone(), details);
+        let d = &part.details;
+        obs.line(&format!(
+            "{label:<16} ppl {:>10.4}   ({} windows x {seqlen} tokens of {}){earlier}",
+            part.ppl, d.windows, d.n_tokens
+        ));
+        tokens += d.windows * seqlen;
+        secs += part.seconds;
+        out.ppl.insert(label.clone(), part.ppl);
+        out.ppl_details.insert(label.clone(), part.details);
     }
-    let secs = start.elapsed().as_secs_f64();
     out.eval_seconds = Some(secs);
     out.eval_tokens_per_second = Some(tokens as f64 / secs.max(1e-9));
     Ok(())

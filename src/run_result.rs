@@ -95,6 +95,11 @@ pub struct RunResult {
     #[serde(skip)]
     pub zero_shot_samples: Vec<Sample>,
 
+    /// Evaluation parts (corpus labels, task names) taken from an earlier attempt of the run,
+    /// measured on the same weights (`resume`); their times are that attempt's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resumed: Vec<String>,
+
     pub repro_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub saved_to: Option<PathBuf>,

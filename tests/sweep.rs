@@ -547,6 +547,122 @@ fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
     assert!(stdout.contains("7 runs, 7 cached, 0 to run"), "{stdout}");
 }
 
+/// A run killed part way through its evaluation keeps the parts it finished (`partial/<id>.json`);
+/// running the sweep again prunes again, checks the weights are the same, and evaluates only what
+/// is missing. Its record and samples equal an uninterrupted run's; parts measured on other
+/// weights are never taken.
+#[test]
+fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
+    let sb = Sandbox::new();
+    let grid = BASE
+        .replace("[dense, magnitude, wanda, sparsegpt]", "[wanda]")
+        .replace("[unstructured, \"2:4\"]", "[unstructured]")
+        .replace(
+            "max_windows: 4}",
+            "max_windows: 4, tasks: [rte, arc_easy, hellaswag], limit: 150, samples: true}",
+        );
+    let killed = sb.write("k.yaml", &grid);
+    let mut child = repro()
+        .args(["run", killed.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial_dir = sb.out.join("partial");
+    let start = Instant::now();
+    let partial = loop {
+        let found = std::fs::read_dir(&partial_dir).ok().and_then(|d| {
+            d.map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|e| e == "json"))
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no partial file appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap(); // SIGKILL, as a time limit's last word
+    child.wait().unwrap();
+    assert!(records(&sb.out).is_empty(), "kill -9 should land before the record");
+    let kept = std::fs::read(&partial).unwrap();
+    let stored: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    let finished: Vec<String> = ["ppl", "zero_shot"]
+        .iter()
+        .flat_map(|k| stored[k].as_object().unwrap().keys().cloned())
+        .collect();
+    assert!((1..4).contains(&finished.len()), "{finished:?}");
+    let status = repro().arg("status").arg(&sb.out).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("pending") && status.contains(&format!("(finished: {})", finished.join(", "))),
+        "{status}"
+    );
+
+    let run = |cfg: &Path| {
+        let out = repro().args(["run", cfg.to_str().unwrap()]).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let text = run(&killed);
+    assert!(text.contains("resumed"), "{text}");
+    assert!(!partial.exists(), "the record holds the parts now");
+    let resumed = common::golden(&records(&sb.out)[0]);
+
+    let clean_out = sb.out.parent().unwrap().join("clean");
+    let clean = sb.write(
+        "c.yaml",
+        &grid.replace("output: OUT", &format!("output: {}", clean_out.display())),
+    );
+    run(&clean);
+    let uninterrupted = common::golden(&records(&clean_out)[0]);
+    let id = resumed["id"].as_str().unwrap();
+    assert_eq!(uninterrupted["id"], id);
+    let measured = |r: &serde_json::Value| {
+        let r = &r["result"];
+        [
+            "sparsity_actual",
+            "ppl",
+            "ppl_details",
+            "zero_shot",
+            "zero_shot_tokens",
+            "zero_shot_mean_acc",
+        ]
+        .map(|k| r[k].clone())
+    };
+    assert_eq!(measured(&resumed), measured(&uninterrupted));
+    let mut taken: Vec<String> = serde_json::from_value(resumed["result"]["resumed"].clone()).unwrap();
+    taken.sort();
+    let mut finished = finished;
+    finished.sort();
+    assert_eq!(taken, finished);
+    assert!(uninterrupted["result"].get("resumed").is_none());
+    let samples = |out: &Path| std::fs::read_to_string(out.join(format!("samples/{id}.jsonl"))).unwrap();
+    assert_eq!(samples(&sb.out), samples(&clean_out));
+
+    // Parts of other weights: set aside with a warning, everything evaluated again.
+    let forged = String::from_utf8(kept)
+        .unwrap()
+        .replacen(stored["weights"].as_str().unwrap(), &"0".repeat(64), 1);
+    std::fs::write(&partial, forged).unwrap();
+    std::fs::remove_file(&records(&sb.out)[0]).unwrap();
+    run(&killed);
+    let redone = common::golden(&records(&sb.out)[0]);
+    assert!(redone["result"].get("resumed").is_none());
+    assert!(
+        redone["result"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("measured on other weights"),
+        "{redone}"
+    );
+    assert_eq!(measured(&redone), measured(&uninterrupted));
+}
+
 /// `evaluation.samples` writes each run's per-document zero-shot outcomes beside its record, the
 /// same outcomes its record aggregates, and leaves run ids as they were.
 #[test]

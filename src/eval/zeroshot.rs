@@ -2,7 +2,7 @@
 //! requests scored by the model, metrics aggregated as lm-eval does.
 
 use anyhow::{ensure, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::loglik::loglikelihoods;
 use super::packing::TokenCounts;
@@ -22,7 +22,7 @@ pub struct TaskEval {
 
 /// One document's outcome, for per-item comparisons (`--samples`, one JSON line each): between
 /// pruning methods, devices, or against lm-eval's own per-document log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub task: String,
     /// The document's index in the task's split.

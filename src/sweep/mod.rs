@@ -239,7 +239,10 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
                 }
             }
         }
-        let record = execute(hub, p, &bar);
+        if args.force && p.id.is_ok() {
+            store.drop_parts(p.id())?;
+        }
+        let record = execute(hub, p, &store, &bar);
         if p.id.is_ok() && !claims.still_ours() {
             say(format!(
                 "DROPPED {} {}: its claim was taken over by another worker, which redoes it; no record written",
@@ -255,14 +258,24 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
                 .is_ok_and(|r| r.is_some_and(|r| r.status == Status::Ok));
         let line = match &record.error {
             None => format!(
-                "done   {} ({:.1}s) {}",
+                "done   {} ({:.1}s) {}{}",
                 record.id,
                 record.finished_at - record.started_at,
-                record.label
+                record.label,
+                match record.result.resumed.as_slice() {
+                    [] => String::new(),
+                    parts => format!(" (resumed {} from an earlier attempt)", parts.join(", ")),
+                }
             ),
             Some(e) if keeps_earlier => format!(
                 "FAILED {} {}: {e} (its earlier successful record is kept)",
                 record.id, record.label
+            ),
+            Some(e) if store.parts_path(&record.id).is_file() => format!(
+                "FAILED {} {}: {e} (the evaluation parts it finished are kept in {} for the next attempt)",
+                record.id,
+                record.label,
+                store.parts_path(&record.id).display()
             ),
             Some(e) => format!("FAILED {} {}: {e}", record.id, record.label),
         };
@@ -272,6 +285,9 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
                 store.put_samples(&record)?;
             }
             store.put(&record)?;
+            if record.status == Status::Ok {
+                store.drop_parts(&record.id)?;
+            }
         }
         claims.release()?;
         say(line);
@@ -353,8 +369,9 @@ fn catch_panic<T>(job: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-/// Runs one job and turns its outcome, success or error, into a record.
-fn execute(hub: &Hub, p: &Planned, bar: &ProgressBar) -> Record {
+/// Runs one job, resuming the evaluation parts an earlier attempt finished, and turns its
+/// outcome, success or error, into a record.
+fn execute(hub: &Hub, p: &Planned, store: &Store, bar: &ProgressBar) -> Record {
     crate::resources::reset_peak_rss();
     let started_at = now();
     let (id, model_identity, data_identity) = match &p.id {
@@ -370,6 +387,7 @@ fn execute(hub: &Hub, p: &Planned, bar: &ProgressBar) -> Record {
                 p.run.spec.prune.as_ref(),
                 &p.run.spec.eval,
                 None,
+                Some(&store.parts_path(p.id())),
                 &StageOnBar(bar, &p.run.label),
             )
         }),

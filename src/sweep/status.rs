@@ -35,6 +35,10 @@ struct RunState {
     heartbeat_seconds_ago: Option<f64>,
     /// pending: the claim a worker left behind when it died, which the next worker takes over.
     stale_claim: Option<String>,
+    /// Not done: the evaluation parts already finished (by this attempt or an earlier one),
+    /// which the next attempt does not redo.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    finished_parts: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -86,7 +90,11 @@ pub fn status(args: &StatusArgs) -> Result<()> {
                 .as_ref()
                 .map_or(String::new(), |c| format!("stale claim: {c}")),
         };
-        println!("  {:<8} {:<16} {}  {detail}", r.state, r.id, r.label);
+        let parts = match r.finished_parts.as_slice() {
+            [] => String::new(),
+            parts => format!(" (finished: {})", parts.join(", ")),
+        };
+        println!("  {:<8} {:<16} {}  {detail}{parts}", r.state, r.id, r.label);
     }
     match summary.eta_seconds {
         Some(eta) => println!(
@@ -120,6 +128,7 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
             since: None,
             heartbeat_seconds_ago: None,
             stale_claim: None,
+            finished_parts: Vec::new(),
         };
         // A live claim wins over a record: the run is being redone (forced, or retried).
         if let Some(c) = live {
@@ -134,6 +143,9 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
                 .and_then(|c| c.info.as_ref())
                 .map_or("unknown worker".into(), |i| i.worker());
             state.stale_claim = Some(format!("{whose}: {why}"));
+        }
+        if state.state != "done" {
+            state.finished_parts = crate::resume::finished_parts(&store.parts_path(&entry.id));
         }
         runs.push(state);
     }

@@ -1,6 +1,7 @@
 //! The result store: one JSON record per run under `RUN_DIR/runs/<id>.json`, each written to a
 //! temporary file and renamed into place, so a crash or kill -9 leaves either the whole record or
-//! none, and a resumed sweep trusts every record it finds.
+//! none, and a resumed sweep trusts every record it finds. A run not yet recorded keeps its
+//! finished evaluation parts in `RUN_DIR/partial/<id>.json` (`crate::resume`).
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -141,6 +142,23 @@ impl Store {
         let mut lines = Vec::new();
         crate::eval::zeroshot::write_samples(&mut lines, &record.result.zero_shot_samples)?;
         write_atomic(&self.samples_path(&record.id), &lines)
+    }
+
+    /// Where a run keeps the evaluation parts it has finished until its record is written
+    /// (`crate::resume`).
+    pub fn parts_path(&self, id: &str) -> PathBuf {
+        self.dir.join("partial").join(format!("{id}.json"))
+    }
+
+    /// A run's finished parts once its record holds them (or a forced rerun starts afresh).
+    pub fn drop_parts(&self, id: &str) -> Result<()> {
+        let path = self.parts_path(id);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn samples_path(&self, id: &str) -> PathBuf {

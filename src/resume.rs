@@ -1,0 +1,229 @@
+//! The evaluation parts a run has finished (each perplexity corpus, each zero-shot task), kept in
+//! a file as each one ends, so that a run stopped part way (a SLURM time limit, preemption, a
+//! failure in a later task) loads and prunes again and evaluates only what is missing. On a 7B
+//! model a task can take as long as the pruning itself; losing five finished tasks to a time
+//! limit in the sixth would be most of the run.
+//!
+//! A part is reused only when the weights it was measured on are, bit for bit, the weights of
+//! the new attempt: a sha256 over every block's linear layers after pruning. Pruning is
+//! deterministic (the golden tests hold it to the official code's masks), but a rerun on another
+//! GPU may round differently, and a number from other weights must never enter a record.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::eval::packing::TokenCounts;
+use crate::eval::tasks::TaskResult;
+use crate::eval::zeroshot::Sample;
+use crate::model::CausalLm;
+use crate::run_result::PplDetails;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PplPart {
+    pub ppl: f64,
+    pub details: PplDetails,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskPart {
+    pub result: TaskResult,
+    pub tokens: TokenCounts,
+    pub samples: Vec<Sample>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Stored {
+    /// sha256 of the weights the parts were measured on (see [`weights_digest`]).
+    weights: String,
+    ppl: BTreeMap<String, PplPart>,
+    zero_shot: BTreeMap<String, TaskPart>,
+}
+
+/// A run's finished parts: read from `path` when an earlier attempt left them, and written there
+/// (atomically) as each new one ends. Without a path (`repro prune`/`eval`) they live in memory only.
+pub struct Parts {
+    path: Option<PathBuf>,
+    stored: Stored,
+    /// Names of the parts that came from the file, in the order they were taken.
+    resumed: Vec<String>,
+}
+
+impl Parts {
+    pub fn in_memory() -> Parts {
+        Parts {
+            path: None,
+            stored: Stored::default(),
+            resumed: Vec::new(),
+        }
+    }
+
+    /// The parts at `path` measured on weights `digest`. Parts of other weights, or a file that
+    /// does not read, are set aside (the file is rewritten by the first new part); the returned
+    /// warning says why.
+    pub fn open(path: PathBuf, digest: String) -> (Parts, Option<String>) {
+        let read = || -> Result<Option<Stored>> {
+            if !path.is_file() {
+                return Ok(None);
+            }
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let stored = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a run's finished parts", path.display()))?;
+            Ok(Some(stored))
+        };
+        let fresh = Stored {
+            weights: digest.clone(),
+            ..Stored::default()
+        };
+        let (stored, warning) = match read() {
+            Ok(None) => (fresh, None),
+            Ok(Some(s)) if s.weights == digest => (s, None),
+            Ok(Some(_)) => (
+                fresh,
+                Some(format!(
+                    "{}: an earlier attempt's finished parts were measured on other weights (pruning came out differently this time); everything is evaluated again",
+                    path.display()
+                )),
+            ),
+            Err(e) => (fresh, Some(format!("{e:#}; everything is evaluated again"))),
+        };
+        let parts = Parts {
+            path: Some(path),
+            stored,
+            resumed: Vec::new(),
+        };
+        (parts, warning)
+    }
+
+    /// Corpus `label`'s perplexity, if an earlier attempt measured it.
+    pub fn ppl(&mut self, label: &str) -> Option<PplPart> {
+        let part = self.stored.ppl.get(label).cloned()?;
+        self.resumed.push(label.to_string());
+        Some(part)
+    }
+
+    /// Task `name`'s outcome, if an earlier attempt measured it.
+    pub fn task(&mut self, name: &str) -> Option<TaskPart> {
+        let part = self.stored.zero_shot.get(name).cloned()?;
+        self.resumed.push(name.to_string());
+        Some(part)
+    }
+
+    pub fn keep_ppl(&mut self, label: &str, part: PplPart) -> Result<()> {
+        self.stored.ppl.insert(label.to_string(), part);
+        self.write()
+    }
+
+    pub fn keep_task(&mut self, name: &str, part: TaskPart) -> Result<()> {
+        self.stored.zero_shot.insert(name.to_string(), part);
+        self.write()
+    }
+
+    /// The parts taken from an earlier attempt.
+    pub fn resumed(&self) -> &[String] {
+        &self.resumed
+    }
+
+    fn write(&self) -> Result<()> {
+        match &self.path {
+            Some(path) => crate::sweep::store::write_atomic(path, &serde_json::to_vec(&self.stored)?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The names of the parts kept at `path` (none when there is no readable file there).
+pub fn finished_parts(path: &std::path::Path) -> Vec<String> {
+    let stored: Option<Stored> = std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    stored.map_or(Vec::new(), |s| {
+        s.ppl.into_keys().chain(s.zero_shot.into_keys()).collect()
+    })
+}
+
+/// sha256 over every block's linear layers (name, shape, dtype and bytes), in order: all that
+/// pruning changes. The rest of the model is the checkpoint's, which the run id identifies.
+pub fn weights_digest(model: &dyn CausalLm) -> Result<String> {
+    let mut h = Sha256::new();
+    let stack = model.stack();
+    for i in 0..stack.n_blocks() {
+        let block = stack.block(i)?;
+        for (name, linear) in block.linears() {
+            let w = &linear.weight;
+            h.update(format!("{i}.{name} {:?} {:?};", w.size(), w.kind()).as_bytes());
+            crate::checkpoint::with_bytes(w, |bytes| {
+                h.update(bytes);
+                Ok(())
+            })?;
+        }
+    }
+    Ok(crate::sweep::identity::hex(&h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::model::{load_model, Streaming};
+    use tch::{Device, Kind};
+
+    fn part(seconds: f64) -> PplPart {
+        PplPart {
+            ppl: 12.345678901234567,
+            details: PplDetails::default(),
+            seconds,
+        }
+    }
+
+    /// Parts come back exactly (f64 through JSON) for the same weights, and not for others.
+    #[test]
+    fn parts_are_taken_only_for_the_weights_they_were_measured_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial/abc.json");
+        let (mut parts, warning) = Parts::open(path.clone(), "w1".into());
+        assert!(warning.is_none() && parts.ppl("wikitext2").is_none());
+        parts.keep_ppl("wikitext2", part(1.5)).unwrap();
+
+        let (mut again, warning) = Parts::open(path.clone(), "w1".into());
+        assert!(warning.is_none());
+        assert_eq!(again.ppl("wikitext2").unwrap().ppl, 12.345678901234567);
+        assert!(again.task("rte").is_none());
+        assert_eq!(again.resumed(), ["wikitext2"]);
+
+        let (mut other, warning) = Parts::open(path.clone(), "w2".into());
+        assert!(warning.unwrap().contains("other weights"));
+        assert!(other.ppl("wikitext2").is_none() && other.resumed().is_empty());
+
+        std::fs::write(&path, "{truncated").unwrap();
+        let (_, warning) = Parts::open(path, "w1".into());
+        assert!(warning.unwrap().contains("not a run's finished parts"));
+    }
+
+    /// The digest sees one changed weight, and does not depend on where the blocks live.
+    #[test]
+    fn the_digest_changes_with_any_weight_and_not_with_streaming() {
+        let _g = tch::no_grad_guard();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/models/llama-tiny-random");
+        let load = |streaming| {
+            load_model(
+                &Hub::new(None),
+                dir.to_str().unwrap(),
+                Device::Cpu,
+                Kind::Float,
+                streaming,
+            )
+            .unwrap()
+            .0
+        };
+        let mut model = load(Streaming::Off);
+        let before = weights_digest(model.as_ref()).unwrap();
+        assert_eq!(before, weights_digest(load(Streaming::On).as_ref()).unwrap());
+        let mut block = model.stack_mut().take_block(1).unwrap();
+        let _ = block.linears_mut()[2].1.weight.get(0).get(0).fill_(0.0);
+        model.stack_mut().put_back(1, block).unwrap();
+        assert_ne!(before, weights_digest(model.as_ref()).unwrap());
+    }
+}
