@@ -305,6 +305,7 @@ pub fn run_job(
     }
     let evaluated = evaluations.run(&loaded, eval, seqlen, obs, &mut parts, &mut out);
     out.resumed = parts.resumed().to_vec();
+    out.resumed_seconds = (!out.resumed.is_empty()).then(|| parts.resumed_seconds());
     if let Some(dir) = save {
         // A failed evaluation does not throw the pruned model away.
         out.saved_to = Some(dir.to_path_buf());

@@ -49,8 +49,10 @@ struct Stored {
 pub struct Parts {
     path: Option<PathBuf>,
     stored: Stored,
-    /// Names of the parts that came from the file, in the order they were taken.
+    /// Names of the parts that came from the file, in the order they were taken, and the
+    /// seconds they took then.
     resumed: Vec<String>,
+    resumed_seconds: f64,
 }
 
 impl Parts {
@@ -59,6 +61,7 @@ impl Parts {
             path: None,
             stored: Stored::default(),
             resumed: Vec::new(),
+            resumed_seconds: 0.0,
         }
     }
 
@@ -95,6 +98,7 @@ impl Parts {
             path: Some(path),
             stored,
             resumed: Vec::new(),
+            resumed_seconds: 0.0,
         };
         (parts, warning)
     }
@@ -103,6 +107,7 @@ impl Parts {
     pub fn ppl(&mut self, label: &str) -> Option<PplPart> {
         let part = self.stored.ppl.get(label).cloned()?;
         self.resumed.push(label.to_string());
+        self.resumed_seconds += part.seconds;
         Some(part)
     }
 
@@ -110,6 +115,7 @@ impl Parts {
     pub fn task(&mut self, name: &str) -> Option<TaskPart> {
         let part = self.stored.zero_shot.get(name).cloned()?;
         self.resumed.push(name.to_string());
+        self.resumed_seconds += part.seconds;
         Some(part)
     }
 
@@ -126,6 +132,11 @@ impl Parts {
     /// The parts taken from an earlier attempt.
     pub fn resumed(&self) -> &[String] {
         &self.resumed
+    }
+
+    /// What the parts taken from an earlier attempt took there.
+    pub fn resumed_seconds(&self) -> f64 {
+        self.resumed_seconds
     }
 
     fn write(&self) -> Result<()> {
@@ -192,6 +203,7 @@ mod tests {
         assert_eq!(again.ppl("wikitext2").unwrap().ppl, 12.345678901234567);
         assert!(again.task("rte").is_none());
         assert_eq!(again.resumed(), ["wikitext2"]);
+        assert_eq!(again.resumed_seconds(), 1.5);
 
         let (mut other, warning) = Parts::open(path.clone(), "w2".into());
         assert!(warning.unwrap().contains("other weights"));

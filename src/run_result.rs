@@ -99,6 +99,9 @@ pub struct RunResult {
     /// measured on the same weights (`resume`); their times are that attempt's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub resumed: Vec<String>,
+    /// What those parts took in the earlier attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_seconds: Option<f64>,
 
     pub repro_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]

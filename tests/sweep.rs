@@ -640,6 +640,13 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
     let mut finished = finished;
     finished.sort();
     assert_eq!(taken, finished);
+    let earlier: f64 = ["ppl", "zero_shot"]
+        .iter()
+        .flat_map(|k| stored[k].as_object().unwrap().values())
+        .map(|part| part["seconds"].as_f64().unwrap())
+        .sum();
+    let resumed_seconds = resumed["result"]["resumed_seconds"].as_f64().unwrap();
+    assert!((resumed_seconds - earlier).abs() < 1e-9, "{resumed_seconds} {earlier}");
     assert!(uninterrupted["result"].get("resumed").is_none());
     let samples = |out: &Path| std::fs::read_to_string(out.join(format!("samples/{id}.jsonl"))).unwrap();
     assert_eq!(samples(&sb.out), samples(&clean_out));

@@ -309,7 +309,7 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
             timings
                 .entry((r.settings.model.model.clone(), r.settings.method_name().to_string()))
                 .or_default()
-                .push(r.finished_at - r.started_at);
+                .push(r.work_seconds());
         }
     }
     let timings: BTreeMap<(String, String), f64> = timings

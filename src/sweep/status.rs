@@ -26,7 +26,7 @@ struct RunState {
     label: String,
     /// done, failed, running or pending.
     state: &'static str,
-    /// done and failed: how long the run took.
+    /// done and failed: how long the run took (with what its resumed parts took before).
     seconds: Option<f64>,
     error: Option<String>,
     /// running: the worker (host, pid, SLURM job), since when, and its last heartbeat.
@@ -122,7 +122,7 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
             id: entry.id.clone(),
             label: entry.label.clone(),
             state: "pending",
-            seconds: record.as_ref().map(|r| r.finished_at - r.started_at),
+            seconds: record.as_ref().map(|r| r.work_seconds()),
             error: record.as_ref().and_then(|r| r.error.clone()),
             worker: None,
             since: None,

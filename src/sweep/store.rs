@@ -49,6 +49,14 @@ pub struct Record {
     pub result: RunResult,
 }
 
+impl Record {
+    /// The run's time, with what its resumed parts took in an earlier attempt: what a rerun
+    /// from scratch would take, for ETAs and SLURM time limits.
+    pub fn work_seconds(&self) -> f64 {
+        self.finished_at - self.started_at + self.result.resumed_seconds.unwrap_or(0.0)
+    }
+}
+
 /// Software and machine the run used.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Environment {
