@@ -177,9 +177,7 @@ pub fn weights_digest(model: &dyn CausalLm) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Hub;
-    use crate::model::{load_model, Streaming};
-    use tch::{Device, Kind};
+    use crate::model::{load_fixture, Streaming};
 
     fn part(seconds: f64) -> PplPart {
         PplPart {
@@ -219,20 +217,12 @@ mod tests {
     fn the_digest_changes_with_any_weight_and_not_with_streaming() {
         let _g = tch::no_grad_guard();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/models/llama-tiny-random");
-        let load = |streaming| {
-            load_model(
-                &Hub::new(None),
-                dir.to_str().unwrap(),
-                Device::Cpu,
-                Kind::Float,
-                streaming,
-            )
-            .unwrap()
-            .0
-        };
-        let mut model = load(Streaming::Off);
+        let mut model = load_fixture(&dir, Streaming::Off);
         let before = weights_digest(model.as_ref()).unwrap();
-        assert_eq!(before, weights_digest(load(Streaming::On).as_ref()).unwrap());
+        assert_eq!(
+            before,
+            weights_digest(load_fixture(&dir, Streaming::On).as_ref()).unwrap()
+        );
         let mut block = model.stack_mut().take_block(1).unwrap();
         let _ = block.linears_mut()[2].1.weight.get(0).get(0).fill_(0.0);
         model.stack_mut().put_back(1, block).unwrap();

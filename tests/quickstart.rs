@@ -19,13 +19,7 @@ fn quickstart_sweep_runs_end_to_end_and_resumes() {
             .arg(&out)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "{text}");
-        text
+        common::success_text(&o)
     };
     let first = run();
     assert!(first.contains("9 runs, 0 cached, 9 to run"), "{first}");

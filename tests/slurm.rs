@@ -84,18 +84,8 @@ impl Drop for Cluster {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ok(out: Output) -> String {
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    t
+    common::success_text(&out)
 }
 
 /// Records by id.
@@ -332,7 +322,7 @@ fn submission_errors_are_clear_and_lose_nothing() {
     let tmp = tempfile::tempdir_in(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
     let config = quick_config(tmp.path());
     let out = tmp.path().join("out");
-    let e = text(
+    let e = common::output_text(
         &repro()
             .env("PATH", "/nonexistent")
             .arg("slurm")
@@ -358,7 +348,7 @@ fn submission_errors_are_clear_and_lose_nothing() {
         .args(["--submit", "--partition", "no-such-partition"])
         .output()
         .unwrap();
-    let e = text(&o);
+    let e = common::output_text(&o);
     assert!(
         !o.status.success()
             && e.contains("sbatch rejected")
@@ -387,7 +377,7 @@ fn submission_errors_are_clear_and_lose_nothing() {
         .arg("--submit")
         .output()
         .unwrap();
-    let e = text(&o);
+    let e = common::output_text(&o);
     assert!(
         !o.status.success() && e.contains("holds the records of sweep `table2`") && !other.join("slurm").exists(),
         "{e}"
@@ -396,7 +386,7 @@ fn submission_errors_are_clear_and_lose_nothing() {
     // An output outside /tmp is not warned about. It must not depend on where the checkout is
     // (CI may clone under /tmp); --dry-run writes nothing there.
     let outside_tmp = PathBuf::from(format!("/srv/repro-slurm-test-{}/x", std::process::id()));
-    let e = text(
+    let e = common::output_text(
         &cluster
             .repro()
             .arg("slurm")
@@ -408,7 +398,7 @@ fn submission_errors_are_clear_and_lose_nothing() {
             .unwrap(),
     );
     assert!(!e.contains("temporary directory") && !outside_tmp.exists(), "{e}");
-    let e = text(
+    let e = common::output_text(
         &cluster
             .repro()
             .arg("slurm")
@@ -444,9 +434,9 @@ fn failed_runs_are_resubmitted_only_when_asked() {
         .output()
         .unwrap();
     assert!(
-        !o.status.success() && text(&o).contains("1 run(s) failed"),
+        !o.status.success() && common::output_text(&o).contains("1 run(s) failed"),
         "{}",
-        text(&o)
+        common::output_text(&o)
     );
 
     let plan = |extra: &[&str]| {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{fixture_model, fixtures, hf_cache_snapshot, repro, CACHE_COMMIT};
+use common::{fixture_model, fixtures, hf_cache_snapshot, output_text, repro, success_text, CACHE_COMMIT};
 use repro::config::SweepConfig;
 use repro::hub::Hub;
 use repro::sweep::plan;
@@ -598,16 +598,7 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
         "{status}"
     );
 
-    let run = |cfg: &Path| {
-        let out = repro().args(["run", cfg.to_str().unwrap()]).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{text}");
-        text
-    };
+    let run = |cfg: &Path| success_text(&repro().args(["run", cfg.to_str().unwrap()]).output().unwrap());
     let text = run(&killed);
     assert!(text.contains("resumed"), "{text}");
     assert!(!partial.exists(), "the record holds the parts now");
@@ -715,14 +706,7 @@ fn dry_run_only_and_fail_fast() {
     let cfg = sb.write("f.yaml", &text);
     let run = |extra: &[&str]| {
         let out = repro().arg("run").arg(&cfg).args(extra).output().unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), output_text(&out))
     };
 
     let (ok, text) = run(&["--dry-run"]);
@@ -875,14 +859,7 @@ fn records_are_checked_and_never_replaced_by_failures() {
             .args(extra)
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), output_text(&out))
     };
     let tmp = std::env::temp_dir();
     let (ok, text) = run(tmp.to_str().unwrap(), &[]);
@@ -1051,11 +1028,7 @@ fn unidentifiable_hub_models_do_not_stop_the_others() {
         .env("HF_HUB_CACHE", sb.out.parent().unwrap().join("empty-cache"))
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(
         text.contains("unresolved")

@@ -56,14 +56,7 @@ fn spawn(config: &Path, extra: &[&str]) -> Child {
 
 /// Stdout and stderr of a finished worker, which must have succeeded.
 fn finish(child: Child) -> String {
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    text
+    common::success_text(&child.wait_with_output().unwrap())
 }
 
 /// The run ids a worker reports as executed (`done   <id> (<s>) <label>`).

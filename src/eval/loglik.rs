@@ -141,9 +141,7 @@ pub fn score(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Hub;
-    use crate::model::{fixture_checkpoints, load_model, Streaming};
-    use tch::Device;
+    use crate::model::{fixture_checkpoints, load_fixture, Streaming};
 
     /// Deterministic pseudo-random token ids in 3..vocab.
     fn tokens(seed: usize, len: usize, vocab: i64) -> Vec<i64> {
@@ -163,18 +161,7 @@ mod tests {
     fn packed_scores_equal_one_row_per_request_on_every_architecture() {
         let _g = tch::no_grad_guard();
         for dir in fixture_checkpoints(&["llama-tiny-random", "opt-tiny"]) {
-            let load = |streaming| {
-                load_model(
-                    &Hub::new(None),
-                    dir.to_str().unwrap(),
-                    Device::Cpu,
-                    Kind::Float,
-                    streaming,
-                )
-                .unwrap()
-                .0
-            };
-            let resident = load(Streaming::Off);
+            let resident = load_fixture(&dir, Streaming::Off);
             let (vocab, max_length) = (
                 resident.info().vocab_size,
                 resident.info().max_position_embeddings as usize,
@@ -219,7 +206,7 @@ mod tests {
                 })
                 .collect();
             let bar = indicatif::ProgressBar::hidden();
-            let streamed = load(Streaming::On);
+            let streamed = load_fixture(&dir, Streaming::On);
             for (model, batch_tokens, head_chunk) in [
                 (&resident, 2 * max_length, HEAD_CHUNK),
                 (&resident, 2 * max_length, 3),

@@ -789,6 +789,20 @@ pub(crate) fn fixture_checkpoints(shared: &[&str]) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// A test checkpoint on the CPU in f32.
+#[cfg(test)]
+pub(crate) fn load_fixture(dir: &std::path::Path, streaming: Streaming) -> Box<dyn CausalLm> {
+    load_model(
+        &Hub::new(None),
+        dir.to_str().unwrap(),
+        Device::Cpu,
+        Kind::Float,
+        streaming,
+    )
+    .unwrap()
+    .0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,14 +825,7 @@ mod tests {
     #[test]
     fn taps_see_every_linear_layer_in_listed_order() {
         for dir in fixture_checkpoints(&["llama-tiny-random", "opt-tiny"]) {
-            let (model, _, _) = load_model(
-                &Hub::new(None),
-                dir.to_str().unwrap(),
-                Device::Cpu,
-                Kind::Float,
-                Streaming::Off,
-            )
-            .unwrap();
+            let model = load_fixture(&dir, Streaming::Off);
             let block = model.stack().block(0).unwrap();
             let mut seen = Vec::new();
             let ids = Tensor::from_slice(&[1i64, 5, 9, 3]).unsqueeze(0);

@@ -68,6 +68,22 @@ pub fn repro() -> std::process::Command {
     c
 }
 
+/// A finished command's stdout then stderr.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The stdout then stderr of a command that must have succeeded.
+pub fn success_text(out: &std::process::Output) -> String {
+    let text = output_text(out);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
 /// The JSON object a successful `--json` run prints as its last stdout line.
 pub fn json_of(out: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
