@@ -60,6 +60,55 @@ pub fn save(loaded: &mut Loaded, dir: &Path, provenance: &serde_json::Value) -> 
 
 const PROVENANCE: &str = "repro.json";
 
+/// A checkpoint repro saved, as loaded again: its sparsity, and what changed since the save.
+pub struct SavedSparsity {
+    /// Zeros over every block's linear layers, as loaded.
+    pub sparsity: f64,
+    /// Names the layers whose zeros differ from those repro.json records.
+    pub warning: Option<String>,
+}
+
+/// Checks a loaded checkpoint that repro saved (it has a repro.json) against the zeros its save
+/// recorded, layer by layer. A checkpoint re-saved dense by another tool, or fine-tuned without its
+/// masks, would otherwise be evaluated as if it were the pruned model. `None` for other checkpoints.
+pub fn check_saved_sparsity(loaded: &Loaded) -> Result<Option<SavedSparsity>> {
+    if !loaded.repo.has_local(PROVENANCE) {
+        return Ok(None);
+    }
+    let path = loaded.repo.get(PROVENANCE)?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let saved: crate::run_result::RunResult =
+        serde_json::from_str(&text).with_context(|| format!("{}: not the repro.json `repro prune --save` writes", path.display()))?;
+    let model = loaded.model.as_ref();
+    let stack = model.stack();
+    let mut layers = Vec::new();
+    for b in 0..stack.n_blocks() {
+        let name = format!("{}{b}", model.info().block_prefix);
+        layers.extend(crate::prune::block_sparsity(&name, &*stack.block(b)?, &Default::default(), 0.0));
+    }
+    let (zeros, numel) = layers.iter().fold((0, 0), |(z, n), l| (z + l.zeros, n + l.numel));
+    let changed: Vec<(&str, String, i64)> = saved
+        .layers
+        .iter()
+        .filter_map(|s| {
+            let now = layers.iter().find(|l| l.name == s.name).map(|l| l.zeros);
+            (now != Some(s.zeros)).then(|| (s.name.as_str(), now.map_or("no such layer".into(), |z| format!("{z} zeros")), s.zeros))
+        })
+        .collect();
+    let warning = changed.first().map(|(name, now, then)| {
+        format!(
+            "{}: {} of {} pruned layers hold other zeros than when repro saved them ({name}: {now}, saved with {then}); the weights were changed since (re-saved dense by another tool? fine-tuned without the masks?), so these results are not those of the recorded pruning",
+            path.display(),
+            changed.len(),
+            saved.layers.len()
+        )
+    });
+    Ok(Some(SavedSparsity {
+        sparsity: zeros as f64 / numel.max(1) as f64,
+        warning,
+    }))
+}
+
 /// Creates the save directory, or refuses it, before any work is done: a path that is not a
 /// directory or not writable, or weights of the other layout from an earlier save (a resident
 /// model writes model.safetensors, a streamed one shards and an index), which loaders would mix up.

@@ -283,6 +283,16 @@ pub fn run_job(
         let spill_to = plan.spill_to.as_deref();
         prune_step(hub, &mut loaded, p, &method, seqlen, spill_to, obs, &mut out)?;
     }
+    if prune.is_none() {
+        if let Some(saved) = crate::checkpoint::check_saved_sparsity(&loaded)? {
+            obs.line(&format!("checkpoint saved by repro: sparsity {:.4}", saved.sparsity));
+            out.sparsity_actual = Some(saved.sparsity);
+            if let Some(w) = saved.warning {
+                eprintln!("warning: {w}");
+                out.warnings.push(w);
+            }
+        }
+    }
     let mut parts = match parts_file {
         Some(path) if !evaluations.is_empty() => {
             obs.stage("weights digest");

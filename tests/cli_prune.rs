@@ -85,6 +85,33 @@ fn prune_reports_saves_and_reloads() {
         .unwrap();
     let zeros = q.1.eq(0.0).sum(tch::Kind::Int64).int64_value(&[]);
     assert_eq!(zeros, r["layers"][0]["zeros"].as_i64().unwrap());
+    // Loading it again checks its zeros against repro.json's record of them.
+    assert_eq!(again["sparsity_actual"], r["sparsity_actual"]);
+    assert!(again.get("warnings").is_none(), "{again}");
+
+    // Weights re-saved dense over the pruned ones (another tool's save, say): the evaluation
+    // says so, streamed as resident.
+    std::fs::copy(
+        std::path::Path::new(&fixture_model("llama-tiny-random")).join("model.safetensors"),
+        save.join("model.safetensors"),
+    )
+    .unwrap();
+    for stream in ["off", "on"] {
+        let dense = json_of(
+            &repro()
+                .args(["eval", "--model", save.to_str().unwrap(), "--ppl", "wikitext2"])
+                .args(["--seqlen", "64", "--max-windows", "2", "--stream", stream, "--json"])
+                .output()
+                .unwrap(),
+        );
+        assert!(dense["sparsity_actual"].as_f64().unwrap() < 0.01, "{dense}");
+        let warning = dense["warnings"][0].as_str().unwrap();
+        assert!(
+            warning.contains("repro.json: 14 of 14 pruned layers hold other zeros")
+                && warning.contains("model.layers.0.self_attn.q_proj: 0 zeros, saved with"),
+            "{warning}"
+        );
+    }
 }
 
 #[test]
