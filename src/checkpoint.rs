@@ -77,14 +77,19 @@ pub fn check_saved_sparsity(loaded: &Loaded) -> Result<Option<SavedSparsity>> {
     }
     let path = loaded.repo.get(PROVENANCE)?;
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let saved: crate::run_result::RunResult =
-        serde_json::from_str(&text).with_context(|| format!("{}: not the repro.json `repro prune --save` writes", path.display()))?;
+    let saved: crate::run_result::RunResult = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not the repro.json `repro prune --save` writes", path.display()))?;
     let model = loaded.model.as_ref();
     let stack = model.stack();
     let mut layers = Vec::new();
     for b in 0..stack.n_blocks() {
         let name = format!("{}{b}", model.info().block_prefix);
-        layers.extend(crate::prune::block_sparsity(&name, &*stack.block(b)?, &Default::default(), 0.0));
+        layers.extend(crate::prune::block_sparsity(
+            &name,
+            &*stack.block(b)?,
+            &Default::default(),
+            0.0,
+        ));
     }
     let (zeros, numel) = layers.iter().fold((0, 0), |(z, n), l| (z + l.zeros, n + l.numel));
     let changed: Vec<(&str, String, i64)> = saved
@@ -92,7 +97,13 @@ pub fn check_saved_sparsity(loaded: &Loaded) -> Result<Option<SavedSparsity>> {
         .iter()
         .filter_map(|s| {
             let now = layers.iter().find(|l| l.name == s.name).map(|l| l.zeros);
-            (now != Some(s.zeros)).then(|| (s.name.as_str(), now.map_or("no such layer".into(), |z| format!("{z} zeros")), s.zeros))
+            (now != Some(s.zeros)).then(|| {
+                (
+                    s.name.as_str(),
+                    now.map_or("no such layer".into(), |z| format!("{z} zeros")),
+                    s.zeros,
+                )
+            })
         })
         .collect();
     let warning = changed.first().map(|(name, now, then)| {

@@ -162,7 +162,10 @@ fn cpu_smoke_runs_the_node_check_end_to_end() {
     // 8 f32 cases against the kit's expected CPU results, f16 + bf16 + streamed per model, and
     // SparseGPT pruned a second time.
     assert_eq!(fidelity.len(), 15, "{fidelity:?}");
-    let again = fidelity.iter().find(|c| c["case"].as_str().unwrap().ends_with("(again)")).unwrap();
+    let again = fidelity
+        .iter()
+        .find(|c| c["case"].as_str().unwrap().ends_with("(again)"))
+        .unwrap();
     assert_eq!(again["identical_weights"], true, "{again}");
     for case in fidelity {
         assert_eq!(case["ok"], true, "{case}");

@@ -591,6 +591,19 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
         .flat_map(|k| stored[k].as_object().unwrap().keys().cloned())
         .collect();
     assert!((1..4).contains(&finished.len()), "{finished:?}");
+    let plan = success_text(
+        &repro()
+            .args(["run", killed.to_str().unwrap(), "--dry-run"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        plan.contains(&format!(
+            "resumes: {} finished by an earlier attempt",
+            finished.join(", ")
+        )),
+        "{plan}"
+    );
     let status = repro().arg("status").arg(&sb.out).output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(

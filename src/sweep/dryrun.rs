@@ -325,6 +325,8 @@ struct Row<'a> {
     seconds: Option<f64>,
     /// The live worker holding this run's claim, if another one is running it now.
     holder: Option<super::claim::ClaimInfo>,
+    /// Evaluation parts an earlier attempt finished, which this one takes (`crate::resume`).
+    kept_parts: Vec<String>,
 }
 
 /// Prints the plan of the selected runs and what they will cost.
@@ -361,6 +363,9 @@ pub fn print_plan(
                 holder: (p.id.is_ok() && !p.cached)
                     .then(|| super::claim::holder(&store.dir, p.id()))
                     .flatten(),
+                kept_parts: (p.id.is_ok() && !p.cached)
+                    .then(|| crate::resume::finished_parts(&store.parts_path(p.id())))
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -543,6 +548,13 @@ fn print_runs(rows: &[Row], models: &BTreeMap<&str, &ModelPlan>, opts: DryRunOpt
                 "",
                 worker.worker(),
                 super::status::clock(worker.started_at)
+            );
+        }
+        if !r.kept_parts.is_empty() {
+            println!(
+                "  {:>39}  resumes: {} finished by an earlier attempt (the time shown is the whole run's)",
+                "",
+                r.kept_parts.join(", ")
             );
         }
         if let Some(p) = r.estimate.as_ref().and_then(|e| e.seconds).filter(|_| opts.verbose) {
