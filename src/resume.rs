@@ -38,6 +38,8 @@ pub struct TaskPart {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Stored {
+    /// The repro that measured the parts: a record holds one version's numbers only.
+    repro_version: String,
     /// sha256 of the weights the parts were measured on (see [`weights_digest`]).
     weights: String,
     ppl: BTreeMap<String, PplPart>,
@@ -73,27 +75,35 @@ impl Parts {
             if !path.is_file() {
                 return Ok(None);
             }
-            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let stored = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a run's finished parts", path.display()))?;
+            let text = std::fs::read_to_string(&path).context("cannot be read")?;
+            let stored = serde_json::from_str(&text).context("not a run's finished parts")?;
             Ok(Some(stored))
         };
         let fresh = Stored {
-            weights: digest.clone(),
+            repro_version: env!("CARGO_PKG_VERSION").to_string(),
+            weights: digest,
             ..Stored::default()
         };
-        let (stored, warning) = match read() {
+        let earlier = "an earlier attempt's finished parts were measured";
+        let (stored, why) = match read() {
             Ok(None) => (fresh, None),
-            Ok(Some(s)) if s.weights == digest => (s, None),
-            Ok(Some(_)) => (
+            Ok(Some(s)) if s.repro_version != fresh.repro_version => {
+                let why = format!(
+                    "{earlier} by repro {}, this is {}",
+                    s.repro_version, fresh.repro_version
+                );
+                (fresh, Some(why))
+            }
+            Ok(Some(s)) if s.weights != fresh.weights => (
                 fresh,
                 Some(format!(
-                    "{}: an earlier attempt's finished parts were measured on other weights (pruning came out differently this time); everything is evaluated again",
-                    path.display()
+                    "{earlier} on other weights (pruning came out differently this time)"
                 )),
             ),
-            Err(e) => (fresh, Some(format!("{e:#}; everything is evaluated again"))),
+            Ok(Some(s)) => (s, None),
+            Err(e) => (fresh, Some(format!("{e:#}"))),
         };
+        let warning = why.map(|why| format!("{}: {why}; everything is evaluated again", path.display()));
         let parts = Parts {
             path: Some(path),
             stored,
@@ -187,7 +197,7 @@ mod tests {
         }
     }
 
-    /// Parts come back exactly (f64 through JSON) for the same weights, and not for others.
+    /// Parts come back exactly (f64 through JSON) for the same weights and repro, and not for others.
     #[test]
     fn parts_are_taken_only_for_the_weights_they_were_measured_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -206,6 +216,17 @@ mod tests {
         let (mut other, warning) = Parts::open(path.clone(), "w2".into());
         assert!(warning.unwrap().contains("other weights"));
         assert!(other.ppl("wikitext2").is_none() && other.resumed().is_empty());
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let version = format!("\"repro_version\":\"{}\"", env!("CARGO_PKG_VERSION"));
+        std::fs::write(&path, text.replace(&version, "\"repro_version\":\"0.0.1\"")).unwrap();
+        let (older, warning) = Parts::open(path.clone(), "w1".into());
+        let warning = warning.unwrap();
+        assert!(
+            warning.starts_with(&path.display().to_string()) && warning.contains("by repro 0.0.1"),
+            "{warning}"
+        );
+        assert!(older.stored.ppl.is_empty());
 
         std::fs::write(&path, "{truncated").unwrap();
         let (_, warning) = Parts::open(path, "w1".into());
