@@ -46,6 +46,9 @@ pub enum Command {
     Status(sweep::status::StatusArgs),
     /// Time dense vs 2:4 sparse (cuSPARSELt) f16 linear layers at LLaMA-65B shapes (Table 5).
     Kernels(KernelsArgs),
+    /// Compare two runs' per-document zero-shot outcomes (samples files): accuracies, agreement,
+    /// the documents only one gets right, and McNemar's exact test.
+    Compare(crate::eval::compare::CompareArgs),
 }
 
 #[derive(Args)]
@@ -280,7 +283,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let hub = Hub::new(cli.hub_mirror);
     let needs_hub = !matches!(
         cli.command,
-        Command::Report(_) | Command::Status(_) | Command::Kernels(_)
+        Command::Report(_) | Command::Status(_) | Command::Kernels(_) | Command::Compare(_)
     );
     if let Some(m) = hub.mirror.as_ref().filter(|m| needs_hub && !m.is_dir()) {
         bail!(
@@ -296,6 +299,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Slurm(args) => sweep::slurm::slurm(&hub, &args),
         Command::Status(args) => sweep::status::status(&args),
         Command::Kernels(args) => crate::kernels::main(&args.device, args.small, args.json),
+        Command::Compare(args) => crate::eval::compare::main(&args),
     }
 }
 

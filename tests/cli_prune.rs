@@ -342,3 +342,97 @@ fn owl_allocation_reports_its_blocks() {
         assert!(stderr.contains(msg), "{args:?}: {stderr}");
     }
 }
+
+/// `repro compare` pairs a dense and a pruned run's per-document outcomes: its counts are the
+/// files' own, a run against itself agrees everywhere, and runs on other documents are refused.
+#[test]
+fn compare_pairs_two_runs_document_by_document() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dense, pruned) = (tmp.path().join("dense.jsonl"), tmp.path().join("pruned.jsonl"));
+    let tasks = ["--limit", "30", "--samples"];
+    json_of(
+        &repro()
+            .args([
+                "eval",
+                "--model",
+                "llama-tiny",
+                "--tasks",
+                "arc_easy,winogrande",
+                "--json",
+            ])
+            .args(tasks)
+            .arg(&dense)
+            .output()
+            .unwrap(),
+    );
+    json_of(
+        &repro()
+            .args([
+                "prune",
+                "--model",
+                "llama-tiny",
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.6",
+            ])
+            .args(["--eval", "arc_easy,winogrande", "--json"])
+            .args(tasks)
+            .arg(&pruned)
+            .output()
+            .unwrap(),
+    );
+    let compare =
+        |a: &std::path::Path, b: &std::path::Path| repro().arg("compare").arg(a).arg(b).arg("--json").output().unwrap();
+    let rows = json_of(&compare(&dense, &pruned))["tasks"].as_array().unwrap().clone();
+    let read = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (a, b) = (read(&dense), read(&pruned));
+    for (row, task) in rows.iter().zip(["arc_easy", "winogrande", "all"]) {
+        assert_eq!(row["task"], task);
+        let pairs: Vec<_> = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, _)| task == "all" || x["task"] == task)
+            .collect();
+        let right = |s: &serde_json::Value| s["acc"] == 1.0;
+        let only_a = pairs.iter().filter(|(x, y)| right(x) && !right(y)).count();
+        let only_b = pairs.iter().filter(|(x, y)| !right(x) && right(y)).count();
+        let same = pairs.iter().filter(|(x, y)| x["prediction"] == y["prediction"]).count();
+        assert_eq!(row["docs"], pairs.len());
+        assert_eq!(
+            (row["only_a"].as_u64(), row["only_b"].as_u64()),
+            (Some(only_a as u64), Some(only_b as u64))
+        );
+        assert_eq!(
+            row["same_prediction"].as_f64().unwrap(),
+            100.0 * same as f64 / pairs.len() as f64
+        );
+        let p = row["p_value"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0);
+    }
+    assert!(
+        rows[2]["same_prediction"].as_f64().unwrap() < 100.0,
+        "60% magnitude pruning changes some answers"
+    );
+    let itself = json_of(&compare(&dense, &dense));
+    for row in itself["tasks"].as_array().unwrap() {
+        assert_eq!(
+            (row["same_prediction"].as_f64(), row["p_value"].as_f64()),
+            (Some(100.0), Some(1.0))
+        );
+    }
+    let shorter = tmp.path().join("shorter.jsonl");
+    let text = std::fs::read_to_string(&pruned).unwrap();
+    std::fs::write(&shorter, text.lines().skip(1).collect::<Vec<_>>().join("\n")).unwrap();
+    let e = run_err(&["compare", dense.to_str().unwrap(), shorter.to_str().unwrap()]);
+    assert!(
+        e.contains("arc_easy: A holds 30 documents and B 29") && e.contains("shorter.jsonl"),
+        "{e}"
+    );
+}

@@ -1,5 +1,6 @@
 //! Evaluations of a (pruned) model: perplexity and lm-eval style zero-shot tasks.
 
+pub mod compare;
 pub mod loglik;
 pub mod packing;
 pub mod ppl;
