@@ -706,6 +706,32 @@ fn sweep_samples_sit_beside_their_records_and_keep_run_ids() {
             );
         }
     }
+    // `repro compare` picks a sweep's runs by label and pairs their samples.
+    let compare = |a: &str, b: &str| {
+        repro()
+            .args(["compare", "--json", "--run-dir", sb.out.to_str().unwrap(), a, b])
+            .output()
+            .unwrap()
+    };
+    let paired = common::json_of(&compare("dense", "magnitude"));
+    assert!(paired["a"].as_str().unwrap().contains("model dense ("), "{paired}");
+    let docs: Vec<_> = paired["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["task"].clone(), t["docs"].clone()))
+        .collect();
+    assert_eq!(
+        docs,
+        [
+            ("rte".into(), 5.into()),
+            ("arc_easy".into(), 5.into()),
+            ("all".into(), 10.into())
+        ]
+    );
+    let out = compare("*", "dense");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("`*` matches 2 runs"), "{e}");
 }
 
 #[test]

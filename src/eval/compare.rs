@@ -12,10 +12,14 @@ use super::zeroshot::Sample;
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
-    /// A samples file (`repro eval/prune --samples`, or RUN_DIR/samples/<id>.jsonl of a sweep).
-    pub a: PathBuf,
-    /// Another run's samples file on the same documents.
-    pub b: PathBuf,
+    /// A samples file (`repro eval/prune --samples`), or with --run-dir a run of that sweep: its
+    /// label pattern (`*` for anything, as `repro run --only`) or id prefix.
+    pub a: String,
+    /// Another run's samples file on the same documents (or run, with --run-dir).
+    pub b: String,
+    /// A sweep's output directory whose runs wrote samples (`evaluation.samples: true`).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -151,15 +155,55 @@ fn paired(task: &str, pairs: &[(&Sample, &Sample)]) -> Paired {
     }
 }
 
+/// The samples file `arg` names: a path, or with `run_dir` the one run of that sweep whose label
+/// matches the pattern or whose id starts with it.
+fn samples_file(arg: &str, run_dir: Option<&Path>) -> Result<(PathBuf, String)> {
+    let Some(dir) = run_dir else {
+        return Ok((PathBuf::from(arg), arg.to_string()));
+    };
+    let sweep = crate::sweep::SweepFile::load(dir)?;
+    let matches: Vec<_> = sweep
+        .runs
+        .iter()
+        .filter(|r| crate::sweep::glob(arg, &r.label) || r.id.starts_with(arg))
+        .collect();
+    match matches.as_slice() {
+        [run] => {
+            let path = dir.join("samples").join(format!("{}.jsonl", run.id));
+            ensure!(
+                path.is_file(),
+                "run {} ({}) has no samples file {}: set `evaluation.samples: true` and rerun it with --force",
+                run.id,
+                run.label,
+                path.display()
+            );
+            Ok((path, format!("{} ({})", run.label, run.id)))
+        }
+        [] => bail!(
+            "`{arg}` matches none of the {} runs of {}",
+            sweep.runs.len(),
+            dir.display()
+        ),
+        many => bail!(
+            "`{arg}` matches {} runs of {} ({}); give a pattern that picks one",
+            many.len(),
+            dir.display(),
+            many.iter().map(|r| r.label.as_str()).collect::<Vec<_>>().join("; ")
+        ),
+    }
+}
+
 /// `repro compare`.
 pub fn main(args: &CompareArgs) -> Result<()> {
-    let rows = compare(&read_samples(&args.a)?, &read_samples(&args.b)?)
-        .with_context(|| format!("A = {}, B = {}", args.a.display(), args.b.display()))?;
+    let (a, a_name) = samples_file(&args.a, args.run_dir.as_deref())?;
+    let (b, b_name) = samples_file(&args.b, args.run_dir.as_deref())?;
+    let rows = compare(&read_samples(&a)?, &read_samples(&b)?)
+        .with_context(|| format!("A = {}, B = {}", a.display(), b.display()))?;
     if args.json {
-        println!("{}", serde_json::json!({"a": args.a, "b": args.b, "tasks": rows}));
+        println!("{}", serde_json::json!({"a": a_name, "b": b_name, "tasks": rows}));
         return Ok(());
     }
-    println!("A: {}\nB: {}\n", args.a.display(), args.b.display());
+    println!("A: {a_name}\nB: {b_name}\n");
     println!("| task | docs | acc A (%) | acc B (%) | same prediction (%) | only A right | only B right | McNemar p |");
     println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {

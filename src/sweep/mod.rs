@@ -124,7 +124,7 @@ fn select<'a>(planned: &'a [Planned], only: Option<&str>) -> Result<Vec<&'a Plan
 
 /// Whether `pattern` occurs in `text`, `*` standing for any run of characters: `wanda*0.5`
 /// picks every Wanda run at 0.5 whatever the model, as labels start with the model.
-fn glob(pattern: &str, text: &str) -> bool {
+pub fn glob(pattern: &str, text: &str) -> bool {
     let mut rest = text;
     for part in pattern.split('*') {
         match rest.find(part) {
