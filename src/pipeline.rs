@@ -308,7 +308,7 @@ pub fn run_job(
             }
             parts
         }
-        _ => Parts::in_memory(),
+        _ => Parts::not_kept(),
     };
     if spec.sparse_kernels {
         out.sparse_kernel_layers = Some(crate::kernels::use_sparse_kernels(loaded.model.as_mut())?);
@@ -606,22 +606,18 @@ fn eval_tasks(
     let mut all_tokens = TokenCounts::default();
     for td in tasks {
         let name = td.task.name;
-        let (part, earlier) = match parts.task(name) {
-            Some(part) => (part, EARLIER),
-            None => {
-                obs.stage(name);
-                let start = Instant::now();
-                let evaluated = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?;
-                let part = TaskPart {
-                    result: evaluated.result,
-                    tokens: evaluated.tokens,
-                    samples: evaluated.samples,
-                    seconds: start.elapsed().as_secs_f64(),
-                };
-                parts.keep_task(name, part.clone())?;
-                (part, "")
-            }
-        };
+        let (part, earlier) = parts.task(name, || {
+            obs.stage(name);
+            let start = Instant::now();
+            let evaluated = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?;
+            Ok(TaskPart {
+                result: evaluated.result,
+                tokens: evaluated.tokens,
+                samples: evaluated.samples,
+                seconds: start.elapsed().as_secs_f64(),
+            })
+        })?;
+        let earlier = if earlier { EARLIER } else { "" };
         let r = part.result;
         all_tokens.add(part.tokens);
         out.zero_shot_tokens.insert(name.to_string(), part.tokens);
@@ -665,36 +661,32 @@ fn eval_ppl(
     let mut secs = 0.0;
     let mut tokens = 0usize;
     for Corpus { spec, label, ids } in corpora {
-        let (part, earlier) = match parts.ppl(label) {
-            Some(part) => (part, EARLIER),
-            None => {
-                obs.stage(label);
-                let start = Instant::now();
-                let r = perplexity(
-                    loaded.model.as_ref(),
-                    ids,
-                    seqlen,
-                    eval.batch_size,
-                    eval.max_windows,
-                    label,
-                )?;
-                let details = PplDetails {
-                    source: spec.clone(),
-                    n_tokens: r.n_tokens,
-                    windows: r.windows,
-                    seqlen,
-                    batch_size: eval.batch_size,
-                    max_windows: eval.max_windows,
-                };
-                let part = PplPart {
-                    ppl: r.ppl,
-                    details,
-                    seconds: start.elapsed().as_secs_f64(),
-                };
-                parts.keep_ppl(label, part.clone())?;
-                (part, "")
-            }
-        };
+        let (part, earlier) = parts.ppl(label, || {
+            obs.stage(label);
+            let start = Instant::now();
+            let r = perplexity(
+                loaded.model.as_ref(),
+                ids,
+                seqlen,
+                eval.batch_size,
+                eval.max_windows,
+                label,
+            )?;
+            let details = PplDetails {
+                source: spec.clone(),
+                n_tokens: r.n_tokens,
+                windows: r.windows,
+                seqlen,
+                batch_size: eval.batch_size,
+                max_windows: eval.max_windows,
+            };
+            Ok(PplPart {
+                ppl: r.ppl,
+                details,
+                seconds: start.elapsed().as_secs_f64(),
+            })
+        })?;
+        let earlier = if earlier { EARLIER } else { "" };
         let d = &part.details;
         obs.line(&format!(
             "{label:<16} ppl {:>10.4}   ({} windows x {seqlen} tokens of {}){earlier}",

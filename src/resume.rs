@@ -47,7 +47,7 @@ struct Stored {
 }
 
 /// A run's finished parts: read from `path` when an earlier attempt left them, and written there
-/// (atomically) as each new one ends. Without a path (`repro prune`/`eval`) they live in memory only.
+/// (atomically) as each new one ends. Without a path (`repro prune`/`eval`) nothing is kept.
 pub struct Parts {
     path: Option<PathBuf>,
     stored: Stored,
@@ -58,7 +58,7 @@ pub struct Parts {
 }
 
 impl Parts {
-    pub fn in_memory() -> Parts {
+    pub fn not_kept() -> Parts {
         Parts {
             path: None,
             stored: Stored::default(),
@@ -113,30 +113,37 @@ impl Parts {
         (parts, warning)
     }
 
-    /// Corpus `label`'s perplexity, if an earlier attempt measured it.
-    pub fn ppl(&mut self, label: &str) -> Option<PplPart> {
-        let part = self.stored.ppl.get(label).cloned()?;
-        self.resumed.push(label.to_string());
-        self.resumed_seconds += part.seconds;
-        Some(part)
+    /// Corpus `label`'s perplexity: an earlier attempt's, or `evaluate`'s, kept at once; the flag
+    /// says whether it is an earlier attempt's.
+    pub fn ppl(&mut self, label: &str, evaluate: impl FnOnce() -> Result<PplPart>) -> Result<(PplPart, bool)> {
+        self.part(label, |s| &mut s.ppl, |p| p.seconds, evaluate)
     }
 
-    /// Task `name`'s outcome, if an earlier attempt measured it.
-    pub fn task(&mut self, name: &str) -> Option<TaskPart> {
-        let part = self.stored.zero_shot.get(name).cloned()?;
-        self.resumed.push(name.to_string());
-        self.resumed_seconds += part.seconds;
-        Some(part)
+    /// Task `name`'s outcome, as [`Parts::ppl`].
+    pub fn task(&mut self, name: &str, evaluate: impl FnOnce() -> Result<TaskPart>) -> Result<(TaskPart, bool)> {
+        self.part(name, |s| &mut s.zero_shot, |p| p.seconds, evaluate)
     }
 
-    pub fn keep_ppl(&mut self, label: &str, part: PplPart) -> Result<()> {
-        self.stored.ppl.insert(label.to_string(), part);
-        self.write()
-    }
-
-    pub fn keep_task(&mut self, name: &str, part: TaskPart) -> Result<()> {
-        self.stored.zero_shot.insert(name.to_string(), part);
-        self.write()
+    /// Part `name` of the kind `kept` picks: taken when an earlier attempt kept it, else
+    /// evaluated and, with a file, written there before anything else runs.
+    fn part<P: Clone + Serialize>(
+        &mut self,
+        name: &str,
+        kept: fn(&mut Stored) -> &mut BTreeMap<String, P>,
+        seconds: fn(&P) -> f64,
+        evaluate: impl FnOnce() -> Result<P>,
+    ) -> Result<(P, bool)> {
+        if let Some(part) = kept(&mut self.stored).get(name).cloned() {
+            self.resumed.push(name.to_string());
+            self.resumed_seconds += seconds(&part);
+            return Ok((part, true));
+        }
+        let part = evaluate()?;
+        if let Some(path) = &self.path {
+            kept(&mut self.stored).insert(name.to_string(), part.clone());
+            crate::sweep::store::write_atomic(path, &serde_json::to_vec(&self.stored)?)?;
+        }
+        Ok((part, false))
     }
 
     /// The parts taken from an earlier attempt.
@@ -147,13 +154,6 @@ impl Parts {
     /// What the parts taken from an earlier attempt took there.
     pub fn resumed_seconds(&self) -> f64 {
         self.resumed_seconds
-    }
-
-    fn write(&self) -> Result<()> {
-        match &self.path {
-            Some(path) => crate::sweep::store::write_atomic(path, &serde_json::to_vec(&self.stored)?),
-            None => Ok(()),
-        }
     }
 }
 
@@ -202,20 +202,26 @@ mod tests {
     fn parts_are_taken_only_for_the_weights_they_were_measured_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial/abc.json");
+        let kept = || -> Result<PplPart> { panic!("an earlier attempt's part was evaluated again") };
         let (mut parts, warning) = Parts::open(path.clone(), "w1".into());
-        assert!(warning.is_none() && parts.ppl("wikitext2").is_none());
-        parts.keep_ppl("wikitext2", part(1.5)).unwrap();
+        assert!(warning.is_none());
+        assert!(!parts.ppl("wikitext2", || Ok(part(1.5))).unwrap().1);
 
         let (mut again, warning) = Parts::open(path.clone(), "w1".into());
         assert!(warning.is_none());
-        assert_eq!(again.ppl("wikitext2").unwrap().ppl, 12.345678901234567);
-        assert!(again.task("rte").is_none());
+        let (taken, earlier) = again.ppl("wikitext2", kept).unwrap();
+        assert!(earlier && taken.ppl == 12.345678901234567);
+        let e = again.task("rte", || anyhow::bail!("rte evaluated")).unwrap_err();
+        assert_eq!(e.to_string(), "rte evaluated");
         assert_eq!(again.resumed(), ["wikitext2"]);
         assert_eq!(again.resumed_seconds(), 1.5);
 
         let (mut other, warning) = Parts::open(path.clone(), "w2".into());
         assert!(warning.unwrap().contains("other weights"));
-        assert!(other.ppl("wikitext2").is_none() && other.resumed().is_empty());
+        assert!(other.resumed().is_empty());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!other.ppl("wikitext2", || Ok(part(2.0))).unwrap().1);
+        std::fs::write(&path, text).unwrap(); // back to the w1 file
 
         let text = std::fs::read_to_string(&path).unwrap();
         let version = format!("\"repro_version\":\"{}\"", env!("CARGO_PKG_VERSION"));
