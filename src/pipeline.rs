@@ -154,6 +154,37 @@ impl PruneSpec {
 }
 
 impl EvalSpec {
+    /// The zero-shot tasks, and the perplexity corpora with their report labels, each once and in
+    /// order. A task's name and a corpus's label are also the keys its finished part is kept under
+    /// (`crate::resume`).
+    fn parts(&self) -> (Vec<&str>, Vec<(&str, String)>) {
+        let mut names: Vec<&str> = Vec::new();
+        for n in &self.names {
+            if !names.contains(&n.as_str()) {
+                names.push(n);
+            }
+        }
+        let (tasks, specs): (Vec<&str>, Vec<&str>) = names.into_iter().partition(|n| ALL_TASKS.contains(n));
+        let labels = ppl_labels(&specs.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        (tasks, specs.into_iter().zip(labels).collect())
+    }
+
+    /// This evaluation without the parts an earlier attempt finished (named as
+    /// [`crate::resume::finished_parts`] names them): what a resumed attempt still runs.
+    pub fn without_parts(&self, finished: &[String]) -> EvalSpec {
+        let (tasks, corpora) = self.parts();
+        let left = tasks.into_iter().filter(|t| !finished.iter().any(|f| f == t)).chain(
+            corpora
+                .into_iter()
+                .filter(|(_, l)| !finished.contains(l))
+                .map(|(s, _)| s),
+        );
+        EvalSpec {
+            names: left.map(str::to_string).collect(),
+            ..self.clone()
+        }
+    }
+
     /// Fails on unknown tasks, corpora that cannot be found and empty limits before any model
     /// is loaded or pruned.
     pub fn check(&self, hub: &Hub) -> Result<()> {
@@ -538,20 +569,13 @@ struct Corpus {
 
 impl Evaluations {
     fn prepare(hub: &Hub, loaded: &Loaded, eval: &EvalSpec, seqlen: usize, obs: &dyn Observer) -> Result<Self> {
-        let mut names: Vec<String> = Vec::new();
-        for n in &eval.names {
-            if !names.contains(n) {
-                names.push(n.clone());
-            }
-        }
-        let (tasks, specs): (Vec<String>, Vec<String>) =
-            names.into_iter().partition(|n| ALL_TASKS.contains(&n.as_str()));
+        let (tasks, specs) = eval.parts();
         let tasks = tasks
             .iter()
             .map(|t| TaskDocs::load(hub, t, eval.limit))
             .collect::<Result<Vec<_>>>()?;
         let mut corpora = Vec::new();
-        for (spec, label) in specs.iter().zip(ppl_labels(&specs)) {
+        for (spec, label) in specs {
             obs.stage(&format!("tokenizing {label}"));
             let ids = PplCorpus::parse(spec).token_ids(hub, seqlen, &|t| loaded.tokenizer.encode(t))?;
             ensure!(
@@ -560,7 +584,7 @@ impl Evaluations {
                 ids.len()
             );
             corpora.push(Corpus {
-                spec: spec.clone(),
+                spec: spec.to_string(),
                 label,
                 ids,
             });
@@ -700,4 +724,50 @@ fn eval_ppl(
     out.eval_seconds = Some(secs);
     out.eval_tokens_per_second = Some(tokens as f64 / secs.max(1e-9));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resumed attempt's evaluation drops the finished parts by the keys they are kept under:
+    /// task names, and corpus labels (the whole spec where two corpora share a short label).
+    #[test]
+    fn finished_parts_leave_the_evaluation_by_their_keys() {
+        let eval = EvalSpec {
+            names: [
+                "rte",
+                "wikitext2",
+                "a/test.txt",
+                "hellaswag",
+                "b/test.txt",
+                "books/heldout.txt",
+                "rte",
+            ]
+            .map(String::from)
+            .to_vec(),
+            batch_size: 4,
+            max_windows: Some(8),
+            limit: Some(100),
+        };
+        let (tasks, corpora) = eval.parts();
+        assert_eq!(tasks, ["rte", "hellaswag"]);
+        let labels: Vec<&str> = corpora.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(labels, ["wikitext2", "a/test.txt", "b/test.txt", "heldout.txt"]);
+        let finished = ["rte", "heldout.txt", "a/test.txt", "wikitext2"].map(String::from);
+        let left = eval.without_parts(&finished);
+        assert_eq!(left.names, ["hellaswag", "b/test.txt"]);
+        assert_eq!((left.batch_size, left.max_windows, left.limit), (4, Some(8), Some(100)));
+        assert_eq!(
+            eval.without_parts(&[]).names,
+            [
+                "rte",
+                "hellaswag",
+                "wikitext2",
+                "a/test.txt",
+                "b/test.txt",
+                "books/heldout.txt"
+            ]
+        );
+    }
 }

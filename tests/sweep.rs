@@ -591,19 +591,35 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
         .flat_map(|k| stored[k].as_object().unwrap().keys().cloned())
         .collect();
     assert!((1..4).contains(&finished.len()), "{finished:?}");
-    let plan = success_text(
-        &repro()
-            .args(["run", killed.to_str().unwrap(), "--dry-run"])
-            .output()
-            .unwrap(),
-    );
+    assert_eq!(finished[0], "wikitext2", "perplexity runs first");
+    let dry_run = || {
+        success_text(
+            &repro()
+                .args(["run", killed.to_str().unwrap(), "--dry-run", "--verbose"])
+                .output()
+                .unwrap(),
+        )
+    };
+    let plan = dry_run();
     assert!(
         plan.contains(&format!(
-            "resumes: {} finished by an earlier attempt",
+            "resumes: {} finished by an earlier attempt (not in the time shown)",
             finished.join(", ")
         )),
         "{plan}"
     );
+    // What is left costs the pruning again and the missing parts only: less than the whole run.
+    let compute = |plan: &str| -> f64 {
+        let total = plan.lines().find(|l| l.contains("total: 1 run(s) to run")).unwrap();
+        let before = total.split(" GFLOP compute").next().unwrap();
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let aside = partial.with_extension("aside");
+    std::fs::rename(&partial, &aside).unwrap();
+    let whole = dry_run();
+    std::fs::rename(&aside, &partial).unwrap();
+    assert!(!whole.contains("resumes:"), "{whole}");
+    assert!(compute(&plan) < compute(&whole), "{plan}\n{whole}");
     let status = repro().arg("status").arg(&sb.out).output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(

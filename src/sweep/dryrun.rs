@@ -351,10 +351,18 @@ pub fn print_plan(
     let rows: Vec<Row> = selected
         .iter()
         .map(|p| {
+            let kept_parts = (p.id.is_ok() && !p.cached)
+                .then(|| crate::resume::finished_parts(&store.parts_path(p.id())))
+                .unwrap_or_default();
+            // A resumed attempt loads and prunes again but evaluates only the missing parts.
             let estimate = if p.cached || !opts.costs {
                 None
-            } else {
+            } else if kept_parts.is_empty() {
                 est.estimate(&p.run.spec)
+            } else {
+                let mut left = p.run.spec.clone();
+                left.eval = left.eval.without_parts(&kept_parts);
+                est.estimate(&left)
             };
             Row {
                 planned: p,
@@ -363,9 +371,7 @@ pub fn print_plan(
                 holder: (p.id.is_ok() && !p.cached)
                     .then(|| super::claim::holder(&store.dir, p.id()))
                     .flatten(),
-                kept_parts: (p.id.is_ok() && !p.cached)
-                    .then(|| crate::resume::finished_parts(&store.parts_path(p.id())))
-                    .unwrap_or_default(),
+                kept_parts,
             }
         })
         .collect();
@@ -552,7 +558,7 @@ fn print_runs(rows: &[Row], models: &BTreeMap<&str, &ModelPlan>, opts: DryRunOpt
         }
         if !r.kept_parts.is_empty() {
             println!(
-                "  {:>39}  resumes: {} finished by an earlier attempt (the time shown is the whole run's)",
+                "  {:>39}  resumes: {} finished by an earlier attempt (not in the time shown)",
                 "",
                 r.kept_parts.join(", ")
             );

@@ -240,7 +240,13 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
             }
         }
         if args.force && p.id.is_ok() {
-            store.drop_parts(p.id())?;
+            if let Err(e) = store.drop_parts(p.id()) {
+                say(format!(
+                    "warning: {} {}: {e:#}; parts it holds are still taken if measured on the same weights",
+                    p.id(),
+                    p.run.label
+                ));
+            }
         }
         let record = execute(hub, p, &store, &bar);
         if p.id.is_ok() && !claims.still_ours() {
@@ -285,8 +291,12 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
                 store.put_samples(&record)?;
             }
             store.put(&record)?;
+            // The record holds the parts now; a file left over is only stale, never read again
+            // unless the run is forced.
             if record.status == Status::Ok {
-                store.drop_parts(&record.id)?;
+                if let Err(e) = store.drop_parts(&record.id) {
+                    say(format!("warning: {} {}: {e:#}", record.id, record.label));
+                }
             }
         }
         claims.release()?;
