@@ -371,7 +371,7 @@ fn window_length(requested: Option<usize>, max_positions: i64) -> Result<usize> 
         None => Ok(max_positions as usize),
         Some(n) if n < 2 => bail!("--seqlen must be at least 2 (got {n})"),
         Some(n) if n as i64 > max_positions => {
-            bail!("--seqlen {n} is longer than the model's max_position_embeddings ({max_positions} in config.json); use at most {max_positions}")
+            bail!("seqlen {n} (--seqlen, or a sweep's `seqlen:`) is longer than the model's max_position_embeddings ({max_positions} in config.json); use at most {max_positions}")
         }
         Some(n) => Ok(n),
     }

@@ -138,7 +138,7 @@ fn impossible_settings_are_refused_up_front() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["eval", "--seqlen", "1000"],
-            "--seqlen 1000 is longer than the model's max_position_embeddings (128 in config.json)",
+            "seqlen 1000 (--seqlen, or a sweep's `seqlen:`) is longer than the model's max_position_embeddings (128 in config.json)",
         ),
         (
             vec!["eval", "--ppl", "arc_easy"],

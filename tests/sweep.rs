@@ -897,6 +897,58 @@ fn dry_run_names_each_problem_once() {
     assert!(!sb.out.exists(), "a dry run writes nothing");
 }
 
+/// A window longer than the model's positions fails every run of the model as it loads; the dry
+/// run names it as the model's problem with the fix, and `repro slurm` submits none of its runs
+/// rather than let each fail after its wait in the queue.
+#[test]
+fn a_window_longer_than_the_model_is_a_problem_before_anything_runs() {
+    let sb = Sandbox::new();
+    let cfg = sb.write("w.yaml", &BASE.replace("seqlen: 64", "seqlen: 200"));
+    let plan = success_text(
+        &repro()
+            .args(["run", cfg.to_str().unwrap(), "--dry-run"])
+            .output()
+            .unwrap(),
+    );
+    assert!(plan.contains("1 problem(s), 7 run(s) cannot run as planned"), "{plan}");
+    assert!(
+        plan.contains(
+            "seqlen 200 is longer than its max_position_embeddings (128 in config.json)\n      fix: set `seqlen:` to at most 128"
+        ),
+        "{plan}"
+    );
+    assert!(!plan.lines().any(|l| l.trim_start().starts_with("todo")), "{plan}");
+    let slurm = repro()
+        .args(["slurm", cfg.to_str().unwrap(), "--dry-run"])
+        .output()
+        .unwrap();
+    let text = common::output_text(&slurm);
+    assert!(slurm.status.success(), "{text}");
+    assert!(
+        text.contains("warning: 7 run(s) of `") && text.contains("are not submitted: seqlen 200 is longer"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 to submit") && text.contains("nothing to submit"),
+        "{text}"
+    );
+    // The window the model has is fine.
+    let fits = sb.write("f.yaml", &BASE.replace("seqlen: 64", "seqlen: 128"));
+    let plan = success_text(
+        &repro()
+            .args(["run", fits.to_str().unwrap(), "--dry-run"])
+            .output()
+            .unwrap(),
+    );
+    assert!(!plan.contains("problem(s)"), "{plan}");
+    assert_eq!(
+        plan.lines().filter(|l| l.trim_start().starts_with("todo")).count(),
+        7,
+        "{plan}"
+    );
+    assert!(!sb.out.exists(), "nothing ran");
+}
+
 /// Records are only trusted when they are what they claim, and a forced rerun that fails does
 /// not throw away a successful record.
 #[test]

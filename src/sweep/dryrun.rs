@@ -33,7 +33,8 @@ pub struct DryRunOptions {
     pub workers: usize,
 }
 
-/// Why a model cannot be had, in plain words, and what to do.
+/// Why a model's runs cannot run as planned (the model cannot be had, or does not suit the
+/// sweep), in plain words, and what to do.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Problem {
     pub cause: String,
@@ -181,12 +182,16 @@ struct ModelPlan {
     problem: Option<Problem>,
 }
 
-fn plan_model(hub: &Hub, model: &str, eval_names: &[String], count_tokens: bool) -> ModelPlan {
+fn plan_model(hub: &Hub, model: &str, seqlen: Option<usize>, eval_names: &[String], count_tokens: bool) -> ModelPlan {
     let config = model_config(hub, model);
-    let problem = config.as_ref().err().cloned();
     let shape = match &config {
         Ok(c) => ModelShape::from_config(c).map_err(|e| format!("{e:#}")),
         Err(_) => Err("unknown shape".into()),
+    };
+    let problem = match (&config, &shape) {
+        (Err(p), _) => Some(p.clone()),
+        (Ok(_), Ok(shape)) => window_beyond(shape, seqlen),
+        (Ok(_), Err(_)) => None,
     };
     let tokens = match (&config, &shape) {
         (Ok(c), Ok(_)) if count_tokens => {
@@ -197,6 +202,24 @@ fn plan_model(hub: &Hub, model: &str, eval_names: &[String], count_tokens: bool)
         _ => EvalTokens::default(),
     };
     ModelPlan { shape, tokens, problem }
+}
+
+/// A window longer than the model's positions: every run of the model would fail as it loads
+/// (see `crate::pipeline`), after its wait in a queue.
+fn window_beyond(shape: &ModelShape, seqlen: Option<usize>) -> Option<Problem> {
+    let max = shape.max_positions;
+    seqlen.filter(|&n| n as u64 > max).map(|n| Problem {
+        cause: format!("seqlen {n} is longer than its max_position_embeddings ({max} in config.json)"),
+        fix: format!("set `seqlen:` to at most {max}, or leave it out for {max} (the paper's choice)"),
+        detail: None,
+    })
+}
+
+/// Why `model`'s runs at window length `seqlen` cannot run, where its config.json is at hand and
+/// says so (a window longer than its positions); `repro slurm` submits none of them.
+pub fn window_problem(hub: &Hub, model: &str, seqlen: Option<usize>) -> Option<Problem> {
+    let shape = ModelShape::from_config(&model_config(hub, model).ok()?).ok()?;
+    window_beyond(&shape, seqlen)
 }
 
 /// Phase-by-phase ratios of measured to estimated seconds over the plan's finished runs, per
@@ -271,7 +294,7 @@ impl Estimator {
                     .flat_map(|q| q.run.spec.eval.names.clone())
                     .chain(calibrations)
                     .collect();
-                models.insert(m.clone(), plan_model(hub, m, &names, costs));
+                models.insert(m.clone(), plan_model(hub, m, p.run.spec.model.seqlen, &names, costs));
             }
         }
         // Every run of a sweep has the sweep's device and dtype (the default written out).
@@ -300,7 +323,7 @@ impl Estimator {
     }
 
     fn probe_estimate(&self, spec: &RunSpec) -> Option<Estimate> {
-        let plan = self.models.get(&spec.model.model)?;
+        let plan = self.models.get(&spec.model.model).filter(|m| m.problem.is_none())?;
         Some(for_run(spec, plan.shape.as_ref().ok()?, &plan.tokens, &self.target))
     }
 
@@ -310,11 +333,6 @@ impl Estimator {
         let mut e = self.probe_estimate(spec)?;
         e.seconds = e.seconds.map(|s| self.measured.correct(&spec.model.model, s));
         Some(e)
-    }
-
-    /// Why a model cannot run as planned, if it cannot.
-    pub fn problem(&self, model: &str) -> Option<&Problem> {
-        self.models.get(model)?.problem.as_ref()
     }
 }
 

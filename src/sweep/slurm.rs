@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::dryrun::Problem;
 use super::store::{Status, Store};
 use super::{check_same_sweep, claim, plan, PlanEntry, Planned};
 use crate::config::SweepConfig;
@@ -254,9 +255,18 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     // The runs still missing: no record (or a failed one, with --retry-failed), no live worker.
     let (mut failed, mut running, mut todo) = (0, 0, Vec::new());
     let mut unresolved: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut unsuited: BTreeMap<&str, (Option<Problem>, usize)> = BTreeMap::new();
     for p in planned.iter().filter(|p| !p.cached) {
         if let Err(e) = &p.id {
             *unresolved.entry(e).or_default() += 1;
+            continue;
+        }
+        let model = p.run.spec.model.model.as_str();
+        let (problem, blocked) = unsuited
+            .entry(model)
+            .or_insert_with(|| (super::dryrun::window_problem(hub, model, p.run.spec.model.seqlen), 0));
+        if problem.is_some() {
+            *blocked += 1;
             continue;
         }
         if store
@@ -275,6 +285,14 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     }
     for (why, n) in unresolved {
         eprintln!("warning: {n} run(s) cannot be identified, so they are not submitted: {why}");
+    }
+    for (model, (problem, n)) in unsuited {
+        if let Some(p) = problem {
+            eprintln!(
+                "warning: {n} run(s) of `{model}` are not submitted: {}; fix: {}",
+                p.cause, p.fix
+            );
+        }
     }
     let cached = planned.iter().filter(|p| p.cached).count();
     println!(
