@@ -17,6 +17,7 @@ use crate::prune::mask::{Group, Pattern};
 use crate::prune::metric::Params;
 use crate::prune::registry::method_names;
 use crate::prune::{Method, MethodOptions};
+use crate::report::Metric;
 use std::collections::BTreeMap;
 
 /// A whole sweep file.
@@ -389,6 +390,39 @@ impl From<DtypeName> for String {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(try_from = "String", into = "String")]
 pub struct TaskName(pub String);
+
+impl Evaluation {
+    /// Why no run of the sweep can have `metric`, if none can: a report cell for a corpus or task
+    /// the sweep does not evaluate would stay empty, found out only when the sweep has finished.
+    fn never_measures(&self, metric: &Metric) -> Option<String> {
+        let tasks: Vec<&str> = self.tasks.iter().map(|t| t.0.as_str()).collect();
+        match metric {
+            Metric::Ppl(corpus) => {
+                let labels = crate::data::ppl_labels(&self.ppl);
+                (!labels.contains(corpus)).then(|| match labels.as_slice() {
+                    [] => format!("`evaluation.ppl` is empty; add `{corpus}` to it"),
+                    l => format!(
+                        "`evaluation.ppl` measures {} only; add `{corpus}` to it, or show ppl:{}",
+                        l.join(", "),
+                        l[0]
+                    ),
+                })
+            }
+            Metric::Acc(task) => (!tasks.contains(&task.as_str())).then(|| match tasks.as_slice() {
+                [] => format!("`evaluation.tasks` is empty; add `{task}` to it"),
+                t => format!(
+                    "`evaluation.tasks` runs {} only; add `{task}` to it, or show acc:{}",
+                    t.join(", "),
+                    t[0]
+                ),
+            }),
+            Metric::ZeroShotMean => tasks
+                .is_empty()
+                .then(|| "`evaluation.tasks` is empty, so there is no mean accuracy; add the tasks to it".to_string()),
+            Metric::Seconds(_) => None,
+        }
+    }
+}
 
 impl TryFrom<String> for TaskName {
     type Error = String;
@@ -868,6 +902,18 @@ impl SweepConfig {
                 }
             })
             .collect::<Result<_>>()?;
+        for a in &artefacts {
+            for m in a.metrics() {
+                if let Some(why) = self.evaluation.never_measures(m) {
+                    let shown = String::from(m.clone());
+                    bail!(
+                        "{}: report `{}` shows `{shown}`, but {why}",
+                        config_path.display(),
+                        a.name
+                    );
+                }
+            }
+        }
         // Names are file names in report/: two alike would overwrite each other.
         for (i, a) in artefacts.iter().enumerate() {
             if artefacts[..i].iter().any(|b| b.name == a.name) {

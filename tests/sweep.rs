@@ -136,6 +136,58 @@ fn config_errors_name_file_line_column_and_allowed_values() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`r` lists 2 paper values for 1 places"), "{e}");
+    // A cell no run can fill (a corpus or task the sweep does not evaluate) is refused up front,
+    // not found empty when the sweep has finished; a table column's own metric counts, and a
+    // chart shows the artefact's.
+    let artefacts_of = |report: String| {
+        parse(&format!("{BASE}report:\n{report}"))
+            .unwrap()
+            .artefacts(Path::new("configs/t.yaml"))
+            .map(|a| a.len())
+            .map_err(|e| e.to_string())
+    };
+    let e = artefacts_of(table("p").replace("ppl:wikitext2", "ppl:c4")).unwrap_err();
+    assert!(
+        e.contains(
+            "configs/t.yaml: report `p` shows `ppl:c4`, but `evaluation.ppl` measures wikitext2 only; add `c4` to it"
+        ),
+        "{e}"
+    );
+    let per_task = table("z").replace("columns: [{label: c}]", "columns: [{label: c, metric: \"acc:rte\"}]");
+    let e = artefacts_of(per_task.clone()).unwrap_err();
+    assert!(
+        e.contains("report `z` shows `acc:rte`, but `evaluation.tasks` is empty; add `rte` to it"),
+        "{e}"
+    );
+    let e = artefacts_of(
+        chart
+            .trim_start_matches("report:\n")
+            .replace("\"ppl:wikitext2\"", "zero_shot_mean")
+            .replace("series:", "x: {field: sparsity, values: [0.5], label: s}, series:"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("shows `zero_shot_mean`, but `evaluation.tasks` is empty"),
+        "{e}"
+    );
+    let with_tasks = |report: String| {
+        parse(&format!(
+            "{}report:\n{report}",
+            BASE.replace("max_windows: 4}", "max_windows: 4, tasks: [rte, boolq]}")
+        ))
+        .unwrap()
+        .artefacts(Path::new("configs/t.yaml"))
+        .map(|a| a.len())
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(with_tasks(per_task.clone()), Ok(1));
+    // The artefact's own metric is not shown when every column has its own.
+    assert_eq!(with_tasks(per_task.replace("ppl:wikitext2", "ppl:c4")), Ok(1));
+    let e = with_tasks(per_task.replace("acc:rte", "acc:hellaswag")).unwrap_err();
+    assert!(
+        e.contains("`evaluation.tasks` runs rte, boolq only; add `hellaswag` to it, or show acc:rte"),
+        "{e}"
+    );
 }
 
 #[test]

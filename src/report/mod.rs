@@ -259,6 +259,23 @@ impl Artefact {
         self.rows.iter().chain(&self.columns).chain(&self.series)
     }
 
+    /// The metrics its cells show: a table column's own or the artefact's; a chart's is the
+    /// artefact's.
+    pub fn metrics(&self) -> Vec<&Metric> {
+        let mut out: Vec<&Metric> = Vec::new();
+        if self.kind == ArtefactKind::Table {
+            for m in self.columns.iter().map(|c| c.metric.as_ref().unwrap_or(&self.metric)) {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push(&self.metric);
+        }
+        out
+    }
+
     /// Labels of rows, columns and series whose selector and metric match no successful record:
     /// a misspelt model, method or corpus name renders as empty cells otherwise.
     fn unmatched_slots(&self, records: &[Record]) -> Vec<String> {
