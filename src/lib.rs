@@ -23,3 +23,16 @@ pub mod scratch;
 pub mod sweep;
 pub mod threads;
 pub mod tokenizer;
+
+/// An error's chain on one line, each cause once: libraries often repeat their source's message
+/// in their own, which `{:#}` would print again after it.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}

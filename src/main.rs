@@ -8,7 +8,7 @@ fn main() -> std::process::ExitCode {
     match repro::scratch::remove_on_interrupt().and_then(|()| repro::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", repro::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -43,19 +43,6 @@ pub struct Problem {
     pub detail: Option<String>,
 }
 
-/// An error's chain on one line, each cause once: libraries often repeat their source's message
-/// in their own, which `{:#}` would print again after it.
-pub fn error_chain(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-    }
-    parts.join(": ")
-}
-
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
 }
@@ -76,7 +63,7 @@ pub fn model_config(hub: &Hub, model: &str) -> Result<Value, Problem> {
         true => Problem {
             cause: "no config.json".into(),
             fix: "point it to a Hugging Face checkpoint directory".into(),
-            detail: Some(error_chain(&e)),
+            detail: Some(crate::error_chain(&e)),
         },
         false => classify(model, &e),
     })?;
@@ -144,7 +131,7 @@ fn hub_answer(e: &anyhow::Error) -> Option<(u16, String)> {
 
 /// A failed download of config.json in plain words: no network, no such repo, a gated repo.
 fn classify(model: &str, e: &anyhow::Error) -> Problem {
-    let detail = Some(error_chain(e));
+    let detail = Some(crate::error_chain(e));
     let problem = |cause: &str, fix: String| Problem {
         cause: cause.into(),
         fix,
@@ -822,7 +809,7 @@ mod tests {
             .context("https://hub/x: Dns Failed: no such host")
             .context("asking the hub for model `m`");
         assert_eq!(
-            error_chain(&e),
+            crate::error_chain(&e),
             "asking the hub for model `m`: https://hub/x: Dns Failed: no such host"
         );
     }

@@ -144,7 +144,7 @@ impl Fingerprinter {
                 };
                 anyhow::bail!(
                     "{what} `{id}` is neither a local directory, in the hub mirror, nor in the Hugging Face cache, and its hub revision is unknown ({}); {fix}",
-                    super::dryrun::error_chain(&e)
+                    crate::error_chain(&e)
                 )
             }
         }

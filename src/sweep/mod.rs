@@ -87,7 +87,7 @@ pub fn plan(cfg: &SweepConfig, hub: &Hub, store: &Store, force: bool, dry_run: b
         let id = fp
             .run(hub, &run.spec)
             .map(|(m, d)| (run_id(&run.spec, &m, &d), m, d))
-            .map_err(|e| dryrun::error_chain(&e));
+            .map_err(|e| crate::error_chain(&e));
         out.push(Planned { run, id, cached: false });
     }
     if store.dir.is_dir() && !dry_run {
@@ -404,7 +404,7 @@ fn execute(hub: &Hub, p: &Planned, store: &Store, bar: &ProgressBar) -> Record {
     };
     let (status, error, result) = match outcome {
         Ok(out) => (Status::Ok, None, out),
-        Err(e) => (Status::Failed, Some(format!("{e:#}")), Default::default()),
+        Err(e) => (Status::Failed, Some(crate::error_chain(&e)), Default::default()),
     };
     Record {
         schema: RECORD_SCHEMA,
