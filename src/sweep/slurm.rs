@@ -30,7 +30,7 @@ pub struct SlurmArgs {
     pub qos: Option<String>,
     /// Time limit per task (SLURM's format, e.g. 4:00:00) for tasks whose runs have no finished
     /// run of the same model and method to estimate from.
-    #[arg(long)]
+    #[arg(long, value_parser = slurm_time)]
     pub time: Option<String>,
     /// GPUs per task (default: 1 when the sweep's device is CUDA, none on CPU).
     #[arg(long)]
@@ -38,7 +38,7 @@ pub struct SlurmArgs {
     #[arg(long)]
     pub cpus_per_task: Option<u32>,
     /// Host memory per task (SLURM's format, e.g. 64G); default: estimated from the model (see README).
-    #[arg(long)]
+    #[arg(long, value_parser = slurm_memory)]
     pub mem: Option<String>,
     /// At most K tasks of each array at once (the array's `%K`).
     #[arg(long)]
@@ -163,6 +163,45 @@ fn request(
 }
 
 /// Seconds as SLURM's `D-HH:MM:SS`, rounded up to the minute.
+/// `--time` as sbatch reads it: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+/// days-hours:minutes, days-hours:minutes:seconds, or UNLIMITED. Checked here, since sbatch would
+/// refuse it only at submission, after the scripts are written.
+fn slurm_time(text: &str) -> Result<String, String> {
+    let numbers = |part: &str, most: usize| {
+        let fields: Vec<&str> = part.split(':').collect();
+        fields.len() <= most
+            && fields
+                .iter()
+                .all(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let valid = match text.split_once('-') {
+        _ if ["unlimited", "infinite"].contains(&text.to_ascii_lowercase().as_str()) => true,
+        Some((days, rest)) => numbers(days, 1) && numbers(rest, 3),
+        None => numbers(text, 3),
+    };
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not a SLURM time limit: use minutes, hours:minutes:seconds or days-hours[:minutes[:seconds]], e.g. 90, 4:00:00 or 1-12"
+        ))
+    }
+}
+
+/// `--mem` as sbatch reads it: a whole number, in megabytes unless it ends in K, M, G or T.
+fn slurm_memory(text: &str) -> Result<String, String> {
+    let digits = text
+        .strip_suffix(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't'])
+        .unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not a SLURM memory size: a whole number with K, M, G or T (megabytes without), e.g. 64G or 500M"
+        ))
+    }
+}
+
 fn slurm_duration(seconds: f64) -> String {
     let m = (seconds / 60.0).ceil() as u64;
     format!("{}-{:02}:{:02}:00", m / 1440, m / 60 % 24, m % 60)
@@ -544,6 +583,38 @@ fn submit(sbatch: &Path, extra: &[String], script: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// sbatch's time and memory formats pass as written; anything else is refused with the format.
+    #[test]
+    fn time_and_memory_take_slurm_formats_only() {
+        for ok in [
+            "90",
+            "30:00",
+            "4:00:00",
+            "1-12",
+            "2-04:30",
+            "0-00:10:00",
+            "UNLIMITED",
+            "infinite",
+        ] {
+            assert_eq!(slurm_time(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "99x", "4h", "1:2:3:4", "1-2-3", "-5", "1-", "4:00:", "1.5"] {
+            let e = slurm_time(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}` is not a SLURM time limit")), "{e}");
+        }
+        for ok in ["64G", "500M", "2048", "1t", "0"] {
+            assert_eq!(slurm_memory(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "G", "64GB", "1.5G", "-1G", "64 G"] {
+            assert!(
+                slurm_memory(bad).unwrap_err().contains("is not a SLURM memory size"),
+                "{bad}"
+            );
+        }
+        // slurm_duration writes what --time reads.
+        assert!(slurm_time(&slurm_duration(100_000.0)).is_ok());
+    }
 
     /// The resource rule on a 1 G-parameter model: f32 on CPU, streamed, and f16 on CUDA.
     #[test]
