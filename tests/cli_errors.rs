@@ -525,3 +525,30 @@ fn non_finite_weights_are_refused_at_load() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Output cut short by its reader (`repro ... | head`) ends the program quietly, as SIGPIPE ends
+/// any Unix tool, rather than panicking on the next line with a backtrace.
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let model = fixtures().join("models/llama-tiny-random");
+    let mut child = repro()
+        .args([
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--ppl",
+            "wikitext2",
+            "--max-windows",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
+}
