@@ -1001,6 +1001,38 @@ fn a_window_longer_than_the_model_is_a_problem_before_anything_runs() {
     assert!(!sb.out.exists(), "nothing ran");
 }
 
+/// Report rows and columns that no run of the sweep fills are named before anything runs (dry
+/// run, run and slurm), not found as empty cells when the sweep has finished.
+#[test]
+fn report_slots_no_run_fills_are_named_up_front() {
+    let sb = Sandbox::new();
+    let report = "report:\n  - {name: r, title: t, kind: table, metric: \"ppl:wikitext2\", rows: [{label: Wanda, where: {method: wanda}}, {label: Wandaa, where: {method: wandaa}}], columns: [{label: tiny, where: {model: MODEL}}, {label: big, where: {model: org/big}}]}\n";
+    let cfg = sb.write("r.yaml", &format!("{BASE}{report}"));
+    let warning = "warning: report `r`: `Wandaa`, `big` match(es) no run of this sweep and will stay empty";
+    for args in [["run", "--dry-run"], ["slurm", "--dry-run"]] {
+        let out = repro()
+            .args([args[0], cfg.to_str().unwrap(), args[1]])
+            .output()
+            .unwrap();
+        let text = common::output_text(&out);
+        assert!(out.status.success() && text.contains(warning), "{args:?}: {text}");
+    }
+    let fine = sb.write(
+        "f.yaml",
+        &format!(
+            "{BASE}{}",
+            report.replace("wandaa", "sparsegpt").replace("org/big", "MODEL")
+        ),
+    );
+    let text = common::output_text(
+        &repro()
+            .args(["run", fine.to_str().unwrap(), "--dry-run"])
+            .output()
+            .unwrap(),
+    );
+    assert!(!text.contains("warning: report"), "{text}");
+}
+
 /// Records are only trusted when they are what they claim, and a forced rerun that fails does
 /// not throw away a successful record.
 #[test]

@@ -276,6 +276,15 @@ impl Artefact {
         out
     }
 
+    /// Labels of rows, columns and series whose selector matches none of `runs` (each run's
+    /// settings and method label): cells a sweep will leave empty, said before it runs.
+    pub fn unplanned_slots(&self, runs: &[(&RunSpec, &str)]) -> Vec<String> {
+        self.slots()
+            .filter(|slot| !runs.iter().any(|(spec, label)| slot.select.matches(spec, label)))
+            .map(|slot| slot.label.joined())
+            .collect()
+    }
+
     /// Labels of rows, columns and series whose selector and metric match no successful record:
     /// a misspelt model, method or corpus name renders as empty cells otherwise.
     fn unmatched_slots(&self, records: &[Record]) -> Vec<String> {

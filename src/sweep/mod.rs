@@ -19,7 +19,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cli::RunArgs;
-use crate::config::{PlannedRun, SweepConfig};
+use crate::config::{PlannedRun, RunSpec, SweepConfig};
 use crate::hub::Hub;
 use crate::pipeline::{run_job, Observer};
 use crate::report::Artefact;
@@ -135,6 +135,26 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// Warns, before anything runs, of report rows, columns and series that no run of the sweep
+/// fills (a model or method the sweep does not run, or a misspelt name), rather than only when
+/// the report comes out with empty cells.
+pub(crate) fn warn_unplanned_slots(artefacts: &[Artefact], planned: &[Planned]) {
+    let runs: Vec<(&RunSpec, &str)> = planned
+        .iter()
+        .map(|p| (&p.run.spec, p.run.method_label.as_str()))
+        .collect();
+    for a in artefacts {
+        let empty = a.unplanned_slots(&runs);
+        if !empty.is_empty() {
+            eprintln!(
+                "warning: report `{}`: {} match(es) no run of this sweep and will stay empty (not in `models` or `methods`, excluded, or misspelt)",
+                a.name,
+                empty.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+}
+
 pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
     let mut cfg = SweepConfig::load(&args.config)?;
     if let Some(out) = &args.output {
@@ -160,6 +180,7 @@ pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
             args.config.display()
         );
     }
+    warn_unplanned_slots(&artefacts, &planned);
     let selected = match (&args.plan, args.task_index) {
         (Some(frozen), Some(task)) => slurm::task_runs(frozen, task, &planned)?,
         _ => select(&planned, args.only.as_deref())?,

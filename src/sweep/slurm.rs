@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::dryrun::Problem;
 use super::store::{Status, Store};
-use super::{check_same_sweep, claim, plan, PlanEntry, Planned};
+use super::{check_same_sweep, claim, plan, warn_unplanned_slots, PlanEntry, Planned};
 use crate::config::SweepConfig;
 use crate::hub::Hub;
 
@@ -269,7 +269,7 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     if let Some(out) = &args.output {
         cfg.output = out.clone();
     }
-    cfg.artefacts(&args.config)?;
+    let artefacts = cfg.artefacts(&args.config)?;
     if cfg.output.as_os_str().is_empty() {
         bail!(
             "{}: `output` is empty: name the directory for the sweep's records and report",
@@ -290,6 +290,7 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     check_same_sweep(&cfg, &args.config)?;
     let store = Store::open(&output);
     let planned = plan(&cfg, hub, &store, false, args.dry_run)?;
+    warn_unplanned_slots(&artefacts, &planned);
 
     // The runs still missing: no record (or a failed one, with --retry-failed), no live worker.
     let (mut failed, mut running, mut todo) = (0, 0, Vec::new());
