@@ -21,6 +21,17 @@ seqlen: 64
 evaluation: {ppl: [wikitext2], max_windows: 4}
 ";
 
+/// The stdout then stderr of `repro COMMAND CONFIG --dry-run EXTRA...`, which must succeed.
+fn dry_run(command: &str, config: &Path, extra: &[&str]) -> String {
+    success_text(
+        &repro()
+            .args([command, config.to_str().unwrap(), "--dry-run"])
+            .args(extra)
+            .output()
+            .unwrap(),
+    )
+}
+
 fn parse(text: &str) -> anyhow::Result<SweepConfig> {
     SweepConfig::parse(text, Path::new("configs/t.yaml"))
 }
@@ -644,15 +655,7 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
         .collect();
     assert!((1..4).contains(&finished.len()), "{finished:?}");
     assert_eq!(finished[0], "wikitext2", "perplexity runs first");
-    let dry_run = || {
-        success_text(
-            &repro()
-                .args(["run", killed.to_str().unwrap(), "--dry-run", "--verbose"])
-                .output()
-                .unwrap(),
-        )
-    };
-    let plan = dry_run();
+    let plan = dry_run("run", &killed, &["--verbose"]);
     assert!(
         plan.contains(&format!(
             "resumes: {} finished by an earlier attempt (not in the time shown)",
@@ -668,7 +671,7 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
     };
     let aside = partial.with_extension("aside");
     std::fs::rename(&partial, &aside).unwrap();
-    let whole = dry_run();
+    let whole = dry_run("run", &killed, &["--verbose"]);
     std::fs::rename(&aside, &partial).unwrap();
     assert!(!whole.contains("resumes:"), "{whole}");
     assert!(compute(&plan) < compute(&whole), "{plan}\n{whole}");
@@ -956,12 +959,7 @@ fn dry_run_names_each_problem_once() {
 fn a_window_longer_than_the_model_is_a_problem_before_anything_runs() {
     let sb = Sandbox::new();
     let cfg = sb.write("w.yaml", &BASE.replace("seqlen: 64", "seqlen: 200"));
-    let plan = success_text(
-        &repro()
-            .args(["run", cfg.to_str().unwrap(), "--dry-run"])
-            .output()
-            .unwrap(),
-    );
+    let plan = dry_run("run", &cfg, &[]);
     assert!(plan.contains("1 problem(s), 7 run(s) cannot run as planned"), "{plan}");
     assert!(
         plan.contains(
@@ -970,12 +968,7 @@ fn a_window_longer_than_the_model_is_a_problem_before_anything_runs() {
         "{plan}"
     );
     assert!(!plan.lines().any(|l| l.trim_start().starts_with("todo")), "{plan}");
-    let slurm = repro()
-        .args(["slurm", cfg.to_str().unwrap(), "--dry-run"])
-        .output()
-        .unwrap();
-    let text = common::output_text(&slurm);
-    assert!(slurm.status.success(), "{text}");
+    let text = dry_run("slurm", &cfg, &[]);
     assert!(
         text.contains("warning: 7 run(s) of `") && text.contains("are not submitted: seqlen 200 is longer"),
         "{text}"
@@ -986,12 +979,7 @@ fn a_window_longer_than_the_model_is_a_problem_before_anything_runs() {
     );
     // The window the model has is fine.
     let fits = sb.write("f.yaml", &BASE.replace("seqlen: 64", "seqlen: 128"));
-    let plan = success_text(
-        &repro()
-            .args(["run", fits.to_str().unwrap(), "--dry-run"])
-            .output()
-            .unwrap(),
-    );
+    let plan = dry_run("run", &fits, &[]);
     assert!(!plan.contains("problem(s)"), "{plan}");
     assert_eq!(
         plan.lines().filter(|l| l.trim_start().starts_with("todo")).count(),
@@ -1009,13 +997,9 @@ fn report_slots_no_run_fills_are_named_up_front() {
     let report = "report:\n  - {name: r, title: t, kind: table, metric: \"ppl:wikitext2\", rows: [{label: Wanda, where: {method: wanda}}, {label: Wandaa, where: {method: wandaa}}], columns: [{label: tiny, where: {model: MODEL}}, {label: big, where: {model: org/big}}]}\n";
     let cfg = sb.write("r.yaml", &format!("{BASE}{report}"));
     let warning = "warning: report `r`: `Wandaa`, `big` match(es) no run of this sweep and will stay empty";
-    for args in [["run", "--dry-run"], ["slurm", "--dry-run"]] {
-        let out = repro()
-            .args([args[0], cfg.to_str().unwrap(), args[1]])
-            .output()
-            .unwrap();
-        let text = common::output_text(&out);
-        assert!(out.status.success() && text.contains(warning), "{args:?}: {text}");
+    for command in ["run", "slurm"] {
+        let text = dry_run(command, &cfg, &[]);
+        assert!(text.contains(warning), "{command}: {text}");
     }
     let fine = sb.write(
         "f.yaml",
@@ -1024,12 +1008,7 @@ fn report_slots_no_run_fills_are_named_up_front() {
             report.replace("wandaa", "sparsegpt").replace("org/big", "MODEL")
         ),
     );
-    let text = common::output_text(
-        &repro()
-            .args(["run", fine.to_str().unwrap(), "--dry-run"])
-            .output()
-            .unwrap(),
-    );
+    let text = dry_run("run", &fine, &[]);
     assert!(!text.contains("warning: report"), "{text}");
 }
 
