@@ -345,6 +345,7 @@ pub fn run_job(
         out.sparse_kernel_layers = Some(crate::kernels::use_sparse_kernels(loaded.model.as_mut())?);
     }
     let evaluated = evaluations.run(&loaded, eval, seqlen, obs, &mut parts, &mut out);
+    out.warnings.extend(parts.unkept().map(str::to_string));
     out.resumed = parts.resumed().to_vec();
     out.resumed_seconds = (!out.resumed.is_empty()).then(|| parts.resumed_seconds());
     if let Some(dir) = save {

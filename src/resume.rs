@@ -55,6 +55,8 @@ pub struct Parts {
     /// seconds they took then.
     resumed: Vec<String>,
     resumed_seconds: f64,
+    /// Why parts could not be kept (the first failure): the run goes on without the safety copy.
+    unkept: Option<String>,
 }
 
 impl Parts {
@@ -64,6 +66,7 @@ impl Parts {
             stored: Stored::default(),
             resumed: Vec::new(),
             resumed_seconds: 0.0,
+            unkept: None,
         }
     }
 
@@ -109,6 +112,7 @@ impl Parts {
             stored,
             resumed: Vec::new(),
             resumed_seconds: 0.0,
+            unkept: None,
         };
         (parts, warning)
     }
@@ -125,7 +129,9 @@ impl Parts {
     }
 
     /// Part `name` of the kind `kept` picks: taken when an earlier attempt kept it, else
-    /// evaluated and, with a file, written there before anything else runs.
+    /// evaluated and, with a file, written there before anything else runs. A file that cannot
+    /// be written (a full disk, a quota) costs only the safety copy, never the part: the run goes
+    /// on, and [`Parts::unkept`] says why.
     fn part<P: Clone + Serialize>(
         &mut self,
         name: &str,
@@ -141,9 +147,25 @@ impl Parts {
         let part = evaluate()?;
         if let Some(path) = &self.path {
             kept(&mut self.stored).insert(name.to_string(), part.clone());
-            crate::sweep::store::write_atomic(path, &serde_json::to_vec(&self.stored)?)?;
+            let written = serde_json::to_vec(&self.stored)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| crate::sweep::store::write_atomic(path, &bytes));
+            if let (Err(e), None) = (written, &self.unkept) {
+                let why = format!(
+                    "{}: cannot keep the finished parts ({}); the run goes on, but a stopped attempt would evaluate them again",
+                    path.display(),
+                    crate::error_chain(&e)
+                );
+                eprintln!("warning: {why}");
+                self.unkept = Some(why);
+            }
         }
         Ok((part, false))
+    }
+
+    /// Why the finished parts could not be kept, if they could not.
+    pub fn unkept(&self) -> Option<&str> {
+        self.unkept.as_deref()
     }
 
     /// The parts taken from an earlier attempt.
@@ -237,6 +259,28 @@ mod tests {
         std::fs::write(&path, "{truncated").unwrap();
         let (_, warning) = Parts::open(path, "w1".into());
         assert!(warning.unwrap().contains("not a run's finished parts"));
+    }
+
+    /// A parts file that cannot be written loses the safety copy only: every part is still
+    /// returned, and one warning says why.
+    #[test]
+    fn a_file_that_cannot_be_written_costs_only_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("partial");
+        std::fs::write(&blocker, "a file where the directory should be").unwrap();
+        let path = blocker.join("abc.json");
+        let (mut parts, warning) = Parts::open(path.clone(), "w1".into());
+        assert!(warning.is_none());
+        let (p, earlier) = parts.ppl("wikitext2", || Ok(part(1.5))).unwrap();
+        assert!(!earlier && p.ppl == 12.345678901234567);
+        let why = parts.unkept().unwrap().to_string();
+        assert!(
+            why.starts_with(&path.display().to_string()) && why.contains("cannot keep"),
+            "{why}"
+        );
+        assert!(!parts.ppl("c4", || Ok(part(2.0))).unwrap().1);
+        assert_eq!(parts.unkept(), Some(why.as_str()), "the first failure is the one kept");
+        assert!(Parts::not_kept().unkept().is_none());
     }
 
     /// The digest sees one changed weight, and does not depend on where the blocks live.
