@@ -743,6 +743,14 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
         "{redone}"
     );
     assert_eq!(measured(&redone), measured(&uninterrupted));
+    // `repro status` shows the warning under its run, so it is not lost among the logs.
+    let status = success_text(&repro().arg("status").arg(&sb.out).output().unwrap());
+    assert!(
+        status.contains("1 done, 0 running, 0 failed, 0 pending; 1 with warnings"),
+        "{status}"
+    );
+    let warning_line = status.lines().find(|l| l.contains("warning:")).unwrap_or_default();
+    assert!(warning_line.contains("measured on other weights"), "{status}");
 }
 
 /// `evaluation.samples` writes each run's per-document zero-shot outcomes beside its record, the

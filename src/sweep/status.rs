@@ -39,6 +39,11 @@ struct RunState {
     /// which the next attempt does not redo.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     finished_parts: Vec<String>,
+    /// What the run warned of (a variant short of its target, resumed parts set aside, a saved
+    /// checkpoint holding other zeros, ...): printed once into a task's log, kept in the record,
+    /// and shown here so that a sweep's warnings are not lost among its logs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +54,8 @@ struct Summary {
     failed: usize,
     running: usize,
     pending: usize,
+    /// Runs whose record holds warnings.
+    warned: usize,
     /// Mean seconds of the finished runs x (running + pending) / running workers (at least 1).
     eta_seconds: Option<f64>,
     runs: Vec<RunState>,
@@ -66,14 +73,18 @@ pub fn status(args: &StatusArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "sweep `{}` in {}: {} runs: {} done, {} running, {} failed, {} pending",
+        "sweep `{}` in {}: {} runs: {} done, {} running, {} failed, {} pending{}",
         summary.sweep,
         summary.run_dir,
         summary.runs.len(),
         summary.done,
         summary.running,
         summary.failed,
-        summary.pending
+        summary.pending,
+        match summary.warned {
+            0 => String::new(),
+            n => format!("; {n} with warnings"),
+        }
     );
     for r in &summary.runs {
         let detail = match r.state {
@@ -95,6 +106,9 @@ pub fn status(args: &StatusArgs) -> Result<()> {
             parts => format!(" (finished: {})", parts.join(", ")),
         };
         println!("  {:<8} {:<16} {}  {detail}{parts}", r.state, r.id, r.label);
+        for w in &r.warnings {
+            println!("  {:<8} {:<16} warning: {w}", "", "");
+        }
     }
     match summary.eta_seconds {
         Some(eta) => println!(
@@ -129,6 +143,7 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
             heartbeat_seconds_ago: None,
             stale_claim: None,
             finished_parts: Vec::new(),
+            warnings: record.as_ref().map(|r| r.result.warnings.clone()).unwrap_or_default(),
         };
         // A live claim wins over a record: the run is being redone (forced, or retried).
         if let Some(c) = live {
@@ -151,6 +166,7 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
     }
     let count = |s: &str| runs.iter().filter(|r| r.state == s).count();
     let (done, failed, running, pending) = (count("done"), count("failed"), count("running"), count("pending"));
+    let warned = runs.iter().filter(|r| !r.warnings.is_empty()).count();
     let finished: Vec<f64> = runs
         .iter()
         .filter(|r| matches!(r.state, "done" | "failed"))
@@ -166,6 +182,7 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
         failed,
         running,
         pending,
+        warned,
         eta_seconds,
         runs,
     })
