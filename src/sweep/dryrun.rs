@@ -192,21 +192,14 @@ fn plan_model(hub: &Hub, model: &str, seqlen: Option<usize>, eval_names: &[Strin
 }
 
 /// A window longer than the model's positions: every run of the model would fail as it loads
-/// (see `crate::pipeline`), after its wait in a queue.
-fn window_beyond(shape: &ModelShape, seqlen: Option<usize>) -> Option<Problem> {
+/// (see `crate::pipeline`), after its wait in a queue; `repro slurm` submits none of them.
+pub fn window_beyond(shape: &ModelShape, seqlen: Option<usize>) -> Option<Problem> {
     let max = shape.max_positions;
     seqlen.filter(|&n| n as u64 > max).map(|n| Problem {
         cause: format!("seqlen {n} is longer than its max_position_embeddings ({max} in config.json)"),
         fix: format!("set `seqlen:` to at most {max}, or leave it out for {max} (the paper's choice)"),
         detail: None,
     })
-}
-
-/// Why `model`'s runs at window length `seqlen` cannot run, where its config.json is at hand and
-/// says so (a window longer than its positions); `repro slurm` submits none of them.
-pub fn window_problem(hub: &Hub, model: &str, seqlen: Option<usize>) -> Option<Problem> {
-    let shape = ModelShape::from_config(&model_config(hub, model).ok()?).ok()?;
-    window_beyond(&shape, seqlen)
 }
 
 /// Phase-by-phase ratios of measured to estimated seconds over the plan's finished runs, per

@@ -8,11 +8,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::dryrun::Problem;
+use super::dryrun::{window_beyond, Problem};
 use super::store::{Status, Store};
 use super::{check_same_sweep, claim, plan, warn_unplanned_slots, PlanEntry, Planned};
 use crate::config::SweepConfig;
 use crate::hub::Hub;
+use crate::model::shape::ModelShape;
 
 #[derive(clap::Args)]
 pub struct SlurmArgs {
@@ -162,7 +163,6 @@ fn request(
     }
 }
 
-/// Seconds as SLURM's `D-HH:MM:SS`, rounded up to the minute.
 /// `--time` as sbatch reads it: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
 /// days-hours:minutes, days-hours:minutes:seconds, or UNLIMITED. Checked here, since sbatch would
 /// refuse it only at submission, after the scripts are written.
@@ -202,18 +202,16 @@ fn slurm_memory(text: &str) -> Result<String, String> {
     }
 }
 
+/// Seconds as SLURM's `D-HH:MM:SS`, rounded up to the minute.
 fn slurm_duration(seconds: f64) -> String {
     let m = (seconds / 60.0).ceil() as u64;
     format!("{}-{:02}:{:02}:00", m / 1440, m / 60 % 24, m % 60)
 }
 
-/// A model's parameter count from its config.json (the dry run's model shapes), wherever the hub
-/// finds it: a local directory, the mirror, the HF cache, or config.json fetched alone.
-fn parameter_count(hub: &Hub, model: &str) -> Option<u64> {
-    let config = super::dryrun::model_config(hub, model).ok()?;
-    crate::model::shape::ModelShape::from_config(&config)
-        .ok()
-        .map(|shape| shape.params())
+/// A model's shape from its config.json (as the dry run reads it), wherever the hub finds it: a
+/// local directory, the mirror, the HF cache, or config.json fetched alone.
+fn model_shape(hub: &Hub, model: &str) -> Option<ModelShape> {
+    ModelShape::from_config(&super::dryrun::model_config(hub, model).ok()?).ok()
 }
 
 /// `'text'` for the shell.
@@ -295,18 +293,18 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     // The runs still missing: no record (or a failed one, with --retry-failed), no live worker.
     let (mut failed, mut running, mut todo) = (0, 0, Vec::new());
     let mut unresolved: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut unsuited: BTreeMap<&str, (Option<Problem>, usize)> = BTreeMap::new();
+    // Each model's config.json read once: its window checked here, its size sizes the requests.
+    let mut shapes: BTreeMap<&str, Option<ModelShape>> = BTreeMap::new();
+    let mut unsuited: BTreeMap<&str, (Problem, usize)> = BTreeMap::new();
     for p in planned.iter().filter(|p| !p.cached) {
         if let Err(e) = &p.id {
             *unresolved.entry(e).or_default() += 1;
             continue;
         }
         let model = p.run.spec.model.model.as_str();
-        let (problem, blocked) = unsuited
-            .entry(model)
-            .or_insert_with(|| (super::dryrun::window_problem(hub, model, p.run.spec.model.seqlen), 0));
-        if problem.is_some() {
-            *blocked += 1;
+        let shape = shapes.entry(model).or_insert_with(|| model_shape(hub, model));
+        if let Some(problem) = shape.as_ref().and_then(|s| window_beyond(s, p.run.spec.model.seqlen)) {
+            unsuited.entry(model).or_insert((problem, 0)).1 += 1;
             continue;
         }
         if store
@@ -326,13 +324,11 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
     for (why, n) in unresolved {
         eprintln!("warning: {n} run(s) cannot be identified, so they are not submitted: {why}");
     }
-    for (model, (problem, n)) in unsuited {
-        if let Some(p) = problem {
-            eprintln!(
-                "warning: {n} run(s) of `{model}` are not submitted: {}; fix: {}",
-                p.cause, p.fix
-            );
-        }
+    for (model, (p, n)) in unsuited {
+        eprintln!(
+            "warning: {n} run(s) of `{model}` are not submitted: {}; fix: {}",
+            p.cause, p.fix
+        );
     }
     let cached = planned.iter().filter(|p| p.cached).count();
     println!(
@@ -374,15 +370,10 @@ pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
         .into_iter()
         .map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64))
         .collect();
-    let mut params: BTreeMap<&str, Option<u64>> = BTreeMap::new();
-    for p in tasks.iter().flatten() {
-        params
-            .entry(&p.run.spec.model.model)
-            .or_insert_with(|| parameter_count(hub, &p.run.spec.model.model));
-    }
+    let params = |m: &str| shapes.get(m)?.as_ref().map(ModelShape::params);
     let mut arrays: Vec<(Request, Vec<Vec<&Planned>>)> = Vec::new();
     for t in tasks {
-        let req = request(&t, &|m| params.get(m).copied().flatten(), &timings, args);
+        let req = request(&t, &params, &timings, args);
         match arrays.iter_mut().find(|(r, _)| *r == req) {
             Some((_, a)) => a.push(t),
             None => arrays.push((req, vec![t])),
