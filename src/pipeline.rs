@@ -631,15 +631,21 @@ fn eval_tasks(
     let mut all_tokens = TokenCounts::default();
     for td in tasks {
         let name = td.task.name;
-        let (part, earlier) = parts.task(name, || {
+        let (part, earlier) = parts.task(name, |scored, keep| {
             obs.stage(name);
-            let start = Instant::now();
-            let evaluated = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size)?;
+            if scored.docs > 0 {
+                obs.line(&format!(
+                    "{name:<16} goes on after the first {} of {} documents (scored by an earlier attempt)",
+                    scored.docs,
+                    td.docs.len()
+                ));
+            }
+            let evaluated = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size, scored, keep)?;
             Ok(TaskPart {
                 result: evaluated.result,
                 tokens: evaluated.tokens,
                 samples: evaluated.samples,
-                seconds: start.elapsed().as_secs_f64(),
+                seconds: evaluated.seconds,
             })
         })?;
         let earlier = if earlier { EARLIER } else { "" };

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use crate::eval::packing::TokenCounts;
 use crate::eval::tasks::TaskResult;
-use crate::eval::zeroshot::Sample;
+use crate::eval::zeroshot::{Sample, ScoredDocs};
 use crate::model::CausalLm;
 use crate::run_result::PplDetails;
 
@@ -44,6 +44,9 @@ struct Stored {
     weights: String,
     ppl: BTreeMap<String, PplPart>,
     zero_shot: BTreeMap<String, TaskPart>,
+    /// Tasks stopped part way: the documents of their finished slices.
+    #[serde(default)]
+    zero_shot_started: BTreeMap<String, ScoredDocs>,
 }
 
 /// A run's finished parts: read from `path` when an earlier attempt left them, and written there
@@ -120,47 +123,69 @@ impl Parts {
     /// Corpus `label`'s perplexity: an earlier attempt's, or `evaluate`'s, kept at once; the flag
     /// says whether it is an earlier attempt's.
     pub fn ppl(&mut self, label: &str, evaluate: impl FnOnce() -> Result<PplPart>) -> Result<(PplPart, bool)> {
-        self.part(label, |s| &mut s.ppl, |p| p.seconds, evaluate)
+        self.part(label, |s| &mut s.ppl, |p| p.seconds, |_| evaluate())
     }
 
-    /// Task `name`'s outcome, as [`Parts::ppl`].
-    pub fn task(&mut self, name: &str, evaluate: impl FnOnce() -> Result<TaskPart>) -> Result<(TaskPart, bool)> {
-        self.part(name, |s| &mut s.zero_shot, |p| p.seconds, evaluate)
+    /// Task `name`'s outcome, as [`Parts::ppl`]. A task an earlier attempt stopped inside goes on
+    /// from the documents it scored: `evaluate` gets them, and a callback that keeps each new
+    /// slice at once.
+    pub fn task(
+        &mut self,
+        name: &str,
+        evaluate: impl FnOnce(ScoredDocs, &mut dyn FnMut(&ScoredDocs)) -> Result<TaskPart>,
+    ) -> Result<(TaskPart, bool)> {
+        self.part(name, |s| &mut s.zero_shot, |p| p.seconds, |parts| {
+            let earlier = parts.stored.zero_shot_started.get(name).cloned().unwrap_or_default();
+            if earlier.docs > 0 {
+                parts.resumed.push(format!("{name} (first {} documents)", earlier.docs));
+                parts.resumed_seconds += earlier.seconds;
+            }
+            let part = evaluate(earlier, &mut |scored| {
+                parts.stored.zero_shot_started.insert(name.to_string(), scored.clone());
+                parts.write();
+            })?;
+            parts.stored.zero_shot_started.remove(name);
+            Ok(part)
+        })
     }
 
     /// Part `name` of the kind `kept` picks: taken when an earlier attempt kept it, else
-    /// evaluated and, with a file, written there before anything else runs. A file that cannot
-    /// be written (a full disk, a quota) costs only the safety copy, never the part: the run goes
-    /// on, and [`Parts::unkept`] says why.
+    /// evaluated and, with a file, written there before anything else runs.
     fn part<P: Clone + Serialize>(
         &mut self,
         name: &str,
         kept: fn(&mut Stored) -> &mut BTreeMap<String, P>,
         seconds: fn(&P) -> f64,
-        evaluate: impl FnOnce() -> Result<P>,
+        evaluate: impl FnOnce(&mut Parts) -> Result<P>,
     ) -> Result<(P, bool)> {
         if let Some(part) = kept(&mut self.stored).get(name).cloned() {
             self.resumed.push(name.to_string());
             self.resumed_seconds += seconds(&part);
             return Ok((part, true));
         }
-        let part = evaluate()?;
-        if let Some(path) = &self.path {
-            kept(&mut self.stored).insert(name.to_string(), part.clone());
-            let written = serde_json::to_vec(&self.stored)
-                .map_err(anyhow::Error::from)
-                .and_then(|bytes| crate::sweep::store::write_atomic(path, &bytes));
-            if let (Err(e), None) = (written, &self.unkept) {
-                let why = format!(
-                    "{}: cannot keep the finished parts ({}); the run goes on, but a stopped attempt would evaluate them again",
-                    path.display(),
-                    crate::error_chain(&e)
-                );
-                eprintln!("warning: {why}");
-                self.unkept = Some(why);
-            }
-        }
+        let part = evaluate(self)?;
+        kept(&mut self.stored).insert(name.to_string(), part.clone());
+        self.write();
         Ok((part, false))
+    }
+
+    /// Writes the parts to the file, when there is one. A file that cannot be written (a full
+    /// disk, a quota) costs only the safety copy, never the part: the run goes on, and
+    /// [`Parts::unkept`] says why.
+    fn write(&mut self) {
+        let Some(path) = &self.path else { return };
+        let written = serde_json::to_vec(&self.stored)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| crate::sweep::store::write_atomic(path, &bytes));
+        if let (Err(e), None) = (written, &self.unkept) {
+            let why = format!(
+                "{}: cannot keep the finished parts ({}); the run goes on, but a stopped attempt would evaluate them again",
+                path.display(),
+                crate::error_chain(&e)
+            );
+            eprintln!("warning: {why}");
+            self.unkept = Some(why);
+        }
     }
 
     /// Why the finished parts could not be kept, if they could not.
@@ -233,7 +258,7 @@ mod tests {
         assert!(warning.is_none());
         let (taken, earlier) = again.ppl("wikitext2", kept).unwrap();
         assert!(earlier && taken.ppl == 12.345678901234567);
-        let e = again.task("rte", || anyhow::bail!("rte evaluated")).unwrap_err();
+        let e = again.task("rte", |_, _| anyhow::bail!("rte evaluated")).unwrap_err();
         assert_eq!(e.to_string(), "rte evaluated");
         assert_eq!(again.resumed(), ["wikitext2"]);
         assert_eq!(again.resumed_seconds(), 1.5);
@@ -259,6 +284,56 @@ mod tests {
         std::fs::write(&path, "{truncated").unwrap();
         let (_, warning) = Parts::open(path, "w1".into());
         assert!(warning.unwrap().contains("not a run's finished parts"));
+    }
+
+    /// A task stopped part way keeps its scored slices: the next attempt's evaluation starts
+    /// from them and the run lists them as resumed; the finished task then replaces them.
+    #[test]
+    fn a_stopped_task_goes_on_from_its_kept_slices() {
+        use crate::eval::loglik::LogLik;
+        use crate::eval::tasks::TaskResult;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial/abc.json");
+        let scored = |docs| ScoredDocs {
+            docs,
+            loglikelihoods: vec![LogLik { logprob: -1.2345678901234567, is_greedy: true }; 2 * docs],
+            tokens: TokenCounts { computed: 7 * docs, ..TokenCounts::default() },
+            seconds: 3.0,
+        };
+        let (mut first, _) = Parts::open(path.clone(), "w1".into());
+        let e = first
+            .task("winogrande", |earlier, keep| {
+                assert_eq!(earlier, ScoredDocs::default());
+                keep(&scored(1000));
+                anyhow::bail!("time limit")
+            })
+            .unwrap_err();
+        assert_eq!(e.to_string(), "time limit");
+        assert!(finished_parts(&path).is_empty(), "a started task is not a finished part");
+
+        let done = TaskPart {
+            result: TaskResult { n: 1267, acc: 0.5, acc_stderr: None, acc_norm: None, acc_norm_stderr: None },
+            tokens: TokenCounts::default(),
+            samples: Vec::new(),
+            seconds: 4.5,
+        };
+        let (mut second, _) = Parts::open(path.clone(), "w1".into());
+        let (_, earlier) = second
+            .task("winogrande", |earlier, _| {
+                assert_eq!(earlier, scored(1000), "exactly what was kept");
+                Ok(done.clone())
+            })
+            .unwrap();
+        assert!(!earlier);
+        assert_eq!(second.resumed(), ["winogrande (first 1000 documents)"]);
+        assert_eq!(second.resumed_seconds(), 3.0);
+        let stored: Stored = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(stored.zero_shot_started.is_empty());
+        assert_eq!(finished_parts(&path), ["winogrande"]);
+
+        let (mut third, _) = Parts::open(path, "w1".into());
+        let (part, earlier) = third.task("winogrande", |_, _| panic!("evaluated again")).unwrap();
+        assert!(earlier && part.seconds == 4.5);
     }
 
     /// A parts file that cannot be written loses the safety copy only: every part is still

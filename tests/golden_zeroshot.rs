@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use repro::eval::loglik::loglikelihoods;
 use repro::eval::tasks::{load_docs, task, ALL_TASKS};
-use repro::eval::zeroshot::{evaluate_task, TaskEval};
+use repro::eval::zeroshot::{evaluate_docs, evaluate_task, ScoredDocs, TaskDocs, TaskEval, SLICE_DOCS};
 use repro::hub::{Hub, RepoKind};
 use repro::model::{self, Loaded, Streaming};
 use serde_json::Value;
@@ -140,6 +140,45 @@ fn seven_tasks_match_lm_eval_per_document() {
         "{} disagreements with lm-eval, first ones:\n{shown:#?}",
         all_errors.len()
     );
+}
+
+/// A task stopped after a slice goes on from the documents kept then: those documents'
+/// log-likelihoods are taken as they were (a mark put on one comes through) and only the rest
+/// is scored, to exactly an uninterrupted evaluation's numbers. winogrande: the smallest task
+/// with more documents than a slice.
+#[test]
+fn a_task_resumed_after_a_slice_equals_the_uninterrupted_evaluation() {
+    let loaded = load_model(&golden(&goldens().join("winogrande.json")));
+    let _g = tch::no_grad_guard();
+    let (model, tok) = (loaded.model.as_ref(), &loaded.tokenizer);
+    let td = TaskDocs::load(&hub(), "winogrande", None).unwrap();
+    assert!(td.docs.len() > SLICE_DOCS && td.docs.len() < 2 * SLICE_DOCS, "{}", td.docs.len());
+    let mut kept = Vec::new();
+    let whole = evaluate_docs(model, tok, &td, 8, ScoredDocs::default(), &mut |s| kept.push(s.clone())).unwrap();
+    assert_eq!(kept.len(), 1, "every slice but the last is kept");
+    let first = kept.pop().unwrap();
+    assert_eq!(first.docs, SLICE_DOCS);
+    assert_eq!(first.loglikelihoods.len(), 2 * SLICE_DOCS, "two requests per document");
+
+    let no_more = &mut |_: &ScoredDocs| panic!("the last slice is not kept");
+    let resumed = evaluate_docs(model, tok, &td, 8, first.clone(), no_more).unwrap();
+    assert_eq!(resumed.samples, whole.samples);
+    assert_eq!(resumed.result, whole.result);
+    assert_eq!(resumed.tokens, whole.tokens);
+    assert!(resumed.seconds >= first.seconds);
+
+    let mut marked = first.clone();
+    marked.loglikelihoods[0].logprob -= 100.0;
+    let taken = evaluate_docs(model, tok, &td, 8, marked, no_more).unwrap();
+    let want = whole.samples[0].loglikelihoods[0] - 100.0;
+    assert_eq!(taken.samples[0].loglikelihoods[0], want, "the kept documents are not scored again");
+    assert_eq!(taken.samples[1..], whole.samples[1..]);
+
+    // Scored documents that do not fit the task (a file edited by hand) are not taken.
+    let mut torn = first;
+    torn.loglikelihoods.pop();
+    let again = evaluate_docs(model, tok, &td, 8, torn, &mut |_| ()).unwrap();
+    assert_eq!(again.samples, whole.samples);
 }
 
 /// Batch size 1 and 8 give the same loglikelihoods (they change only how many packed rows share a

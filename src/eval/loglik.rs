@@ -13,7 +13,7 @@ use super::tasks::py_isspace;
 use crate::model::{forward_rows, CausalLm, Rows};
 use crate::tokenizer::Tokenizer;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogLik {
     pub logprob: f64,
     pub is_greedy: bool,

@@ -3,8 +3,9 @@
 
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 
-use super::loglik::loglikelihoods;
+use super::loglik::{loglikelihoods, LogLik};
 use super::packing::TokenCounts;
 use super::tasks::{aggregate, argmax, load_docs, task, Doc, Task, TaskResult};
 use super::NON_FINITE_HINT;
@@ -18,6 +19,8 @@ pub struct TaskEval {
     pub result: TaskResult,
     pub samples: Vec<Sample>,
     pub tokens: TokenCounts,
+    /// What scoring took, earlier attempts' slices included.
+    pub seconds: f64,
 }
 
 /// One document's outcome, for per-item comparisons (`--samples`, one JSON line each): between
@@ -55,7 +58,8 @@ pub fn evaluate_task(
     limit: Option<usize>,
     batch_size: usize,
 ) -> Result<TaskEval> {
-    evaluate_docs(model, tok, &TaskDocs::load(hub, name, limit)?, batch_size)
+    let td = TaskDocs::load(hub, name, limit)?;
+    evaluate_docs(model, tok, &td, batch_size, ScoredDocs::default(), &mut |_| ())
 }
 
 /// A task with its documents, read (and checked) before any model work.
@@ -78,14 +82,61 @@ impl TaskDocs {
     }
 }
 
-/// Scores every document's choices with the model and aggregates lm-eval's metrics.
-pub fn evaluate_docs(model: &dyn CausalLm, tok: &Tokenizer, td: &TaskDocs, batch_size: usize) -> Result<TaskEval> {
+/// Documents scored between two calls of `evaluate_docs`'s `keep`: the unit an attempt stopped
+/// inside a task resumes from. On a 70B model HellaSwag alone can outlast a job's time limit, and
+/// a task that must restart whole would never finish there. Slices are always cut (resumed or
+/// not) so a run's requests are packed the same way whatever stopped it; so many documents leave
+/// packing and shared prefixes nearly all they find in a whole task.
+pub const SLICE_DOCS: usize = 1000;
+
+/// A task's first `docs` documents, scored: each request's log-likelihood in order, the tokens
+/// computed and the seconds it took, earlier attempts included.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoredDocs {
+    pub docs: usize,
+    pub loglikelihoods: Vec<LogLik>,
+    pub tokens: TokenCounts,
+    pub seconds: f64,
+}
+
+/// Scores every document's choices with the model and aggregates lm-eval's metrics. Scoring
+/// starts after the documents `earlier` holds (an earlier attempt's, or none) and goes in slices
+/// of [`SLICE_DOCS`]; `keep` gets the scored documents after each slice but the last.
+pub fn evaluate_docs(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    td: &TaskDocs,
+    batch_size: usize,
+    earlier: ScoredDocs,
+    keep: &mut dyn FnMut(&ScoredDocs),
+) -> Result<TaskEval> {
     let (t, docs, name) = (&td.task, &td.docs, td.task.name);
-    let requests: Vec<(String, String)> = docs.iter().flat_map(|d| d.requests()).collect();
-    let bar = crate::progress::bar(requests.len() as u64, name);
+    let requests: Vec<Vec<(String, String)>> = docs.iter().map(|d| d.requests()).collect();
+    let total: usize = requests.iter().map(Vec::len).sum();
+    let requests_before = |n: usize| requests[..n].iter().map(Vec::len).sum::<usize>();
+    // Parts are only taken for the same weights, repro and run, so these always agree; a file
+    // edited by hand starts the task over rather than scoring the wrong documents.
+    let fits = earlier.docs <= docs.len() && earlier.loglikelihoods.len() == requests_before(earlier.docs);
+    let mut scored = if fits { earlier } else { ScoredDocs::default() };
+    let bar = crate::progress::bar(total as u64, name);
+    bar.set_position(scored.loglikelihoods.len() as u64);
+    bar.reset_eta();
     let max_length = model.info().max_position_embeddings as usize;
-    let (lls, tokens) = loglikelihoods(model, tok, &requests, max_length, batch_size, &bar)?;
+    let (start, seconds_before) = (Instant::now(), scored.seconds);
+    while scored.docs < docs.len() {
+        let end = (scored.docs + SLICE_DOCS).min(docs.len());
+        let slice = requests[scored.docs..end].concat();
+        let (lls, tokens) = loglikelihoods(model, tok, &slice, max_length, batch_size, &bar)?;
+        scored.loglikelihoods.extend(lls);
+        scored.tokens.add(tokens);
+        scored.docs = end;
+        scored.seconds = seconds_before + start.elapsed().as_secs_f64();
+        if end < docs.len() {
+            keep(&scored);
+        }
+    }
     bar.finish_and_clear();
+    let lls = &scored.loglikelihoods;
     let non_finite = lls.iter().filter(|l| !l.logprob.is_finite()).count();
     ensure!(
         non_finite == 0,
@@ -96,7 +147,7 @@ pub fn evaluate_docs(model: &dyn CausalLm, tok: &Tokenizer, td: &TaskDocs, batch
     let mut samples = Vec::with_capacity(docs.len());
     let mut next = 0;
     for (i, d) in docs.iter().enumerate() {
-        let k = d.requests().len();
+        let k = requests[i].len();
         let ll: Vec<f64> = lls[next..next + k].iter().map(|l| l.logprob).collect();
         next += k;
         let score = t.score(d, &ll)?;
@@ -115,6 +166,7 @@ pub fn evaluate_docs(model: &dyn CausalLm, tok: &Tokenizer, td: &TaskDocs, batch
         task: name.to_string(),
         result: aggregate(&scores)?,
         samples,
-        tokens,
+        tokens: scored.tokens,
+        seconds: scored.seconds,
     })
 }
