@@ -170,7 +170,7 @@ impl EvalSpec {
     }
 
     /// This evaluation without the parts an earlier attempt finished (named as
-    /// [`crate::resume::finished_parts`] names them): what a resumed attempt still runs.
+    /// [`crate::resume::Kept`] names them): what a resumed attempt still runs.
     pub fn without_parts(&self, finished: &[String]) -> EvalSpec {
         let (tasks, corpora) = self.parts();
         let left = tasks.into_iter().filter(|t| !finished.iter().any(|f| f == t)).chain(
@@ -632,13 +632,9 @@ fn eval_tasks(
     for td in tasks {
         let name = td.task.name;
         let (part, earlier) = parts.task(name, |scored, keep| {
-            obs.stage(name);
-            if scored.docs > 0 {
-                obs.line(&format!(
-                    "{name:<16} goes on after the first {} of {} documents (scored by an earlier attempt)",
-                    scored.docs,
-                    td.docs.len()
-                ));
+            match scored.docs {
+                0 => obs.stage(name),
+                n => obs.stage(&format!("{name} after the {n} documents an earlier attempt scored")),
             }
             let evaluated = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size, scored, keep)?;
             Ok(TaskPart {

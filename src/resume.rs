@@ -204,12 +204,37 @@ impl Parts {
     }
 }
 
-/// The names of the parts kept at `path` (none when there is no readable file there).
-pub fn finished_parts(path: &std::path::Path) -> Vec<String> {
-    let stored: Option<Stored> = std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    stored.map_or(Vec::new(), |s| {
-        s.ppl.into_keys().chain(s.zero_shot.into_keys()).collect()
-    })
+/// What an earlier attempt kept at `path` (nothing when there is no readable file there).
+#[derive(Debug, Default, PartialEq)]
+pub struct Kept {
+    /// The finished parts, by name.
+    pub finished: Vec<String>,
+    /// Tasks stopped part way, with how many of their documents are scored.
+    pub started: Vec<(String, usize)>,
+}
+
+impl Kept {
+    pub fn read(path: &std::path::Path) -> Kept {
+        let stored: Option<Stored> = std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        stored.map_or(Kept::default(), |s| Kept {
+            finished: s.ppl.into_keys().chain(s.zero_shot.into_keys()).collect(),
+            started: s.zero_shot_started.into_iter().map(|(name, d)| (name, d.docs)).collect(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.finished.is_empty() && self.started.is_empty()
+    }
+
+    /// "wikitext2, rte finished; hellaswag's first 3000 documents scored".
+    pub fn describe(&self) -> String {
+        let finished = (!self.finished.is_empty()).then(|| format!("{} finished", self.finished.join(", ")));
+        let started = self
+            .started
+            .iter()
+            .map(|(name, docs)| format!("{name}'s first {docs} documents scored"));
+        finished.into_iter().chain(started).collect::<Vec<_>>().join("; ")
+    }
 }
 
 /// sha256 over every block's linear layers (name, shape, dtype and bytes), in order: all that
@@ -309,7 +334,10 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(e.to_string(), "time limit");
-        assert!(finished_parts(&path).is_empty(), "a started task is not a finished part");
+        let kept = Kept::read(&path);
+        assert!(kept.finished.is_empty(), "a started task is not a finished part");
+        assert_eq!(kept.started, [("winogrande".to_string(), 1000)]);
+        assert_eq!(kept.describe(), "winogrande's first 1000 documents scored");
 
         let done = TaskPart {
             result: TaskResult { n: 1267, acc: 0.5, acc_stderr: None, acc_norm: None, acc_norm_stderr: None },
@@ -329,7 +357,7 @@ mod tests {
         assert_eq!(second.resumed_seconds(), 3.0);
         let stored: Stored = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert!(stored.zero_shot_started.is_empty());
-        assert_eq!(finished_parts(&path), ["winogrande"]);
+        assert_eq!(Kept::read(&path), Kept { finished: vec!["winogrande".into()], started: Vec::new() });
 
         let (mut third, _) = Parts::open(path, "w1".into());
         let (part, earlier) = third.task("winogrande", |_, _| panic!("evaluated again")).unwrap();

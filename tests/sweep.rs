@@ -610,6 +610,40 @@ fn a_killed_sweep_resumes_without_rerunning_finished_runs() {
     assert!(stdout.contains("7 runs, 7 cached, 0 to run"), "{stdout}");
 }
 
+/// The parts file a sweep writing to `out` keeps for its run, once its content satisfies `ready`
+/// (polled; files are written whole, never seen half way).
+fn wait_for_parts(out: &Path, ready: impl Fn(&serde_json::Value) -> bool) -> PathBuf {
+    let start = Instant::now();
+    loop {
+        let found = std::fs::read_dir(out.join("partial")).ok().and_then(|d| {
+            d.map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|e| e == "json"))
+        });
+        let stored = found.as_ref().and_then(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok());
+        if let (Some(path), Some(stored)) = (found, stored) {
+            if ready(&stored) {
+                return path;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no such parts file appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What a record measured, for comparing a resumed run with an uninterrupted one.
+fn measured(record: &serde_json::Value) -> [serde_json::Value; 6] {
+    let r = &record["result"];
+    [
+        "sparsity_actual",
+        "ppl",
+        "ppl_details",
+        "zero_shot",
+        "zero_shot_tokens",
+        "zero_shot_mean_acc",
+    ]
+    .map(|k| r[k].clone())
+}
+
 /// A run killed part way through its evaluation keeps the parts it finished (`partial/<id>.json`);
 /// running the sweep again prunes again, checks the weights are the same, and evaluates only what
 /// is missing. Its record and samples equal an uninterrupted run's; parts measured on other
@@ -631,19 +665,7 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let partial_dir = sb.out.join("partial");
-    let start = Instant::now();
-    let partial = loop {
-        let found = std::fs::read_dir(&partial_dir).ok().and_then(|d| {
-            d.map(|e| e.unwrap().path())
-                .find(|p| p.extension().is_some_and(|e| e == "json"))
-        });
-        if let Some(p) = found {
-            break p;
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "no partial file appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let partial = wait_for_parts(&sb.out, |_| true);
     child.kill().unwrap(); // SIGKILL, as a time limit's last word
     child.wait().unwrap();
     assert!(records(&sb.out).is_empty(), "kill -9 should land before the record");
@@ -678,7 +700,7 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
     let status = repro().arg("status").arg(&sb.out).output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(
-        status.contains("pending") && status.contains(&format!("(finished: {})", finished.join(", "))),
+        status.contains("pending") && status.contains(&format!("({} finished)", finished.join(", "))),
         "{status}"
     );
 
@@ -697,18 +719,6 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
     let uninterrupted = common::golden(&records(&clean_out)[0]);
     let id = resumed["id"].as_str().unwrap();
     assert_eq!(uninterrupted["id"], id);
-    let measured = |r: &serde_json::Value| {
-        let r = &r["result"];
-        [
-            "sparsity_actual",
-            "ppl",
-            "ppl_details",
-            "zero_shot",
-            "zero_shot_tokens",
-            "zero_shot_mean_acc",
-        ]
-        .map(|k| r[k].clone())
-    };
     assert_eq!(measured(&resumed), measured(&uninterrupted));
     let mut taken: Vec<String> = serde_json::from_value(resumed["result"]["resumed"].clone()).unwrap();
     taken.sort();
@@ -751,6 +761,56 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
     );
     let warning_line = status.lines().find(|l| l.contains("warning:")).unwrap_or_default();
     assert!(warning_line.contains("measured on other weights"), "{status}");
+}
+
+/// A run killed inside a task keeps the task's finished slices of 1000 documents: `repro status`
+/// and the dry run say so, the next attempt scores only the documents after them, and its record
+/// and samples equal an uninterrupted run's. winogrande whole: 1267 documents, one kept slice.
+#[test]
+fn a_run_killed_inside_a_task_goes_on_from_its_kept_slices() {
+    let sb = Sandbox::new();
+    let grid = BASE
+        .replace("[dense, magnitude, wanda, sparsegpt]", "[magnitude]")
+        .replace("[unstructured, \"2:4\"]", "[unstructured]")
+        .replace("max_windows: 4}", "max_windows: 4, tasks: [winogrande], samples: true}");
+    let killed = sb.write("k.yaml", &grid);
+    let mut child = repro()
+        .args(["run", killed.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_parts(&sb.out, |stored| stored["zero_shot_started"]["winogrande"]["docs"] == 1000);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(records(&sb.out).is_empty(), "kill -9 should land before the last slice ends");
+    let kept = "wikitext2 finished; winogrande's first 1000 documents scored";
+    let status = success_text(&repro().arg("status").arg(&sb.out).output().unwrap());
+    assert!(status.contains("pending") && status.contains(&format!("({kept})")), "{status}");
+    let plan = dry_run("run", &killed, &[]);
+    assert!(plan.contains(&format!("resumes: {kept} by an earlier attempt")), "{plan}");
+
+    let run = |cfg: &Path| success_text(&repro().args(["run", cfg.to_str().unwrap()]).output().unwrap());
+    let text = run(&killed);
+    assert!(
+        text.contains("(resumed wikitext2, winogrande (first 1000 documents) from an earlier attempt)"),
+        "{text}"
+    );
+    let resumed = common::golden(&records(&sb.out)[0]);
+    let taken = &resumed["result"]["resumed"];
+    assert_eq!(taken, &serde_json::json!(["wikitext2", "winogrande (first 1000 documents)"]));
+
+    let clean_out = sb.out.parent().unwrap().join("clean");
+    let clean = sb.write(
+        "c.yaml",
+        &grid.replace("output: OUT", &format!("output: {}", clean_out.display())),
+    );
+    run(&clean);
+    let uninterrupted = common::golden(&records(&clean_out)[0]);
+    assert_eq!(measured(&resumed), measured(&uninterrupted));
+    let id = resumed["id"].as_str().unwrap();
+    let samples = |out: &Path| std::fs::read_to_string(out.join(format!("samples/{id}.jsonl"))).unwrap();
+    assert_eq!(samples(&sb.out), samples(&clean_out));
 }
 
 /// `evaluation.samples` writes each run's per-document zero-shot outcomes beside its record, the

@@ -324,7 +324,7 @@ struct Row<'a> {
     /// The live worker holding this run's claim, if another one is running it now.
     holder: Option<super::claim::ClaimInfo>,
     /// Evaluation parts an earlier attempt finished, which this one takes (`crate::resume`).
-    kept_parts: Vec<String>,
+    kept: crate::resume::Kept,
 }
 
 /// Prints the plan of the selected runs and what they will cost.
@@ -349,17 +349,17 @@ pub fn print_plan(
     let rows: Vec<Row> = selected
         .iter()
         .map(|p| {
-            let kept_parts = (p.id.is_ok() && !p.cached)
-                .then(|| crate::resume::finished_parts(&store.parts_path(p.id())))
+            let kept = (p.id.is_ok() && !p.cached)
+                .then(|| crate::resume::Kept::read(&store.parts_path(p.id())))
                 .unwrap_or_default();
             // A resumed attempt loads and prunes again but evaluates only the missing parts.
             let estimate = if p.cached || !opts.costs {
                 None
-            } else if kept_parts.is_empty() {
+            } else if kept.finished.is_empty() {
                 est.estimate(&p.run.spec)
             } else {
                 let mut left = p.run.spec.clone();
-                left.eval = left.eval.without_parts(&kept_parts);
+                left.eval = left.eval.without_parts(&kept.finished);
                 est.estimate(&left)
             };
             Row {
@@ -369,7 +369,7 @@ pub fn print_plan(
                 holder: (p.id.is_ok() && !p.cached)
                     .then(|| super::claim::holder(&store.dir, p.id()))
                     .flatten(),
-                kept_parts,
+                kept,
             }
         })
         .collect();
@@ -554,11 +554,16 @@ fn print_runs(rows: &[Row], models: &BTreeMap<&str, &ModelPlan>, opts: DryRunOpt
                 super::status::clock(worker.started_at)
             );
         }
-        if !r.kept_parts.is_empty() {
+        if !r.kept.is_empty() {
+            let shown = if r.kept.started.is_empty() {
+                "not in the time shown"
+            } else {
+                "the time shown leaves out finished parts, not started tasks"
+            };
             println!(
-                "  {:>39}  resumes: {} finished by an earlier attempt (not in the time shown)",
+                "  {:>39}  resumes: {} by an earlier attempt ({shown})",
                 "",
-                r.kept_parts.join(", ")
+                r.kept.describe()
             );
         }
         if let Some(p) = r.estimate.as_ref().and_then(|e| e.seconds).filter(|_| opts.verbose) {

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -39,6 +40,12 @@ struct RunState {
     /// which the next attempt does not redo.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     finished_parts: Vec<String>,
+    /// Not done: tasks stopped part way, with the documents scored, which the next attempt
+    /// goes on from.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    started_tasks: BTreeMap<String, usize>,
+    #[serde(skip)]
+    kept: String,
     /// What the run warned of (a variant short of its target, resumed parts set aside, a saved
     /// checkpoint holding other zeros, ...): printed once into a task's log, kept in the record,
     /// and shown here so that a sweep's warnings are not lost among its logs.
@@ -101,9 +108,9 @@ pub fn status(args: &StatusArgs) -> Result<()> {
                 .as_ref()
                 .map_or(String::new(), |c| format!("stale claim: {c}")),
         };
-        let parts = match r.finished_parts.as_slice() {
-            [] => String::new(),
-            parts => format!(" (finished: {})", parts.join(", ")),
+        let parts = match r.kept.as_str() {
+            "" => String::new(),
+            kept => format!(" ({kept})"),
         };
         println!("  {:<8} {:<16} {}  {detail}{parts}", r.state, r.id, r.label);
         for w in &r.warnings {
@@ -143,6 +150,8 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
             heartbeat_seconds_ago: None,
             stale_claim: None,
             finished_parts: Vec::new(),
+            started_tasks: BTreeMap::new(),
+            kept: String::new(),
             warnings: record.as_ref().map(|r| r.result.warnings.clone()).unwrap_or_default(),
         };
         // A live claim wins over a record: the run is being redone (forced, or retried).
@@ -160,7 +169,10 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
             state.stale_claim = Some(format!("{whose}: {why}"));
         }
         if state.state != "done" {
-            state.finished_parts = crate::resume::finished_parts(&store.parts_path(&entry.id));
+            let kept = crate::resume::Kept::read(&store.parts_path(&entry.id));
+            state.kept = kept.describe();
+            state.finished_parts = kept.finished;
+            state.started_tasks = kept.started.into_iter().collect();
         }
         runs.push(state);
     }
