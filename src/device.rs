@@ -73,9 +73,9 @@ pub fn cuda_memory(index: usize) -> Option<(u64, u64)> {
             return None;
         }
         let (set, get, info): (SetDevice, GetDevice, MemGetInfo) = (
-            std::mem::transmute(set),
-            std::mem::transmute(get),
-            std::mem::transmute(info),
+            std::mem::transmute::<*mut libc::c_void, SetDevice>(set),
+            std::mem::transmute::<*mut libc::c_void, GetDevice>(get),
+            std::mem::transmute::<*mut libc::c_void, MemGetInfo>(info),
         );
         let mut current = 0;
         let (mut free, mut total) = (0usize, 0usize);

@@ -287,15 +287,7 @@ impl Llama {
         let h = cfg.hidden_size;
         let norm = w.get("model.norm.weight", &[h])?;
         let (device, kind) = (norm.device(), norm.kind());
-        let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
-            EMBED_TOKENS
-        } else {
-            "lm_head.weight"
-        };
-        let outer: Vec<(String, Vec<i64>)> = [EMBED_TOKENS, lm_head]
-            .iter()
-            .map(|name| (name.to_string(), vec![cfg.vocab_size, h]))
-            .collect();
+        let (lm_head, outer) = super::embeddings_and_head(&w, EMBED_TOKENS, cfg.tie_word_embeddings, [cfg.vocab_size, h]);
         let is_mistral = arch.starts_with("Mistral") || arch == "mistral";
         let info = ModelInfo {
             architecture: arch.to_string(),

@@ -307,6 +307,24 @@ impl std::ops::Deref for BlockRef<'_> {
     }
 }
 
+/// The head's checkpoint name (the embeddings' when tied and the checkpoint has no
+/// `lm_head.weight`, as transformers ties them) and both as [`Stack::new`]'s outer tensors, each
+/// of `shape` (vocabulary x width).
+fn embeddings_and_head(
+    w: &Weights,
+    embeddings: &'static str,
+    tied: bool,
+    shape: [i64; 2],
+) -> (&'static str, Vec<(String, Vec<i64>)>) {
+    let head = if tied && !w.contains("lm_head.weight") {
+        embeddings
+    } else {
+        "lm_head.weight"
+    };
+    let outer = [embeddings, head].iter().map(|name| (name.to_string(), shape.to_vec())).collect();
+    (head, outer)
+}
+
 impl Stack {
     /// Resident: builds every block now and keeps all checkpoint tensors (sharing storage with
     /// the layers). Streamed: keeps the checkpoint index and builds blocks, and reads the

@@ -206,15 +206,7 @@ impl Opt {
         } else {
             None
         };
-        let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
-            EMBED_TOKENS
-        } else {
-            "lm_head.weight"
-        };
-        let outer: Vec<(String, Vec<i64>)> = [EMBED_TOKENS, lm_head]
-            .iter()
-            .map(|name| (name.to_string(), vec![cfg.vocab_size, proj]))
-            .collect();
+        let (lm_head, outer) = super::embeddings_and_head(&w, EMBED_TOKENS, cfg.tie_word_embeddings, [cfg.vocab_size, proj]);
         let info = ModelInfo {
             architecture: "OPTForCausalLM".into(),
             model_type: "opt".into(),

@@ -50,9 +50,17 @@ fn fit<DB: DrawingBackend>(
     (format!("{}…", cut.iter().collect::<String>()), px)
 }
 
-/// The chart title: 24 px, down to 14 px, then cut.
-fn title<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, a: &Artefact) -> (String, u32) {
-    fit(root, &a.title, 14..=24, root.dim_in_pixel().0.saturating_sub(40))
+/// A chart on `root` captioned with the artefact's title (24 px, down to 14 px, then cut), with
+/// room for the axis labels.
+fn framed<'a, 'b, DB: DrawingBackend>(root: &'a DrawingArea<DB, Shift>, a: &Artefact) -> ChartBuilder<'a, 'b, DB> {
+    let (caption, size) = fit(root, &a.title, 14..=24, root.dim_in_pixel().0.saturating_sub(40));
+    let mut chart = ChartBuilder::on(root);
+    chart
+        .caption(caption, ("sans-serif", size))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70);
+    chart
 }
 
 /// A legend entry: 16 px, at most 40% of the canvas wide.
@@ -168,12 +176,7 @@ where
     Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
     let x_desc = a.x.as_ref().map(|x| x.label.clone()).unwrap_or_default();
-    let caption = title(root, a);
-    let mut chart = ChartBuilder::on(root)
-        .caption(caption.0, ("sans-serif", caption.1))
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
+    let mut chart = framed(root, a)
         .build_cartesian_2d((0..xs.len() as i32 - 1).into_segmented(), y)
         .map_err(plot_err)?;
     let fmt = |v: &SegmentValue<i32>| match v {
@@ -246,12 +249,7 @@ fn draw_bars<DB: DrawingBackend>(
     // Half-bar units: bar k of group g spans [2(g(n+1)+k), 2(g(n+1)+k)+2]; the group's centre is 2g(n+1)+n.
     let width = 2 * groups.len() as i32 * (n + 1);
     let top = finite(series, false).into_iter().fold(0.0f64, f64::max) * 1.15;
-    let caption = title(root, a);
-    let mut chart = ChartBuilder::on(root)
-        .caption(caption.0, ("sans-serif", caption.1))
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
+    let mut chart = framed(root, a)
         .build_cartesian_2d(-1..width, 0.0..top.max(1e-9))
         .map_err(plot_err)?;
     let fmt = |v: &i32| {

@@ -349,9 +349,11 @@ pub fn print_plan(
     let rows: Vec<Row> = selected
         .iter()
         .map(|p| {
-            let kept = (p.id.is_ok() && !p.cached)
-                .then(|| crate::resume::Kept::read(&store.parts_path(p.id())))
-                .unwrap_or_default();
+            let kept = if p.id.is_ok() && !p.cached {
+                crate::resume::Kept::read(&store.parts_path(p.id()))
+            } else {
+                crate::resume::Kept::default()
+            };
             // A resumed attempt loads and prunes again but evaluates only the missing parts.
             let estimate = if p.cached || !opts.costs {
                 None

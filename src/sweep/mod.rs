@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cli::RunArgs;
@@ -155,18 +156,25 @@ pub(crate) fn warn_unplanned_slots(artefacts: &[Artefact], planned: &[Planned]) 
     }
 }
 
-pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
-    let mut cfg = SweepConfig::load(&args.config)?;
-    if let Some(out) = &args.output {
+/// The sweep at `config` with its report artefacts, its output replaced by `output` when given
+/// (`repro run` and `repro slurm`'s `--output`).
+pub(crate) fn load_sweep(config: &Path, output: Option<&PathBuf>) -> Result<(SweepConfig, Vec<Artefact>)> {
+    let mut cfg = SweepConfig::load(config)?;
+    if let Some(out) = output {
         cfg.output = out.clone();
     }
-    let artefacts = cfg.artefacts(&args.config)?;
+    let artefacts = cfg.artefacts(config)?;
     if cfg.output.as_os_str().is_empty() {
         bail!(
             "{}: `output` is empty: name the directory for the sweep's records and report",
-            args.config.display()
+            config.display()
         );
     }
+    Ok((cfg, artefacts))
+}
+
+pub fn run(hub: &Hub, args: &RunArgs) -> Result<()> {
+    let (cfg, artefacts) = load_sweep(&args.config, args.output.as_ref())?;
     let store = Store::open(&cfg.output);
     if !args.dry_run {
         std::fs::create_dir_all(&cfg.output)

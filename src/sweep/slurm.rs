@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::dryrun::{window_beyond, Problem};
 use super::store::{Status, Store};
-use super::{check_same_sweep, claim, plan, warn_unplanned_slots, PlanEntry, Planned};
-use crate::config::SweepConfig;
+use super::{check_same_sweep, claim, load_sweep, plan, warn_unplanned_slots, PlanEntry, Planned};
 use crate::hub::Hub;
 use crate::model::shape::ModelShape;
 
@@ -263,17 +262,7 @@ struct Array {
 }
 
 pub fn slurm(hub: &Hub, args: &SlurmArgs) -> Result<()> {
-    let mut cfg = SweepConfig::load(&args.config)?;
-    if let Some(out) = &args.output {
-        cfg.output = out.clone();
-    }
-    let artefacts = cfg.artefacts(&args.config)?;
-    if cfg.output.as_os_str().is_empty() {
-        bail!(
-            "{}: `output` is empty: name the directory for the sweep's records and report",
-            args.config.display()
-        );
-    }
+    let (cfg, artefacts) = load_sweep(&args.config, args.output.as_ref())?;
     let output = absolute(&cfg.output)?;
     let sbatch = match (args.submit, on_path("sbatch")) {
         (true, None) => bail!("--submit: `sbatch` is not on PATH; run `repro slurm` on a login node of the cluster (or leave out --submit to only write the scripts)"),
@@ -575,6 +564,7 @@ fn submit(sbatch: &Path, extra: &[String], script: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SweepConfig;
 
     /// sbatch's time and memory formats pass as written; anything else is refused with the format.
     #[test]
