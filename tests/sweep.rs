@@ -630,6 +630,40 @@ fn wait_for_parts(out: &Path, ready: impl Fn(&serde_json::Value) -> bool) -> Pat
     }
 }
 
+/// Runs sweep `config` (writing to `out`) and kills it (SIGKILL, as a time limit's last word) as
+/// soon as its parts file satisfies `ready`, before the run's record; returns the file's path.
+fn kill_when_kept(config: &Path, out: &Path, ready: impl Fn(&serde_json::Value) -> bool) -> PathBuf {
+    let mut child = repro()
+        .args(["run", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = wait_for_parts(out, ready);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(records(out).is_empty(), "kill -9 should land before the record");
+    partial
+}
+
+/// Runs `grid` uninterrupted into a clean output and checks its one record and samples equal
+/// `resumed`'s (the record of the same run, resumed in the sandbox's output); returns its record.
+fn same_as_uninterrupted(sb: &Sandbox, grid: &str, resumed: &serde_json::Value) -> serde_json::Value {
+    let clean_out = sb.out.parent().unwrap().join("clean");
+    let clean = sb.write(
+        "c.yaml",
+        &grid.replace("output: OUT", &format!("output: {}", clean_out.display())),
+    );
+    success_text(&repro().args(["run", clean.to_str().unwrap()]).output().unwrap());
+    let uninterrupted = common::golden(&records(&clean_out)[0]);
+    let id = resumed["id"].as_str().unwrap();
+    assert_eq!(uninterrupted["id"], id);
+    assert_eq!(measured(resumed), measured(&uninterrupted));
+    let samples = |out: &Path| std::fs::read_to_string(out.join(format!("samples/{id}.jsonl"))).unwrap();
+    assert_eq!(samples(&sb.out), samples(&clean_out));
+    uninterrupted
+}
+
 /// What a record measured, for comparing a resumed run with an uninterrupted one.
 fn measured(record: &serde_json::Value) -> [serde_json::Value; 6] {
     let r = &record["result"];
@@ -659,16 +693,7 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
             "max_windows: 4, tasks: [rte, arc_easy, hellaswag], limit: 150, samples: true}",
         );
     let killed = sb.write("k.yaml", &grid);
-    let mut child = repro()
-        .args(["run", killed.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let partial = wait_for_parts(&sb.out, |_| true);
-    child.kill().unwrap(); // SIGKILL, as a time limit's last word
-    child.wait().unwrap();
-    assert!(records(&sb.out).is_empty(), "kill -9 should land before the record");
+    let partial = kill_when_kept(&killed, &sb.out, |_| true);
     let kept = std::fs::read(&partial).unwrap();
     let stored: serde_json::Value = serde_json::from_slice(&kept).unwrap();
     let finished: Vec<String> = ["ppl", "zero_shot"]
@@ -710,16 +735,7 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
     assert!(!partial.exists(), "the record holds the parts now");
     let resumed = common::golden(&records(&sb.out)[0]);
 
-    let clean_out = sb.out.parent().unwrap().join("clean");
-    let clean = sb.write(
-        "c.yaml",
-        &grid.replace("output: OUT", &format!("output: {}", clean_out.display())),
-    );
-    run(&clean);
-    let uninterrupted = common::golden(&records(&clean_out)[0]);
-    let id = resumed["id"].as_str().unwrap();
-    assert_eq!(uninterrupted["id"], id);
-    assert_eq!(measured(&resumed), measured(&uninterrupted));
+    let uninterrupted = same_as_uninterrupted(&sb, &grid, &resumed);
     let mut taken: Vec<String> = serde_json::from_value(resumed["result"]["resumed"].clone()).unwrap();
     taken.sort();
     let mut finished = finished;
@@ -733,8 +749,6 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
     let resumed_seconds = resumed["result"]["resumed_seconds"].as_f64().unwrap();
     assert!((resumed_seconds - earlier).abs() < 1e-9, "{resumed_seconds} {earlier}");
     assert!(uninterrupted["result"].get("resumed").is_none());
-    let samples = |out: &Path| std::fs::read_to_string(out.join(format!("samples/{id}.jsonl"))).unwrap();
-    assert_eq!(samples(&sb.out), samples(&clean_out));
 
     // Parts of other weights: set aside with a warning, everything evaluated again.
     let forged = String::from_utf8(kept)
@@ -774,16 +788,7 @@ fn a_run_killed_inside_a_task_goes_on_from_its_kept_slices() {
         .replace("[unstructured, \"2:4\"]", "[unstructured]")
         .replace("max_windows: 4}", "max_windows: 4, tasks: [winogrande], samples: true}");
     let killed = sb.write("k.yaml", &grid);
-    let mut child = repro()
-        .args(["run", killed.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_parts(&sb.out, |stored| stored["zero_shot_started"]["winogrande"]["docs"] == 1000);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(records(&sb.out).is_empty(), "kill -9 should land before the last slice ends");
+    kill_when_kept(&killed, &sb.out, |stored| stored["zero_shot_started"]["winogrande"]["docs"] == 1000);
     let kept = "wikitext2 finished; winogrande's first 1000 documents scored";
     let status = success_text(&repro().arg("status").arg(&sb.out).output().unwrap());
     assert!(status.contains("pending") && status.contains(&format!("({kept})")), "{status}");
@@ -799,18 +804,7 @@ fn a_run_killed_inside_a_task_goes_on_from_its_kept_slices() {
     let resumed = common::golden(&records(&sb.out)[0]);
     let taken = &resumed["result"]["resumed"];
     assert_eq!(taken, &serde_json::json!(["wikitext2", "winogrande (first 1000 documents)"]));
-
-    let clean_out = sb.out.parent().unwrap().join("clean");
-    let clean = sb.write(
-        "c.yaml",
-        &grid.replace("output: OUT", &format!("output: {}", clean_out.display())),
-    );
-    run(&clean);
-    let uninterrupted = common::golden(&records(&clean_out)[0]);
-    assert_eq!(measured(&resumed), measured(&uninterrupted));
-    let id = resumed["id"].as_str().unwrap();
-    let samples = |out: &Path| std::fs::read_to_string(out.join(format!("samples/{id}.jsonl"))).unwrap();
-    assert_eq!(samples(&sb.out), samples(&clean_out));
+    same_as_uninterrupted(&sb, &grid, &resumed);
 }
 
 /// `evaluation.samples` writes each run's per-document zero-shot outcomes beside its record, the
