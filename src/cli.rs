@@ -347,6 +347,7 @@ impl PplArgs {
             batch_size: self.batch_size,
             max_windows: self.max_windows,
             limit: self.limit,
+            scored: Default::default(),
         })
     }
 }

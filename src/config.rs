@@ -773,6 +773,7 @@ impl SweepConfig {
                     .collect(),
                 batch_size: self.evaluation.batch_size,
                 max_windows: self.evaluation.max_windows,
+                scored: Default::default(),
                 limit: self
                     .evaluation
                     .model_limits

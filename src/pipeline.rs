@@ -3,6 +3,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -22,7 +23,7 @@ use crate::prune::mask::{Group, Pattern};
 use crate::prune::registry::{MethodDef, Update};
 use crate::prune::{prune_model, Method, MethodOptions};
 use crate::resources::peak_rss_bytes;
-use crate::resume::{weights_digest, Parts, PplPart, TaskPart};
+use crate::resume::{weights_digest, Kept, Parts, PplPart, TaskPart};
 use crate::run_result::{CalibrationUsed, PplDetails, RunResult};
 use serde_json::Value;
 
@@ -72,6 +73,10 @@ pub struct EvalSpec {
     pub batch_size: usize,
     pub max_windows: Option<usize>,
     pub limit: Option<usize>,
+    /// Documents of each task that an earlier attempt scored and a resumed one skips: set only
+    /// to estimate what a resumed run still costs, never part of a run's identity.
+    #[serde(skip)]
+    pub scored: BTreeMap<String, usize>,
 }
 
 impl PruneSpec {
@@ -169,18 +174,26 @@ impl EvalSpec {
         (tasks, specs.into_iter().zip(labels).collect())
     }
 
-    /// This evaluation without the parts an earlier attempt finished (named as
-    /// [`crate::resume::Kept`] names them): what a resumed attempt still runs.
-    pub fn without_parts(&self, finished: &[String]) -> EvalSpec {
+    /// This evaluation without what an earlier attempt kept (the finished parts by the keys they
+    /// are kept under, and the documents of started tasks): what a resumed attempt still runs.
+    pub fn without_parts(&self, kept: &Kept) -> EvalSpec {
+        let finished = &kept.finished;
         let (tasks, corpora) = self.parts();
-        let left = tasks.into_iter().filter(|t| !finished.iter().any(|f| f == t)).chain(
-            corpora
-                .into_iter()
-                .filter(|(_, l)| !finished.contains(l))
-                .map(|(s, _)| s),
-        );
+        let left: Vec<String> = tasks
+            .into_iter()
+            .filter(|t| !finished.iter().any(|f| f == t))
+            .chain(
+                corpora
+                    .into_iter()
+                    .filter(|(_, l)| !finished.contains(l))
+                    .map(|(s, _)| s),
+            )
+            .map(str::to_string)
+            .collect();
+        let scored = kept.started.iter().filter(|(t, _)| left.contains(t)).cloned().collect();
         EvalSpec {
-            names: left.map(str::to_string).collect(),
+            names: left,
+            scored,
             ..self.clone()
         }
     }
@@ -752,17 +765,22 @@ mod tests {
             batch_size: 4,
             max_windows: Some(8),
             limit: Some(100),
+            scored: BTreeMap::new(),
         };
         let (tasks, corpora) = eval.parts();
         assert_eq!(tasks, ["rte", "hellaswag"]);
         let labels: Vec<&str> = corpora.iter().map(|(_, l)| l.as_str()).collect();
         assert_eq!(labels, ["wikitext2", "a/test.txt", "b/test.txt", "heldout.txt"]);
-        let finished = ["rte", "heldout.txt", "a/test.txt", "wikitext2"].map(String::from);
-        let left = eval.without_parts(&finished);
+        let kept = Kept {
+            finished: ["rte", "heldout.txt", "a/test.txt", "wikitext2"].map(String::from).to_vec(),
+            started: vec![("hellaswag".into(), 60), ("boolq".into(), 20)],
+        };
+        let left = eval.without_parts(&kept);
         assert_eq!(left.names, ["hellaswag", "b/test.txt"]);
         assert_eq!((left.batch_size, left.max_windows, left.limit), (4, Some(8), Some(100)));
+        assert_eq!(left.scored, BTreeMap::from([("hellaswag".to_string(), 60)]), "tasks of this evaluation only");
         assert_eq!(
-            eval.without_parts(&[]).names,
+            eval.without_parts(&Kept::default()).names,
             [
                 "rte",
                 "hellaswag",

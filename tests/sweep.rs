@@ -664,6 +664,13 @@ fn same_as_uninterrupted(sb: &Sandbox, grid: &str, resumed: &serde_json::Value) 
     uninterrupted
 }
 
+/// The GFLOP a dry run's plan of one run to run estimates.
+fn compute(plan: &str) -> f64 {
+    let total = plan.lines().find(|l| l.contains("total: 1 run(s) to run")).unwrap();
+    let before = total.split(" GFLOP compute").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// What a record measured, for comparing a resumed run with an uninterrupted one.
 fn measured(record: &serde_json::Value) -> [serde_json::Value; 6] {
     let r = &record["result"];
@@ -711,11 +718,6 @@ fn a_run_killed_mid_evaluation_resumes_its_finished_parts() {
         "{plan}"
     );
     // What is left costs the pruning again and the missing parts only: less than the whole run.
-    let compute = |plan: &str| -> f64 {
-        let total = plan.lines().find(|l| l.contains("total: 1 run(s) to run")).unwrap();
-        let before = total.split(" GFLOP compute").next().unwrap();
-        before.rsplit(' ').next().unwrap().parse().unwrap()
-    };
     let aside = partial.with_extension("aside");
     std::fs::rename(&partial, &aside).unwrap();
     let whole = dry_run("run", &killed, &["--verbose"]);
@@ -788,12 +790,25 @@ fn a_run_killed_inside_a_task_goes_on_from_its_kept_slices() {
         .replace("[unstructured, \"2:4\"]", "[unstructured]")
         .replace("max_windows: 4}", "max_windows: 4, tasks: [winogrande], samples: true}");
     let killed = sb.write("k.yaml", &grid);
-    kill_when_kept(&killed, &sb.out, |stored| stored["zero_shot_started"]["winogrande"]["docs"] == 1000);
+    let partial = kill_when_kept(&killed, &sb.out, |stored| {
+        stored["zero_shot_started"]["winogrande"]["docs"] == 1000
+    });
     let kept = "wikitext2 finished; winogrande's first 1000 documents scored";
     let status = success_text(&repro().arg("status").arg(&sb.out).output().unwrap());
     assert!(status.contains("pending") && status.contains(&format!("({kept})")), "{status}");
-    let plan = dry_run("run", &killed, &[]);
-    assert!(plan.contains(&format!("resumes: {kept} by an earlier attempt")), "{plan}");
+    let plan = dry_run("run", &killed, &["--verbose"]);
+    assert!(
+        plan.contains(&format!("resumes: {kept} by an earlier attempt (not in the time shown)")),
+        "{plan}"
+    );
+    // The scored documents leave the estimate: less than with the finished corpus alone.
+    let text = std::fs::read_to_string(&partial).unwrap();
+    let mut stored: serde_json::Value = serde_json::from_str(&text).unwrap();
+    stored["zero_shot_started"] = serde_json::json!({});
+    std::fs::write(&partial, stored.to_string()).unwrap();
+    let corpus_only = dry_run("run", &killed, &["--verbose"]);
+    std::fs::write(&partial, text).unwrap();
+    assert!(compute(&plan) < compute(&corpus_only), "{plan}\n{corpus_only}");
 
     let run = |cfg: &Path| success_text(&repro().args(["run", cfg.to_str().unwrap()]).output().unwrap());
     let text = run(&killed);

@@ -357,11 +357,11 @@ pub fn print_plan(
             // A resumed attempt loads and prunes again but evaluates only the missing parts.
             let estimate = if p.cached || !opts.costs {
                 None
-            } else if kept.finished.is_empty() {
+            } else if kept.is_empty() {
                 est.estimate(&p.run.spec)
             } else {
                 let mut left = p.run.spec.clone();
-                left.eval = left.eval.without_parts(&kept.finished);
+                left.eval = left.eval.without_parts(&kept);
                 est.estimate(&left)
             };
             Row {
@@ -557,13 +557,8 @@ fn print_runs(rows: &[Row], models: &BTreeMap<&str, &ModelPlan>, opts: DryRunOpt
             );
         }
         if !r.kept.is_empty() {
-            let shown = if r.kept.started.is_empty() {
-                "not in the time shown"
-            } else {
-                "the time shown leaves out finished parts, not started tasks"
-            };
             println!(
-                "  {:>39}  resumes: {} by an earlier attempt ({shown})",
+                "  {:>39}  resumes: {} by an earlier attempt (not in the time shown)",
                 "",
                 r.kept.describe()
             );

@@ -359,16 +359,8 @@ fn perplexity(
 /// continuations) in passes of `batch` · max_positions tokens with a little padding, every token
 /// attending over a row about as long as its unit; the head only on the scored tokens.
 /// Returns the work and the widest pass in tokens.
-fn zero_shot(
-    shape: &ModelShape,
-    units: &[[u32; 2]],
-    requests: usize,
-    limit: Option<usize>,
-    batch: usize,
-    elt: f64,
-) -> (Work, f64) {
+fn zero_shot(shape: &ModelShape, units: &[[u32; 2]], requests: usize, batch: usize, elt: f64) -> (Work, f64) {
     const PADDING: f64 = 1.02;
-    let units = &units[..units.len().min(limit.unwrap_or(usize::MAX))];
     let unit_tokens: f64 = units.iter().map(|u| u[0] as f64).sum();
     let row_len = units.iter().map(|u| (u[0] as f64).powi(2)).sum::<f64>() / unit_tokens.max(1.0);
     let scored: f64 = units.iter().map(|u| u[1] as f64).sum();
@@ -381,9 +373,10 @@ fn zero_shot(
     (work, per_pass.min(tokens))
 }
 
-/// Requests of the first `limit` documents.
-fn request_count(requests: &[Vec<u32>], limit: Option<usize>) -> usize {
-    requests.iter().take(limit.unwrap_or(usize::MAX)).map(Vec::len).sum()
+/// The documents a run scores: the first `limit`, less the first `scored` (a resumed run's).
+fn docs_to_score<T>(docs: &[T], limit: Option<usize>, scored: usize) -> &[T] {
+    let end = docs.len().min(limit.unwrap_or(usize::MAX));
+    &docs[scored.min(end)..end]
 }
 
 /// Cost of one run on `target`, with its model's `shape` and its evaluations' token counts.
@@ -464,8 +457,10 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
                 units,
                 encode_seconds: per_request,
             }) => {
-                let n = request_count(requests, spec.eval.limit);
-                let (w, widest) = zero_shot(shape, units, n, spec.eval.limit, spec.eval.batch_size, elt);
+                let scored = spec.eval.scored.get(name).copied().unwrap_or(0);
+                let n = docs_to_score(requests, spec.eval.limit, scored).iter().map(Vec::len).sum();
+                let units = docs_to_score(units, spec.eval.limit, scored);
+                let (w, widest) = zero_shot(shape, units, n, spec.eval.batch_size, elt);
                 work.zero_shot = work.zero_shot + w;
                 // Each request is encoded twice (context alone, then context + continuation).
                 encode_seconds += 2.0 * per_request * n as f64;
