@@ -796,6 +796,11 @@ fn a_run_killed_inside_a_task_goes_on_from_its_kept_slices() {
     let kept = "wikitext2 finished; winogrande's first 1000 documents scored";
     let status = success_text(&repro().arg("status").arg(&sb.out).output().unwrap());
     assert!(status.contains("pending") && status.contains(&format!("({kept})")), "{status}");
+    let json = repro().args(["status", "--json"]).arg(&sb.out).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let run = &json["runs"][0];
+    assert_eq!(run["finished_parts"], serde_json::json!(["wikitext2"]), "{json}");
+    assert_eq!(run["started_tasks"], serde_json::json!({"winogrande": 1000}), "{json}");
     let plan = dry_run("run", &killed, &["--verbose"]);
     assert!(
         plan.contains(&format!("resumes: {kept} by an earlier attempt (not in the time shown)")),
