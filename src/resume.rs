@@ -1,8 +1,8 @@
-//! The evaluation parts a run has finished (each perplexity corpus, each zero-shot task), kept in
-//! a file as each one ends, so that a run stopped part way (a SLURM time limit, preemption, a
-//! failure in a later task) loads and prunes again and evaluates only what is missing. On a 7B
-//! model a task can take as long as the pruning itself; losing five finished tasks to a time
-//! limit in the sixth would be most of the run.
+//! The evaluation parts a run has finished (each perplexity corpus, each zero-shot task, and the
+//! finished slices of a task under way), kept in a file as each one ends, so that a run stopped
+//! part way (a SLURM time limit, preemption, a failure in a later task) loads and prunes again
+//! and evaluates only what is missing. On a 7B model a task can take as long as the pruning
+//! itself; losing five finished tasks to a time limit in the sixth would be most of the run.
 //!
 //! A part is reused only when the weights it was measured on are, bit for bit, the weights of
 //! the new attempt: a sha256 over every block's linear layers after pruning. Pruning is
