@@ -649,7 +649,14 @@ fn eval_tasks(
                 0 => obs.stage(name),
                 n => obs.stage(&format!("{name} after the {n} documents an earlier attempt scored")),
             }
-            let evaluated = evaluate_docs(loaded.model.as_ref(), &loaded.tokenizer, td, eval.batch_size, scored, keep)?;
+            let evaluated = evaluate_docs(
+                loaded.model.as_ref(),
+                &loaded.tokenizer,
+                td,
+                eval.batch_size,
+                scored,
+                keep,
+            )?;
             Ok(TaskPart {
                 result: evaluated.result,
                 tokens: evaluated.tokens,
@@ -772,13 +779,19 @@ mod tests {
         let labels: Vec<&str> = corpora.iter().map(|(_, l)| l.as_str()).collect();
         assert_eq!(labels, ["wikitext2", "a/test.txt", "b/test.txt", "heldout.txt"]);
         let kept = Kept {
-            finished: ["rte", "heldout.txt", "a/test.txt", "wikitext2"].map(String::from).to_vec(),
+            finished: ["rte", "heldout.txt", "a/test.txt", "wikitext2"]
+                .map(String::from)
+                .to_vec(),
             started: vec![("hellaswag".into(), 60), ("boolq".into(), 20)],
         };
         let left = eval.without_parts(&kept);
         assert_eq!(left.names, ["hellaswag", "b/test.txt"]);
         assert_eq!((left.batch_size, left.max_windows, left.limit), (4, Some(8), Some(100)));
-        assert_eq!(left.scored, BTreeMap::from([("hellaswag".to_string(), 60)]), "tasks of this evaluation only");
+        assert_eq!(
+            left.scored,
+            BTreeMap::from([("hellaswag".to_string(), 60)]),
+            "tasks of this evaluation only"
+        );
         assert_eq!(
             eval.without_parts(&Kept::default()).names,
             [

@@ -134,19 +134,24 @@ impl Parts {
         name: &str,
         evaluate: impl FnOnce(ScoredDocs, &mut dyn FnMut(&ScoredDocs)) -> Result<TaskPart>,
     ) -> Result<(TaskPart, bool)> {
-        self.part(name, |s| &mut s.zero_shot, |p| p.seconds, |parts| {
-            let earlier = parts.stored.zero_shot_started.get(name).cloned().unwrap_or_default();
-            if earlier.docs > 0 {
-                parts.resumed.push(format!("{name} (first {} documents)", earlier.docs));
-                parts.resumed_seconds += earlier.seconds;
-            }
-            let part = evaluate(earlier, &mut |scored| {
-                parts.stored.zero_shot_started.insert(name.to_string(), scored.clone());
-                parts.write();
-            })?;
-            parts.stored.zero_shot_started.remove(name);
-            Ok(part)
-        })
+        self.part(
+            name,
+            |s| &mut s.zero_shot,
+            |p| p.seconds,
+            |parts| {
+                let earlier = parts.stored.zero_shot_started.get(name).cloned().unwrap_or_default();
+                if earlier.docs > 0 {
+                    parts.resumed.push(format!("{name} (first {} documents)", earlier.docs));
+                    parts.resumed_seconds += earlier.seconds;
+                }
+                let part = evaluate(earlier, &mut |scored| {
+                    parts.stored.zero_shot_started.insert(name.to_string(), scored.clone());
+                    parts.write();
+                })?;
+                parts.stored.zero_shot_started.remove(name);
+                Ok(part)
+            },
+        )
     }
 
     /// Part `name` of the kind `kept` picks: taken when an earlier attempt kept it, else
@@ -218,7 +223,11 @@ impl Kept {
         let stored: Option<Stored> = std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok());
         stored.map_or(Kept::default(), |s| Kept {
             finished: s.ppl.into_keys().chain(s.zero_shot.into_keys()).collect(),
-            started: s.zero_shot_started.into_iter().map(|(name, d)| (name, d.docs)).collect(),
+            started: s
+                .zero_shot_started
+                .into_iter()
+                .map(|(name, d)| (name, d.docs))
+                .collect(),
         })
     }
 
@@ -321,8 +330,17 @@ mod tests {
         let path = dir.path().join("partial/abc.json");
         let scored = |docs| ScoredDocs {
             docs,
-            loglikelihoods: vec![LogLik { logprob: -1.2345678901234567, is_greedy: true }; 2 * docs],
-            tokens: TokenCounts { computed: 7 * docs, ..TokenCounts::default() },
+            loglikelihoods: vec![
+                LogLik {
+                    logprob: -1.2345678901234567,
+                    is_greedy: true
+                };
+                2 * docs
+            ],
+            tokens: TokenCounts {
+                computed: 7 * docs,
+                ..TokenCounts::default()
+            },
             seconds: 3.0,
         };
         let (mut first, _) = Parts::open(path.clone(), "w1".into());
@@ -340,7 +358,13 @@ mod tests {
         assert_eq!(kept.describe(), "winogrande's first 1000 documents scored");
 
         let done = TaskPart {
-            result: TaskResult { n: 1267, acc: 0.5, acc_stderr: None, acc_norm: None, acc_norm_stderr: None },
+            result: TaskResult {
+                n: 1267,
+                acc: 0.5,
+                acc_stderr: None,
+                acc_norm: None,
+                acc_norm_stderr: None,
+            },
             tokens: TokenCounts::default(),
             samples: Vec::new(),
             seconds: 4.5,
@@ -357,7 +381,13 @@ mod tests {
         assert_eq!(second.resumed_seconds(), 3.0);
         let stored: Stored = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert!(stored.zero_shot_started.is_empty());
-        assert_eq!(Kept::read(&path), Kept { finished: vec!["winogrande".into()], started: Vec::new() });
+        assert_eq!(
+            Kept::read(&path),
+            Kept {
+                finished: vec!["winogrande".into()],
+                started: Vec::new()
+            }
+        );
 
         let (mut third, _) = Parts::open(path, "w1".into());
         let (part, earlier) = third.task("winogrande", |_, _| panic!("evaluated again")).unwrap();

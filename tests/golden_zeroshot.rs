@@ -152,7 +152,11 @@ fn a_task_resumed_after_a_slice_equals_the_uninterrupted_evaluation() {
     let _g = tch::no_grad_guard();
     let (model, tok) = (loaded.model.as_ref(), &loaded.tokenizer);
     let td = TaskDocs::load(&hub(), "winogrande", None).unwrap();
-    assert!(td.docs.len() > SLICE_DOCS && td.docs.len() < 2 * SLICE_DOCS, "{}", td.docs.len());
+    assert!(
+        td.docs.len() > SLICE_DOCS && td.docs.len() < 2 * SLICE_DOCS,
+        "{}",
+        td.docs.len()
+    );
     let mut kept = Vec::new();
     let whole = evaluate_docs(model, tok, &td, 8, ScoredDocs::default(), &mut |s| kept.push(s.clone())).unwrap();
     assert_eq!(kept.len(), 1, "every slice but the last is kept");
@@ -171,7 +175,10 @@ fn a_task_resumed_after_a_slice_equals_the_uninterrupted_evaluation() {
     marked.loglikelihoods[0].logprob -= 100.0;
     let taken = evaluate_docs(model, tok, &td, 8, marked, no_more).unwrap();
     let want = whole.samples[0].loglikelihoods[0] - 100.0;
-    assert_eq!(taken.samples[0].loglikelihoods[0], want, "the kept documents are not scored again");
+    assert_eq!(
+        taken.samples[0].loglikelihoods[0], want,
+        "the kept documents are not scored again"
+    );
     assert_eq!(taken.samples[1..], whole.samples[1..]);
 
     // Scored documents that do not fit the task (a file edited by hand) are not taken.

@@ -619,13 +619,18 @@ fn wait_for_parts(out: &Path, ready: impl Fn(&serde_json::Value) -> bool) -> Pat
             d.map(|e| e.unwrap().path())
                 .find(|p| p.extension().is_some_and(|e| e == "json"))
         });
-        let stored = found.as_ref().and_then(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok());
+        let stored = found
+            .as_ref()
+            .and_then(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok());
         if let (Some(path), Some(stored)) = (found, stored) {
             if ready(&stored) {
                 return path;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "no such parts file appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no such parts file appeared"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -795,7 +800,10 @@ fn a_run_killed_inside_a_task_goes_on_from_its_kept_slices() {
     });
     let kept = "wikitext2 finished; winogrande's first 1000 documents scored";
     let status = success_text(&repro().arg("status").arg(&sb.out).output().unwrap());
-    assert!(status.contains("pending") && status.contains(&format!("({kept})")), "{status}");
+    assert!(
+        status.contains("pending") && status.contains(&format!("({kept})")),
+        "{status}"
+    );
     let json = repro().args(["status", "--json"]).arg(&sb.out).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let run = &json["runs"][0];
@@ -803,7 +811,9 @@ fn a_run_killed_inside_a_task_goes_on_from_its_kept_slices() {
     assert_eq!(run["started_tasks"], serde_json::json!({"winogrande": 1000}), "{json}");
     let plan = dry_run("run", &killed, &["--verbose"]);
     assert!(
-        plan.contains(&format!("resumes: {kept} by an earlier attempt (not in the time shown)")),
+        plan.contains(&format!(
+            "resumes: {kept} by an earlier attempt (not in the time shown)"
+        )),
         "{plan}"
     );
     // The scored documents leave the estimate: less than with the finished corpus alone.
@@ -823,7 +833,10 @@ fn a_run_killed_inside_a_task_goes_on_from_its_kept_slices() {
     );
     let resumed = common::golden(&records(&sb.out)[0]);
     let taken = &resumed["result"]["resumed"];
-    assert_eq!(taken, &serde_json::json!(["wikitext2", "winogrande (first 1000 documents)"]));
+    assert_eq!(
+        taken,
+        &serde_json::json!(["wikitext2", "winogrande (first 1000 documents)"])
+    );
     same_as_uninterrupted(&sb, &grid, &resumed);
 }
 

@@ -287,7 +287,8 @@ impl Llama {
         let h = cfg.hidden_size;
         let norm = w.get("model.norm.weight", &[h])?;
         let (device, kind) = (norm.device(), norm.kind());
-        let (lm_head, outer) = super::embeddings_and_head(&w, EMBED_TOKENS, cfg.tie_word_embeddings, [cfg.vocab_size, h]);
+        let (lm_head, outer) =
+            super::embeddings_and_head(&w, EMBED_TOKENS, cfg.tie_word_embeddings, [cfg.vocab_size, h]);
         let is_mistral = arch.starts_with("Mistral") || arch == "mistral";
         let info = ModelInfo {
             architecture: arch.to_string(),

@@ -321,7 +321,10 @@ fn embeddings_and_head(
     } else {
         "lm_head.weight"
     };
-    let outer = [embeddings, head].iter().map(|name| (name.to_string(), shape.to_vec())).collect();
+    let outer = [embeddings, head]
+        .iter()
+        .map(|name| (name.to_string(), shape.to_vec()))
+        .collect();
     (head, outer)
 }
 

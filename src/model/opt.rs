@@ -206,7 +206,8 @@ impl Opt {
         } else {
             None
         };
-        let (lm_head, outer) = super::embeddings_and_head(&w, EMBED_TOKENS, cfg.tie_word_embeddings, [cfg.vocab_size, proj]);
+        let (lm_head, outer) =
+            super::embeddings_and_head(&w, EMBED_TOKENS, cfg.tie_word_embeddings, [cfg.vocab_size, proj]);
         let info = ModelInfo {
             architecture: "OPTForCausalLM".into(),
             model_type: "opt".into(),

@@ -458,7 +458,10 @@ pub fn for_run(spec: &RunSpec, shape: &ModelShape, tokens: &EvalTokens, target: 
                 encode_seconds: per_request,
             }) => {
                 let scored = spec.eval.scored.get(name).copied().unwrap_or(0);
-                let n = docs_to_score(requests, spec.eval.limit, scored).iter().map(Vec::len).sum();
+                let n = docs_to_score(requests, spec.eval.limit, scored)
+                    .iter()
+                    .map(Vec::len)
+                    .sum();
                 let units = docs_to_score(units, spec.eval.limit, scored);
                 let (w, widest) = zero_shot(shape, units, n, spec.eval.batch_size, elt);
                 work.zero_shot = work.zero_shot + w;
