@@ -323,7 +323,8 @@ struct Row<'a> {
     seconds: Option<f64>,
     /// The live worker holding this run's claim, if another one is running it now.
     holder: Option<super::claim::ClaimInfo>,
-    /// Evaluation parts an earlier attempt finished, which this one takes (`crate::resume`).
+    /// What an earlier attempt kept, which this one takes (`crate::resume`): finished evaluation
+    /// parts, and the scored documents of tasks it stopped inside.
     kept: crate::resume::Kept,
 }
 

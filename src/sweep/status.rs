@@ -44,6 +44,7 @@ struct RunState {
     /// goes on from.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     started_tasks: BTreeMap<String, usize>,
+    /// Both, as the text line words them.
     #[serde(skip)]
     kept: String,
     /// What the run warned of (a variant short of its target, resumed parts set aside, a saved
