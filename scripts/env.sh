@@ -15,6 +15,11 @@ ensure_torch_venv() {
   fi
   if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$version')" 2>/dev/null; then
     echo "==> installing torch==$version into $venv (libtorch for tch; ~2.6 GB, about a minute)"
-    "$venv/bin/pip" install --progress-bar off "torch==$version"
+    # A multi-GB download now and then arrives corrupt (pip: "do not match the hashes"); one
+    # retry, bypassing pip's cache, saves a CI run from a network hiccup.
+    "$venv/bin/pip" install --progress-bar off "torch==$version" || {
+      echo "==> retrying torch==$version once, without pip's cache"
+      "$venv/bin/pip" install --progress-bar off --no-cache-dir "torch==$version"
+    }
   fi
 }
