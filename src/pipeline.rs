@@ -190,7 +190,8 @@ impl EvalSpec {
             )
             .map(str::to_string)
             .collect();
-        let scored = kept.started.iter().filter(|(t, _)| left.contains(t)).cloned().collect();
+        let mut scored = kept.started.clone();
+        scored.retain(|t, _| left.contains(t));
         EvalSpec {
             names: left,
             scored,
@@ -782,7 +783,7 @@ mod tests {
             finished: ["rte", "heldout.txt", "a/test.txt", "wikitext2"]
                 .map(String::from)
                 .to_vec(),
-            started: vec![("hellaswag".into(), 60), ("boolq".into(), 20)],
+            started: BTreeMap::from([("hellaswag".into(), 60), ("boolq".into(), 20)]),
         };
         let left = eval.without_parts(&kept);
         assert_eq!(left.names, ["hellaswag", "b/test.txt"]);

@@ -145,8 +145,7 @@ impl Parts {
                     parts.resumed_seconds += earlier.seconds;
                 }
                 let part = evaluate(earlier, &mut |scored| {
-                    parts.stored.zero_shot_started.insert(name.to_string(), scored.clone());
-                    parts.write();
+                    parts.keep(|s| s.zero_shot_started.insert(name.to_string(), scored.clone()));
                 })?;
                 parts.stored.zero_shot_started.remove(name);
                 Ok(part)
@@ -169,16 +168,17 @@ impl Parts {
             return Ok((part, true));
         }
         let part = evaluate(self)?;
-        kept(&mut self.stored).insert(name.to_string(), part.clone());
-        self.write();
+        self.keep(|s| kept(s).insert(name.to_string(), part.clone()));
         Ok((part, false))
     }
 
-    /// Writes the parts to the file, when there is one. A file that cannot be written (a full
-    /// disk, a quota) costs only the safety copy, never the part: the run goes on, and
-    /// [`Parts::unkept`] says why.
-    fn write(&mut self) {
+    /// With a file, applies `change` to what is kept and writes it there; without one, does
+    /// nothing (nothing is held for a file that is never written). A file that cannot be
+    /// written (a full disk, a quota) costs only the safety copy, never the part: the run goes
+    /// on, and [`Parts::unkept`] says why.
+    fn keep<T>(&mut self, change: impl FnOnce(&mut Stored) -> T) {
         let Some(path) = &self.path else { return };
+        change(&mut self.stored);
         let written = serde_json::to_vec(&self.stored)
             .map_err(anyhow::Error::from)
             .and_then(|bytes| crate::sweep::store::write_atomic(path, &bytes));
@@ -209,13 +209,16 @@ impl Parts {
     }
 }
 
-/// What an earlier attempt kept at `path` (nothing when there is no readable file there).
-#[derive(Debug, Default, PartialEq)]
+/// What an earlier attempt kept at `path` (nothing when there is no readable file there); named
+/// in JSON as `repro status --json` shows it.
+#[derive(Debug, Default, PartialEq, Serialize)]
 pub struct Kept {
     /// The finished parts, by name.
+    #[serde(rename = "finished_parts", skip_serializing_if = "Vec::is_empty")]
     pub finished: Vec<String>,
     /// Tasks stopped part way, with how many of their documents are scored.
-    pub started: Vec<(String, usize)>,
+    #[serde(rename = "started_tasks", skip_serializing_if = "BTreeMap::is_empty")]
+    pub started: BTreeMap<String, usize>,
 }
 
 impl Kept {
@@ -354,7 +357,7 @@ mod tests {
         assert_eq!(e.to_string(), "time limit");
         let kept = Kept::read(&path);
         assert!(kept.finished.is_empty(), "a started task is not a finished part");
-        assert_eq!(kept.started, [("winogrande".to_string(), 1000)]);
+        assert_eq!(kept.started, BTreeMap::from([("winogrande".to_string(), 1000)]));
         assert_eq!(kept.describe(), "winogrande's first 1000 documents scored");
 
         let done = TaskPart {
@@ -385,7 +388,7 @@ mod tests {
             Kept::read(&path),
             Kept {
                 finished: vec!["winogrande".into()],
-                started: Vec::new()
+                started: BTreeMap::new()
             }
         );
 

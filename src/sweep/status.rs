@@ -3,13 +3,13 @@
 
 use anyhow::Result;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::claim;
 use super::store::{Status, Store};
 use super::SweepFile;
+use crate::resume::Kept;
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -36,17 +36,10 @@ struct RunState {
     heartbeat_seconds_ago: Option<f64>,
     /// pending: the claim a worker left behind when it died, which the next worker takes over.
     stale_claim: Option<String>,
-    /// Not done: the evaluation parts already finished (by this attempt or an earlier one),
-    /// which the next attempt does not redo.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    finished_parts: Vec<String>,
-    /// Not done: tasks stopped part way, with the documents scored, which the next attempt
-    /// goes on from.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    started_tasks: BTreeMap<String, usize>,
-    /// Both, as the text line words them.
-    #[serde(skip)]
-    kept: String,
+    /// Not done: what earlier attempts kept, which the next attempt does not redo (in `--json`,
+    /// `finished_parts` and `started_tasks`).
+    #[serde(flatten)]
+    kept: Kept,
     /// What the run warned of (a variant short of its target, resumed parts set aside, a saved
     /// checkpoint holding other zeros, ...): printed once into a task's log, kept in the record,
     /// and shown here so that a sweep's warnings are not lost among its logs.
@@ -109,9 +102,10 @@ pub fn status(args: &StatusArgs) -> Result<()> {
                 .as_ref()
                 .map_or(String::new(), |c| format!("stale claim: {c}")),
         };
-        let parts = match r.kept.as_str() {
-            "" => String::new(),
-            kept => format!(" ({kept})"),
+        let parts = if r.kept.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.kept.describe())
         };
         println!("  {:<8} {:<16} {}  {detail}{parts}", r.state, r.id, r.label);
         for w in &r.warnings {
@@ -150,9 +144,7 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
             since: None,
             heartbeat_seconds_ago: None,
             stale_claim: None,
-            finished_parts: Vec::new(),
-            started_tasks: BTreeMap::new(),
-            kept: String::new(),
+            kept: Kept::default(),
             warnings: record.as_ref().map(|r| r.result.warnings.clone()).unwrap_or_default(),
         };
         // A live claim wins over a record: the run is being redone (forced, or retried).
@@ -170,10 +162,7 @@ fn summarise(run_dir: &Path) -> Result<Summary> {
             state.stale_claim = Some(format!("{whose}: {why}"));
         }
         if state.state != "done" {
-            let kept = crate::resume::Kept::read(&store.parts_path(&entry.id));
-            state.kept = kept.describe();
-            state.finished_parts = kept.finished;
-            state.started_tasks = kept.started.into_iter().collect();
+            state.kept = Kept::read(&store.parts_path(&entry.id));
         }
         runs.push(state);
     }
