@@ -64,7 +64,7 @@ fn compare(name: &str, g: &Value, got: &TaskEval) -> (f64, Vec<String>) {
         for (c, (h, w)) in have.iter().zip(&want).enumerate() {
             let diff = (h - w).abs();
             max_diff = max_diff.max(diff);
-            if !(diff <= LL_ABS) {
+            if diff.is_nan() || diff > LL_ABS {
                 errors.push(format!(
                     "{name} doc {i} choice {c}: loglikelihood {h}, want {w} (diff {diff:.3e})"
                 ));

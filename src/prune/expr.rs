@@ -562,7 +562,7 @@ pub struct ExpressionMetric {
 }
 
 impl ExpressionMetric {
-    pub fn new(name: &str, expression: Expression) -> Arc<dyn Metric> {
+    pub fn shared(name: &str, expression: Expression) -> Arc<dyn Metric> {
         Arc::new(ExpressionMetric {
             name: name.to_string(),
             expression,
@@ -643,7 +643,13 @@ mod tests {
         let stats = LayerStats::default();
         let eval = |text: &str| {
             let e = Expression::parse(text, &BTreeMap::new()).unwrap();
-            Vec::<f32>::try_from(ExpressionMetric::new("t", e).score(&w, &stats).unwrap().flatten(0, -1)).unwrap()
+            Vec::<f32>::try_from(
+                ExpressionMetric::shared("t", e)
+                    .score(&w, &stats)
+                    .unwrap()
+                    .flatten(0, -1),
+            )
+            .unwrap()
         };
         assert_eq!(eval("-W^2"), vec![-1.0, -4.0, -9.0, -16.0]);
         assert_eq!(eval("2^3^0 * W"), vec![2.0, -4.0, 6.0, -8.0]);
@@ -656,7 +662,7 @@ mod tests {
             vec![-2.0, -3.0, 0.0, -4.0]
         );
         let e = Expression::parse("log(W)", &BTreeMap::new()).unwrap();
-        let msg = ExpressionMetric::new("logw", e)
+        let msg = ExpressionMetric::shared("logw", e)
             .score(&w, &stats)
             .unwrap_err()
             .to_string();

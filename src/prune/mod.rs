@@ -88,7 +88,7 @@ impl Method {
         } = options;
         let (metric, update) = match (expression, MethodDef::find(name)) {
             (Some(text), _) => (
-                expr::ExpressionMetric::new(name, expr::Expression::parse(text, params)?),
+                expr::ExpressionMetric::shared(name, expr::Expression::parse(text, params)?),
                 Update::Zero,
             ),
             (None, Some(def)) => (def.build(params)?, def.update),

@@ -44,7 +44,10 @@ pub fn not_close(what: &str, got: &[f64], want: &[f64], rel: f64, abs: f64) -> O
     if got.len() != want.len() {
         return Some(format!("{what}: length {}, want {}", got.len(), want.len()));
     }
-    let far = |(g, w): (&f64, &f64)| !((g - w).abs() <= rel * w.abs() + abs);
+    let far = |(g, w): (&f64, &f64)| {
+        let diff = (g - w).abs();
+        diff.is_nan() || diff > rel * w.abs() + abs
+    };
     (got.iter().zip(want).position(far)).map(|i| format!("{what}[{i}]: got {}, want {}", got[i], want[i]))
 }
 
